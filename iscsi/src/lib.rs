@@ -1,0 +1,11 @@
+//! Sans-I/O iSCSI target protocol (RFC 7143, ErrorRecoveryLevel 0).
+//!
+//! Nothing here touches a socket, a thread or the clock: the daemon feeds
+//! bytes and events in and asks what to send.
+
+pub mod digest;
+pub mod pdu;
+pub mod serial;
+
+pub use pdu::{Bhs, Digests, Itt, Opcode, Pdu, PduError, Residual, Ttt};
+pub use serial::{CmdSn, StatSn};

@@ -1,0 +1,1 @@
+//! rtgtd: event loops, backends, target table and management for rtgt.

@@ -1,0 +1,79 @@
+//! The backing store seen by SCSI emulation: a few verbs, as LIO's backend
+//! interface has them. Implementations live in the daemon (files, block
+//! devices, null); [`MemDevice`] serves tests.
+
+use std::io;
+
+/// A byte-addressed store behind a LUN. Methods block; the daemon calls them
+/// off its event loops.
+pub trait BlockDevice: Send + Sync {
+    /// Current size in bytes.
+    fn size(&self) -> u64;
+    /// Fill `buf` from `offset`.
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Write `buf` at `offset`.
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
+    /// Make everything written so far durable.
+    fn flush(&self) -> io::Result<()>;
+    /// Deallocate a range (thin provisioning); it reads back as zeros.
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut at = offset;
+        let end = offset + len;
+        while at < end {
+            let n = (end - at).min(zeros.len() as u64) as usize;
+            self.write_at(&zeros[..n], at)?;
+            at += n as u64;
+        }
+        Ok(())
+    }
+    /// Whether `offset` is mapped, and how many bytes from `offset` share that
+    /// state (GET LBA STATUS). Stores without holes are mapped throughout.
+    fn map_status(&self, offset: u64) -> io::Result<(bool, u64)> {
+        Ok((true, self.size().saturating_sub(offset)))
+    }
+}
+
+/// An in-memory store for tests.
+#[derive(Debug)]
+pub struct MemDevice {
+    data: std::sync::Mutex<Vec<u8>>,
+}
+
+impl MemDevice {
+    pub fn new(size: usize) -> MemDevice {
+        MemDevice { data: std::sync::Mutex::new(vec![0; size]) }
+    }
+    /// A copy of the contents.
+    pub fn contents(&self) -> Vec<u8> {
+        self.data.lock().unwrap().clone()
+    }
+}
+
+fn range(len: usize, offset: u64, n: usize) -> io::Result<std::ops::Range<usize>> {
+    let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    match start.checked_add(n) {
+        Some(end) if end <= len => Ok(start..end),
+        _ => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
+    }
+}
+
+impl BlockDevice for MemDevice {
+    fn size(&self) -> u64 {
+        self.data.lock().unwrap().len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        let d = self.data.lock().unwrap();
+        buf.copy_from_slice(&d[range(d.len(), offset, buf.len())?]);
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        let mut d = self.data.lock().unwrap();
+        let r = range(d.len(), offset, buf.len())?;
+        d[r].copy_from_slice(buf);
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+}
