@@ -630,9 +630,9 @@ mod tests {
         let dg = Digests { header: true, data: true };
         let p = Pdu::with_data(Bhs::new(Opcode::NopOut), vec![1, 2, 3, 4]);
         let mut wire = p.encode(dg);
-        wire[60] ^= 1;
+        wire[53] ^= 1;
         assert_eq!(decode(&wire, dg, 8192), Err(PduError::DataDigest));
-        wire[60] ^= 1;
+        wire[53] ^= 1;
         wire[3] ^= 1;
         assert_eq!(decode(&wire, dg, 8192), Err(PduError::HeaderDigest));
     }
