@@ -1,0 +1,1 @@
+//! A small blocking iSCSI initiator for tests and load generation.
