@@ -6,6 +6,19 @@
 pub mod digest;
 pub mod pdu;
 pub mod serial;
+pub mod transfer;
+pub mod window;
 
 pub use pdu::{Bhs, Digests, Itt, Opcode, Pdu, PduError, Residual, Ttt};
 pub use serial::{CmdSn, StatSn};
+pub mod discovery;
+pub mod login;
+pub mod params;
+pub mod text;
+
+pub use discovery::{send_targets, TargetEntry, TextExchange, TextHost, TextStep};
+pub use login::{
+    AuthRequirement, Login, LoginConfig, LoginHost, LoginRequestInfo, LoginStatus, LoginStep,
+    TargetLoginInfo,
+};
+pub use params::{DigestPolicy, SessionParams, SessionType, TargetDefaults};

@@ -395,12 +395,20 @@ pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, u
 
 impl Pdu {
     pub fn new(bhs: Bhs) -> Pdu {
-        Pdu { bhs, ahs: Vec::new(), data: Vec::new() }
+        Pdu {
+            bhs,
+            ahs: Vec::new(),
+            data: Vec::new(),
+        }
     }
 
     pub fn with_data(mut bhs: Bhs, data: Vec<u8>) -> Pdu {
         bhs.set_data_len(data.len());
-        Pdu { bhs, ahs: Vec::new(), data }
+        Pdu {
+            bhs,
+            ahs: Vec::new(),
+            data,
+        }
     }
 
     /// Serialise the whole PDU (padding and digests included).
@@ -585,7 +593,14 @@ pub fn reject(reason: RejectReason, bad: &Bhs) -> Pdu {
 }
 
 /// Text Response (RFC 7143 §11.11).
-pub fn text_response(itt: Itt, ttt: Ttt, final_: bool, continue_: bool, lun_raw: u64, data: Vec<u8>) -> Pdu {
+pub fn text_response(
+    itt: Itt,
+    ttt: Ttt,
+    final_: bool,
+    continue_: bool,
+    lun_raw: u64,
+    data: Vec<u8>,
+) -> Pdu {
     let mut b = Bhs::new(Opcode::TextResponse);
     b.set_flags(if final_ { 0x80 } else { 0 } | if continue_ { 0x40 } else { 0 });
     b.set_lun_raw(lun_raw);
@@ -612,7 +627,10 @@ mod tests {
 
     #[test]
     fn roundtrip_with_digests() {
-        let dg = Digests { header: true, data: true };
+        let dg = Digests {
+            header: true,
+            data: true,
+        };
         let mut b = Bhs::new(Opcode::NopOut);
         b.set_itt(Itt(7));
         let p = Pdu::with_data(b, b"hello".to_vec());
@@ -627,7 +645,10 @@ mod tests {
 
     #[test]
     fn corrupt_digests_are_detected() {
-        let dg = Digests { header: true, data: true };
+        let dg = Digests {
+            header: true,
+            data: true,
+        };
         let p = Pdu::with_data(Bhs::new(Opcode::NopOut), vec![1, 2, 3, 4]);
         let mut wire = p.encode(dg);
         wire[53] ^= 1;
@@ -641,7 +662,10 @@ mod tests {
     fn oversized_data_is_refused_before_allocation() {
         let mut b = Bhs::new(Opcode::ScsiCommand);
         b.set_data_len(0xff_ffff);
-        assert_eq!(decode(&b.0, Digests::default(), 8192), Err(PduError::DataTooLong(0xff_ffff, 8192)));
+        assert_eq!(
+            decode(&b.0, Digests::default(), 8192),
+            Err(PduError::DataTooLong(0xff_ffff, 8192))
+        );
     }
 
     #[test]

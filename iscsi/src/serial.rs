@@ -13,7 +13,7 @@ macro_rules! serial {
             pub fn next(self) -> Self {
                 $name(self.0.wrapping_add(1))
             }
-            pub fn add(self, n: u32) -> Self {
+            pub fn plus(self, n: u32) -> Self {
                 $name(self.0.wrapping_add(n))
             }
             /// RFC 1982 comparison; `None` when the two are exactly 2^31 apart.
@@ -33,7 +33,10 @@ macro_rules! serial {
                 self.serial_cmp(other) == Some(Ordering::Less)
             }
             pub fn le(self, other: Self) -> bool {
-                matches!(self.serial_cmp(other), Some(Ordering::Less | Ordering::Equal))
+                matches!(
+                    self.serial_cmp(other),
+                    Some(Ordering::Less | Ordering::Equal)
+                )
             }
             /// How far `self` lies after `base` (wrapping difference).
             pub fn distance_from(self, base: Self) -> u32 {

@@ -1,1 +1,13 @@
 //! rtgtd: event loops, backends, target table and management for rtgt.
+//!
+//! - [`daemon`]: the main thread (portals, login, discovery, management).
+//! - [`target`]: one event-loop thread per target, owning its sessions.
+//! - [`backend`]: backing stores behind LUNs.
+//! - [`mgmt`]: tgt's management IPC, target table and `show`.
+//! - [`registry`]: live sessions shared by login, loops and management.
+
+pub mod backend;
+pub mod daemon;
+pub mod mgmt;
+pub mod registry;
+pub mod target;

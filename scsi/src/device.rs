@@ -42,7 +42,9 @@ pub struct MemDevice {
 
 impl MemDevice {
     pub fn new(size: usize) -> MemDevice {
-        MemDevice { data: std::sync::Mutex::new(vec![0; size]) }
+        MemDevice {
+            data: std::sync::Mutex::new(vec![0; size]),
+        }
     }
     /// A copy of the contents.
     pub fn contents(&self) -> Vec<u8> {
@@ -51,7 +53,8 @@ impl MemDevice {
 }
 
 fn range(len: usize, offset: u64, n: usize) -> io::Result<std::ops::Range<usize>> {
-    let start = usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let start =
+        usize::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
     match start.checked_add(n) {
         Some(end) if end <= len => Ok(start..end),
         _ => Err(io::Error::from(io::ErrorKind::UnexpectedEof)),

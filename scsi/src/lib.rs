@@ -15,11 +15,43 @@
 //!   on exit.
 //! * `Response::wanted` is the number of bytes the CDB itself asks to move, so
 //!   the transport can compute overflow / underflow residuals against the
-//!   initiator's expected length.
+//!   initiator's expected length: N blocks for READ/WRITE, the allocation
+//!   length for INQUIRY-like commands, the parameter list length for MODE
+//!   SELECT/UNMAP, 0 on CHECK CONDITION. The transport sends
+//!   `min(data_len, expected_len)` bytes of Data-In.
+//! * Data-Out shorter than the CDB asks (the initiator's expected length was
+//!   smaller) is processed as far as it goes: a WRITE writes what arrived
+//!   (FCP-4 / SAM-5 overflow rule); WRITE SAME needs exactly one block.
+//! * Data-In on `Done` is already truncated to the CDB's allocation length.
+//! * Every media access becomes an [`IoTask`]; all checks (LUN, unit
+//!   attention, reservation, not ready, CDB fields, write protect, LBA
+//!   range, [`MAX_TRANSFER_BYTES`]) happen in `execute` first.
 
+mod cdb;
+mod config;
 pub mod device;
+mod inquiry;
+mod io;
+mod lunset;
+mod mode;
+mod opcodes;
+mod sbc;
+pub mod sense;
+mod spc;
 
+#[cfg(test)]
+mod tests;
+
+pub use config::{DeviceType, LunConfig, TargetPort};
 pub use device::{BlockDevice, MemDevice};
+pub use io::IoTask;
+pub use lunset::LunSet;
+pub use sense::SenseFormat;
+
+/// The largest transfer one command may ask for (MAXIMUM TRANSFER LENGTH in
+/// VPD B0 is this divided by the block size); larger requests get ILLEGAL
+/// REQUEST, INVALID FIELD IN CDB. Bounds every buffer a CDB can size.
+pub const MAX_TRANSFER_BYTES: u64 = 16 << 20;
 
 /// Identifies one I_T nexus (an iSCSI session) for unit attentions and reservations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -70,10 +102,4 @@ pub struct Request<'a> {
 pub enum Outcome {
     Done(Response),
     Io(IoTask),
-}
-
-/// Placeholder until the emulation lands: a media operation to run off-loop.
-#[derive(Debug)]
-pub struct IoTask {
-    _private: (),
 }

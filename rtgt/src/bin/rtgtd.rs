@@ -1,1 +1,116 @@
-fn main() {}
+//! rtgtd: the rtgt iSCSI target daemon. Options follow tgtd's.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use rtgt::daemon::{self, Config, Demo};
+
+/// A multi-core userspace iSCSI target with tgt's management interface.
+#[derive(Parser, Debug)]
+#[command(name = "rtgtd", version, about)]
+struct Args {
+    /// Stay in the foreground (tgtd's -f); otherwise detach.
+    #[arg(short = 'f', long = "foreground")]
+    foreground: bool,
+    /// Management control port: the socket is /var/run/tgtd/socket.<N>.
+    #[arg(short = 'C', long = "control-port", default_value_t = 0)]
+    control_port: u16,
+    /// Debug logging (tgtd's -d 1).
+    #[arg(short = 'd', long = "debug", num_args = 0..=1, default_missing_value = "1")]
+    debug: Option<u32>,
+    /// iSCSI driver options, as tgtd: `--iscsi portal=IP:PORT` (repeatable;
+    /// several `portal=` may also be joined with commas).
+    #[arg(long = "iscsi")]
+    iscsi: Vec<String>,
+    /// Worker threads for disk I/O per target loop (tgtd's -t).
+    #[arg(short = 't', long = "nr_iothreads")]
+    nr_iothreads: Option<usize>,
+    /// Directory of the management socket and its lock file.
+    #[arg(
+        long = "socket-dir",
+        env = "RTGT_SOCKET_DIR",
+        default_value = "/var/run/tgtd"
+    )]
+    socket_dir: PathBuf,
+    /// Serve a ready demo target: a sparse file in --data-dir, on
+    /// 127.0.0.1:3260 unless --iscsi names portals.
+    #[arg(long)]
+    demo: bool,
+    /// Where the demo keeps its backing file.
+    #[arg(long = "data-dir", default_value = "/var/lib/rtgt")]
+    data_dir: PathBuf,
+    /// Size of the demo LUN in bytes.
+    #[arg(long = "demo-size", default_value_t = 1 << 30)]
+    demo_size: u64,
+}
+
+fn parse_portals(opts: &[String]) -> Result<Vec<SocketAddr>, String> {
+    let mut out = Vec::new();
+    for o in opts {
+        for kv in o.split(',') {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| format!("bad --iscsi option '{kv}'"))?;
+            match k {
+                "portal" => {
+                    let a = daemon::parse_portal(v).ok_or_else(|| format!("bad portal '{v}'"))?;
+                    out.push(a);
+                }
+                // tgtd accepts these per-driver knobs; they have per-target
+                // equivalents here, so accepting them keeps unit files working.
+                "nop_interval" | "nop_count" => {}
+                _ => return Err(format!("unknown --iscsi option '{k}'")),
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let mut portals = match parse_portals(&args.iscsi) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("rtgtd: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if portals.is_empty() {
+        portals = if args.demo {
+            vec!["127.0.0.1:3260".parse().unwrap()]
+        } else {
+            vec![
+                "0.0.0.0:3260".parse().unwrap(),
+                "[::]:3260".parse().unwrap(),
+            ]
+        };
+    }
+    let cfg = Config {
+        control_port: args.control_port,
+        socket_dir: args.socket_dir,
+        portals,
+        debug: args.debug.unwrap_or(0) > 0,
+        io_threads: args.nr_iothreads,
+        demo: args.demo.then(|| Demo {
+            data_dir: args.data_dir,
+            size: args.demo_size,
+        }),
+    };
+    if !args.foreground {
+        // Detach like tgtd before any thread exists.
+        // SAFETY: no other threads run yet; daemon(3) forks and setsid()s.
+        if unsafe { libc::daemon(0, 0) } != 0 {
+            eprintln!("rtgtd: cannot detach: {}", std::io::Error::last_os_error());
+            return ExitCode::from(1);
+        }
+    }
+    match daemon::run(cfg) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rtgtd: {e}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,377 @@
+//! rtgt-load: a small iSCSI load generator built on the `initiator` crate.
+//!
+//! Each session is one login (one TCP connection) with `--qd` commands
+//! pipelined on it; sessions are spread over `--threads` OS threads. The run
+//! always ends by itself: after `--seconds` (default 10) or `--ios` commands,
+//! whichever comes first. Prints one line of plain text (or JSON with `--json`).
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, ValueEnum};
+use initiator::{cdb, Connection, LoginOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, RngCore, SeedableRng};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Mode {
+    Read,
+    Write,
+    Randread,
+    Randwrite,
+    /// Sequential mix of reads and writes (`--rwmixread` % reads).
+    Rw,
+    /// Random mix of reads and writes (`--rwmixread` % reads).
+    Randrw,
+}
+
+#[derive(Debug, Parser)]
+#[command(name = "rtgt-load", about = "iSCSI load generator for rtgt")]
+struct Args {
+    /// Target portal, IP:PORT.
+    #[arg(long)]
+    portal: SocketAddr,
+    /// Target IQN.
+    #[arg(long)]
+    target: String,
+    /// LUN number.
+    #[arg(long, default_value_t = 1)]
+    lun: u64,
+    /// Number of sessions (one connection each).
+    #[arg(long, default_value_t = 1)]
+    sessions: usize,
+    /// Commands in flight per session.
+    #[arg(long, default_value_t = 1)]
+    qd: usize,
+    /// Bytes per command (a multiple of the LUN's block size).
+    #[arg(long, default_value_t = 4096)]
+    bs: u32,
+    /// I/O pattern.
+    #[arg(long, value_enum, default_value_t = Mode::Randread)]
+    rw: Mode,
+    /// Percentage of reads for rw/randrw.
+    #[arg(long, default_value_t = 50)]
+    rwmixread: u8,
+    /// Run time in seconds (default 10 when --ios is not given).
+    #[arg(long)]
+    seconds: Option<f64>,
+    /// Total commands over all sessions.
+    #[arg(long)]
+    ios: Option<u64>,
+    /// OS threads (default: one per session).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Print a JSON object instead of the text line.
+    #[arg(long)]
+    json: bool,
+    /// Negotiate CRC32C header digests.
+    #[arg(long)]
+    header_digest: bool,
+    /// Negotiate CRC32C data digests.
+    #[arg(long)]
+    data_digest: bool,
+    /// Limit I/O to the first N MiB of the LUN.
+    #[arg(long)]
+    size_mib: Option<u64>,
+    /// InitiatorName.
+    #[arg(long, default_value = "iqn.2026-11.rs.rtgt:load")]
+    initiator_name: String,
+    /// Per-wait timeout in seconds.
+    #[arg(long, default_value_t = 30)]
+    timeout: u64,
+}
+
+struct Session {
+    conn: Connection,
+    inflight: std::collections::HashMap<u32, Instant>,
+    next_lba: u64,
+}
+
+#[derive(Default)]
+struct ThreadResult {
+    lat_us: Vec<u32>,
+    ios: u64,
+    bad_status: u64,
+}
+
+struct Plan {
+    lun: u64,
+    blocks_per_io: u32,
+    block_size: u32,
+    region_blocks: u64,
+    qd: usize,
+    mode: Mode,
+    rwmixread: u8,
+    deadline: Option<Instant>,
+    ios: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let a = Args::parse();
+    match run(&a) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rtgt-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(a: &Args) -> Result<(), String> {
+    if a.sessions == 0 || a.qd == 0 || a.bs == 0 {
+        return Err("--sessions, --qd and --bs must be positive".into());
+    }
+    let opts = LoginOptions {
+        initiator_name: a.initiator_name.clone(),
+        target_name: Some(a.target.clone()),
+        header_digest: a.header_digest,
+        data_digest: a.data_digest,
+        max_burst_length: 1 << 20,
+        first_burst_length: 1 << 18,
+        timeout: Duration::from_secs(a.timeout),
+        ..Default::default()
+    };
+    let mut sessions = Vec::new();
+    for i in 0..a.sessions {
+        let mut o = opts.clone();
+        o.isid[5] = i as u8;
+        let (c, _) = Connection::login(a.portal, &o).map_err(|e| format!("login {i}: {e}"))?;
+        sessions.push(c);
+    }
+    let (cap_blocks, block_size) = sessions[0]
+        .read_capacity16(a.lun)
+        .map_err(|e| format!("READ CAPACITY: {e}"))?;
+    if !a.bs.is_multiple_of(block_size) {
+        return Err(format!(
+            "--bs {} is not a multiple of the block size {block_size}",
+            a.bs
+        ));
+    }
+    let blocks_per_io = a.bs / block_size;
+    let mut region_blocks = cap_blocks;
+    if let Some(m) = a.size_mib {
+        region_blocks = region_blocks.min(m * 1024 * 1024 / block_size as u64);
+    }
+    if region_blocks < blocks_per_io as u64 {
+        return Err("LUN (or --size-mib) smaller than one I/O".into());
+    }
+    let seconds = match (a.seconds, a.ios) {
+        (None, None) => Some(10.0),
+        (s, _) => s,
+    };
+    let start = Instant::now();
+    let plan = Arc::new(Plan {
+        lun: a.lun,
+        blocks_per_io,
+        block_size,
+        region_blocks,
+        qd: a.qd,
+        mode: a.rw,
+        rwmixread: a.rwmixread.min(100),
+        deadline: seconds.map(|s| start + Duration::from_secs_f64(s)),
+        ios: a.ios,
+    });
+    let submitted = Arc::new(AtomicU64::new(0));
+    let abort = Arc::new(AtomicBool::new(false));
+    let nthreads = a.threads.unwrap_or(a.sessions).clamp(1, a.sessions);
+    let mut per_thread: Vec<Vec<Session>> = (0..nthreads).map(|_| Vec::new()).collect();
+    let n = sessions.len() as u64;
+    for (i, conn) in sessions.into_iter().enumerate() {
+        // Sequential streams start at evenly spread points of the region.
+        let start_lba =
+            (region_blocks / n) * i as u64 / blocks_per_io as u64 * blocks_per_io as u64;
+        per_thread[i % nthreads].push(Session {
+            conn,
+            inflight: Default::default(),
+            next_lba: start_lba,
+        });
+    }
+    let handles: Vec<_> = per_thread
+        .into_iter()
+        .enumerate()
+        .map(|(t, ss)| {
+            let (plan, submitted, abort) = (plan.clone(), submitted.clone(), abort.clone());
+            std::thread::Builder::new()
+                .name(format!("load/{t}"))
+                .spawn(move || {
+                    let r = worker(t as u64, ss, &plan, &submitted, &abort);
+                    if r.is_err() {
+                        abort.store(true, Ordering::Relaxed);
+                    }
+                    r
+                })
+                .expect("spawn")
+        })
+        .collect();
+    let mut total = ThreadResult::default();
+    let mut first_err = None;
+    for h in handles {
+        match h
+            .join()
+            .map_err(|_| "worker panicked".to_string())
+            .and_then(|r| r)
+        {
+            Ok(r) => {
+                total.ios += r.ios;
+                total.bad_status += r.bad_status;
+                total.lat_us.extend(r.lat_us);
+            }
+            Err(e) => first_err = first_err.or(Some(e)),
+        }
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    if let Some(e) = first_err {
+        return Err(e);
+    }
+    total.lat_us.sort_unstable();
+    let pct = |p: f64| -> u32 {
+        if total.lat_us.is_empty() {
+            0
+        } else {
+            let i = ((total.lat_us.len() as f64 - 1.0) * p).round() as usize;
+            total.lat_us[i]
+        }
+    };
+    let iops = total.ios as f64 / elapsed;
+    let mbps = iops * a.bs as f64 / 1e6;
+    let mode = format!("{:?}", a.rw).to_lowercase();
+    if a.json {
+        println!(
+            "{{\"rw\":\"{mode}\",\"bs\":{},\"qd\":{},\"sessions\":{},\"threads\":{nthreads},\"ios\":{},\"bad_status\":{},\"seconds\":{elapsed:.3},\"iops\":{iops:.1},\"mb_per_s\":{mbps:.2},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
+            a.bs,
+            a.qd,
+            a.sessions,
+            total.ios,
+            total.bad_status,
+            pct(0.5),
+            pct(0.99),
+            total.lat_us.last().copied().unwrap_or(0)
+        );
+    } else {
+        println!(
+            "rw={mode} bs={} qd={} sessions={} threads={nthreads} ios={} bad_status={} seconds={elapsed:.2} iops={iops:.0} MB/s={mbps:.1} p50_us={} p99_us={}",
+            a.bs,
+            a.qd,
+            a.sessions,
+            total.ios,
+            total.bad_status,
+            pct(0.5),
+            pct(0.99)
+        );
+    }
+    if total.bad_status > 0 {
+        return Err(format!(
+            "{} commands ended with a non-GOOD status",
+            total.bad_status
+        ));
+    }
+    Ok(())
+}
+
+/// Claim one command from the global budget; false when the run is over.
+fn may_submit(plan: &Plan, submitted: &AtomicU64, abort: &AtomicBool) -> bool {
+    if abort.load(Ordering::Relaxed) {
+        return false;
+    }
+    if let Some(d) = plan.deadline {
+        if Instant::now() >= d {
+            return false;
+        }
+    }
+    match plan.ios {
+        Some(max) => submitted.fetch_add(1, Ordering::Relaxed) < max,
+        None => true,
+    }
+}
+
+fn worker(
+    seed: u64,
+    mut ss: Vec<Session>,
+    plan: &Plan,
+    submitted: &AtomicU64,
+    abort: &AtomicBool,
+) -> Result<ThreadResult, String> {
+    let mut rng = StdRng::seed_from_u64(0x5eed ^ seed);
+    let io_bytes = (plan.blocks_per_io * plan.block_size) as usize;
+    let mut payload = vec![0u8; io_bytes];
+    rng.fill_bytes(&mut payload);
+    let mut res = ThreadResult::default();
+    let slots = plan.region_blocks / plan.blocks_per_io as u64;
+    let mut running = true;
+    loop {
+        if running {
+            'fill: for s in ss.iter_mut() {
+                while s.inflight.len() < plan.qd {
+                    if !may_submit(plan, submitted, abort) {
+                        running = false;
+                        break 'fill;
+                    }
+                    let (random, read) = match plan.mode {
+                        Mode::Read => (false, true),
+                        Mode::Write => (false, false),
+                        Mode::Randread => (true, true),
+                        Mode::Randwrite => (true, false),
+                        Mode::Rw => (false, rng.gen_range(0..100) < plan.rwmixread),
+                        Mode::Randrw => (true, rng.gen_range(0..100) < plan.rwmixread),
+                    };
+                    let lba = if random {
+                        rng.gen_range(0..slots) * plan.blocks_per_io as u64
+                    } else {
+                        let l = s.next_lba;
+                        s.next_lba += plan.blocks_per_io as u64;
+                        if s.next_lba + plan.blocks_per_io as u64 > plan.region_blocks {
+                            s.next_lba = 0;
+                        }
+                        l
+                    };
+                    let t0 = Instant::now();
+                    let itt = if read {
+                        s.conn.submit(
+                            plan.lun,
+                            &cdb::read16(lba, plan.blocks_per_io),
+                            &[],
+                            io_bytes as u32,
+                        )
+                    } else {
+                        s.conn.submit(
+                            plan.lun,
+                            &cdb::write16(lba, plan.blocks_per_io),
+                            &payload,
+                            0,
+                        )
+                    }
+                    .map_err(|e| format!("submit: {e}"))?;
+                    s.inflight.insert(itt, t0);
+                }
+            }
+        }
+        let mut any = false;
+        for s in ss.iter_mut() {
+            if s.inflight.is_empty() {
+                continue;
+            }
+            any = true;
+            let (itt, r) = s.conn.complete().map_err(|e| format!("complete: {e}"))?;
+            let t0 = s
+                .inflight
+                .remove(&itt)
+                .ok_or("completion for an unknown ITT")?;
+            res.lat_us
+                .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            res.ios += 1;
+            if !r.is_good() {
+                res.bad_status += 1;
+            }
+        }
+        if !running && !any {
+            break;
+        }
+    }
+    for s in ss.iter_mut() {
+        let _ = s.conn.logout(initiator::logout_reason::CLOSE_SESSION);
+    }
+    Ok(res)
+}

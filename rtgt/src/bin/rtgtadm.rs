@@ -1,0 +1,682 @@
+//! rtgtadm: tgtadm's command line, option for option (tgt 1.0.85
+//! `usr/tgtadm.c`): the same options (parsed the way glibc's `getopt_long`
+//! parses them), the same checks and messages, the same request bytes on
+//! the management socket, the same output and exit codes.
+
+use std::io::Write;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::exit;
+
+use rtgt::mgmt::ipc::{self, strerror};
+use rtgt::mgmt::request::{c_strtoull, Mode, Op, Request, ACCOUNT_INCOMING, ACCOUNT_OUTGOING};
+use rtgt::mgmt::socket;
+
+/// Messages carry tgtadm's name: scripts written for tgtadm match on them.
+const PROG: &str = "tgtadm";
+/// The tgtadm version whose interface this is.
+const VERSION: &str = "1.0.85";
+const EINVAL: i32 = libc::EINVAL;
+
+macro_rules! eprint_prog {
+    ($($arg:tt)*) => {{
+        eprint!("{}: ", PROG);
+        eprint!($($arg)*);
+    }};
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HasArg {
+    No,
+    Required,
+}
+
+/// `long_options` of tgtadm.
+const LONG: &[(&str, HasArg, char)] = &[
+    ("debug", HasArg::No, 'd'),
+    ("help", HasArg::No, 'h'),
+    ("version", HasArg::No, 'V'),
+    ("lld", HasArg::Required, 'L'),
+    ("op", HasArg::Required, 'o'),
+    ("mode", HasArg::Required, 'm'),
+    ("tid", HasArg::Required, 't'),
+    ("sid", HasArg::Required, 's'),
+    ("cid", HasArg::Required, 'c'),
+    ("lun", HasArg::Required, 'l'),
+    ("name", HasArg::Required, 'n'),
+    ("value", HasArg::Required, 'v'),
+    ("backing-store", HasArg::Required, 'b'),
+    ("bstype", HasArg::Required, 'E'),
+    ("bsopts", HasArg::Required, 'S'),
+    ("bsoflags", HasArg::Required, 'f'),
+    ("blocksize", HasArg::Required, 'y'),
+    ("targetname", HasArg::Required, 'T'),
+    ("initiator-address", HasArg::Required, 'I'),
+    ("initiator-name", HasArg::Required, 'Q'),
+    ("user", HasArg::Required, 'u'),
+    ("password", HasArg::Required, 'p'),
+    ("host", HasArg::Required, 'H'),
+    ("force", HasArg::No, 'F'),
+    ("params", HasArg::Required, 'P'),
+    ("bus", HasArg::Required, 'B'),
+    ("device-type", HasArg::Required, 'Y'),
+    ("outgoing", HasArg::No, 'O'),
+    ("control-port", HasArg::Required, 'C'),
+];
+
+/// tgtadm's short option string. Note that `-F` and `-O` take an argument
+/// here although `--force` and `--outgoing` do not: tgtadm's quirk, kept.
+const SHORT: &str = "dhVL:o:m:t:s:c:l:n:v:b:E:f:y:T:I:Q:u:p:H:F:P:B:Y:O:C:S:";
+
+fn short_has_arg(c: char) -> Option<HasArg> {
+    let b = SHORT.as_bytes();
+    let i = SHORT.find(c)?;
+    if c == ':' {
+        return None;
+    }
+    Some(if b.get(i + 1) == Some(&b':') {
+        HasArg::Required
+    } else {
+        HasArg::No
+    })
+}
+
+/// One option as `getopt_long` returns it; `'?'` for an error (already
+/// reported on stderr).
+struct Opt {
+    ch: char,
+    arg: Option<String>,
+}
+
+impl Opt {
+    fn err(msg: String) -> Self {
+        Opt {
+            ch: '?',
+            arg: Some(msg),
+        }
+    }
+}
+
+/// glibc `getopt_long` with argument permutation: returns the options in
+/// order and the non-option arguments.
+fn getopt(args: &[String]) -> (Vec<Opt>, Vec<String>) {
+    let mut opts = Vec::new();
+    let mut rest = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        let a = &args[i];
+        i += 1;
+        if a == "--" {
+            rest.extend(args[i..].iter().cloned());
+            break;
+        }
+        if let Some(body) = a.strip_prefix("--") {
+            let (name, inline) = match body.split_once('=') {
+                Some((n, v)) => (n, Some(v.to_string())),
+                None => (body, None),
+            };
+            let exact = LONG.iter().find(|l| l.0 == name);
+            let found = match exact {
+                Some(l) => Some(*l),
+                None => {
+                    let cands: Vec<_> = LONG.iter().filter(|l| l.0.starts_with(name)).collect();
+                    if cands.len() == 1 {
+                        Some(*cands[0])
+                    } else if cands.len() > 1 {
+                        let list: Vec<String> =
+                            cands.iter().map(|l| format!("'--{}'", l.0)).collect();
+                        opts.push(Opt::err(format!(
+                            "option '--{}' is ambiguous; possibilities: {}",
+                            name,
+                            list.join(" ")
+                        )));
+                        continue;
+                    } else {
+                        None
+                    }
+                }
+            };
+            let Some((lname, has, ch)) = found else {
+                opts.push(Opt::err(format!("unrecognized option '--{name}'")));
+                continue;
+            };
+            match has {
+                HasArg::No => {
+                    if inline.is_some() {
+                        opts.push(Opt::err(format!(
+                            "option '--{lname}' doesn't allow an argument"
+                        )));
+                    } else {
+                        opts.push(Opt { ch, arg: None });
+                    }
+                }
+                HasArg::Required => {
+                    let v = match inline {
+                        Some(v) => Some(v),
+                        None if i < args.len() => {
+                            i += 1;
+                            Some(args[i - 1].clone())
+                        }
+                        None => None,
+                    };
+                    match v {
+                        Some(v) => opts.push(Opt { ch, arg: Some(v) }),
+                        None => {
+                            opts.push(Opt::err(format!("option '--{lname}' requires an argument")));
+                        }
+                    }
+                }
+            }
+            continue;
+        }
+        if a.len() > 1 && a.starts_with('-') {
+            let chars: Vec<char> = a[1..].chars().collect();
+            let mut j = 0;
+            while j < chars.len() {
+                let c = chars[j];
+                j += 1;
+                match short_has_arg(c) {
+                    None => {
+                        opts.push(Opt::err(format!("invalid option -- '{c}'")));
+                    }
+                    Some(HasArg::No) => opts.push(Opt { ch: c, arg: None }),
+                    Some(HasArg::Required) => {
+                        if j < chars.len() {
+                            let v: String = chars[j..].iter().collect();
+                            opts.push(Opt {
+                                ch: c,
+                                arg: Some(v),
+                            });
+                        } else if i < args.len() {
+                            opts.push(Opt {
+                                ch: c,
+                                arg: Some(args[i].clone()),
+                            });
+                            i += 1;
+                        } else {
+                            opts.push(Opt::err(format!("option requires an argument -- '{c}'")));
+                        }
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        rest.push(a.clone());
+    }
+    (opts, rest)
+}
+
+fn usage(status: i32) -> ! {
+    if status != 0 {
+        eprintln!("Try `{PROG} --help' for more information.");
+        exit(EINVAL);
+    }
+    print!(
+        "Linux SCSI Target administration utility, version {VERSION}\n\n\
+Usage: {PROG} [OPTION]\n\
+--lld <driver> --mode target --op new --tid <id> --targetname <name>\n\
+\tadd a new target with <id> and <name>. <id> must not be zero.\n\
+--lld <driver> --mode target --op delete [--force] --tid <id>\n\
+\tdelete the specific target with <id>.\n\
+\tWith force option, the specific target is deleted\n\
+\teven if there is an activity.\n\
+--lld <driver> --mode target --op show\n\
+\tshow all the targets.\n\
+--lld <driver> --mode target --op show --tid <id>\n\
+\tshow the specific target's parameters.\n\
+--lld <driver> --mode target --op update --tid <id> --name <param> --value <value>\n\
+\tchange the target parameters of the target with <id>.\n\
+--lld <driver> --mode target --op bind --tid <id> --initiator-address <address>\n\
+--lld <driver> --mode target --op bind --tid <id> --initiator-name <name>\n\
+\tenable the target to accept the specific initiators.\n\
+--lld <driver> --mode target --op unbind --tid <id> --initiator-address <address>\n\
+--lld <driver> --mode target --op unbind --tid <id> --initiator-name <name>\n\
+\tdisable the specific permitted initiators.\n\
+--lld <driver> --mode logicalunit --op new --tid <id> --lun <lun>\n\
+  --backing-store <path> --bstype <type> --bsopts <bs options> --bsoflags <options>\n\
+\tadd a new logical unit with <lun> to the specific\n\
+\ttarget with <id>. The logical unit is offered\n\
+\tto the initiators. <path> must be block device files\n\
+\t(including LVM and RAID devices) or regular files.\n\
+\tbstype option is optional.\n\
+\tbsopts are specific to the bstype.\n\
+\tbsoflags supported options are sync and direct\n\
+\t(sync:direct for both).\n\
+--lld <driver> --mode logicalunit --op delete --tid <id> --lun <lun>\n\
+\tdelete the specific logical unit with <lun> that\n\
+\tthe target with <id> has.\n\
+--lld <driver> --mode account --op new --user <name> --password <pass>\n\
+\tadd a new account with <name> and <pass>.\n\
+--lld <driver> --mode account --op delete --user <name>\n\
+\tdelete the specific account having <name>.\n\
+--lld <driver> --mode account --op bind --tid <id> --user <name> [--outgoing]\n\
+\tadd the specific account having <name> to\n\
+\tthe specific target with <id>.\n\
+\t<user> could be <IncomingUser> or <OutgoingUser>.\n\
+\tIf you use --outgoing option, the account will\n\
+\tbe added as an outgoing account.\n\
+--lld <driver> --mode account --op unbind --tid <id> --user <name> [--outgoing]\n\
+\tdelete the specific account having <name> from specific\n\
+\ttarget. The --outgoing option must be added if you\n\
+\tdelete an outgoing account.\n\
+--lld <driver> --mode lld --op start\n\
+\tStart the specified lld without restarting the tgtd process.\n\
+--control-port <port> use control port <port>\n\
+--help\n\
+\tdisplay this help and exit\n\n\
+Report bugs to <stgt@vger.kernel.org>.\n"
+    );
+    let _ = std::io::stdout().flush();
+    exit(0);
+}
+
+/// tgtadm's `str_to_int` family: strtoull with base 0, refusing no digits
+/// and ULLONG_MAX (EINVAL), a value that does not fit (ERANGE), and with
+/// `min`, a value below it (ERANGE).
+fn str_to_int<T: TryFrom<u64>>(s: &str, ch: char, fits: impl Fn(u64) -> Option<T>) -> T {
+    let (v, used) = c_strtoull(s, 0);
+    let err = if used == 0 || v == u64::MAX {
+        libc::EINVAL
+    } else if fits(v).is_none() {
+        libc::ERANGE
+    } else {
+        0
+    };
+    if err != 0 {
+        if err == libc::ERANGE {
+            eprintln!("-{ch} argument value '{s}' out of range");
+        } else {
+            eprintln!("-{ch} argument value '{s}' invalid");
+        }
+        usage(err);
+    }
+    fits(v).expect("checked")
+}
+
+/// `verify_mode_params`: the first option not in `allowed` (or `d`).
+fn verify(opts: &[Opt], allowed: &str) -> Option<char> {
+    opts.iter()
+        .map(|o| o.ch)
+        .find(|&c| !allowed.contains(c) && c != 'd')
+}
+
+fn device_type(s: &str) -> u32 {
+    match s {
+        "disk" => 0x00,
+        "tape" | "ssc" => 0x01,
+        "cd" => 0x05,
+        "changer" => 0x08,
+        "osd" => 0x11,
+        "pt" => 0xff,
+        _ => {
+            eprint_prog!("unknown target type: {}\n", s);
+            exit(EINVAL);
+        }
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprint_prog!("{}\n", msg);
+    exit(EINVAL);
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (opts, rest) = getopt(&args);
+
+    let mut req = Request::default();
+    let (mut op, mut mode): (Option<Op>, Option<Mode>) = (None, None);
+    let mut op_name = String::new();
+    let mut tid: i64 = -1;
+    let (mut sid, mut cid, mut hostno, mut lun) = (0u64, 0u32, 0u32, u64::MAX);
+    let mut dev_type = 0u32;
+    let mut ac_dir = ACCOUNT_INCOMING;
+    let mut force = false;
+    let mut control_port: u16 = 0;
+    let mut s: std::collections::HashMap<char, String> = Default::default();
+    let (mut target_ops, mut portal_ops) = (None::<String>, None::<String>);
+
+    for o in &opts {
+        let arg = o.arg.clone().unwrap_or_default();
+        match o.ch {
+            'L' => req.lld = arg.chars().take(ipc::LLD_NAME_LEN - 1).collect(),
+            'o' => {
+                op = Some(Op::from_name(&arg).unwrap_or_else(|| {
+                    eprint_prog!("unknown operation: {}\n", arg);
+                    exit(1)
+                }));
+                op_name = arg;
+            }
+            'm' => {
+                mode = Some(Mode::from_name(&arg).unwrap_or_else(|| {
+                    eprint_prog!("unknown mode: {}\n", arg);
+                    exit(1)
+                }))
+            }
+            't' => {
+                tid = str_to_int(&arg, 't', |v| i32::try_from(v).ok().filter(|&x| x >= 0)) as i64
+            }
+            's' => sid = str_to_int(&arg, 's', Some),
+            'c' => cid = str_to_int(&arg, 'c', |v| u32::try_from(v).ok()),
+            'l' => lun = str_to_int(&arg, 'l', Some),
+            'P' => {
+                if mode == Some(Mode::Portal) {
+                    portal_ops = Some(arg)
+                } else {
+                    target_ops = Some(arg)
+                }
+            }
+            'n' | 'v' | 'b' | 'T' | 'I' | 'Q' | 'u' | 'p' | 'f' | 'y' | 'E' | 'S' => {
+                s.insert(o.ch, arg);
+            }
+            'B' => {
+                eprint_prog!("can't find bus: {}\n", arg);
+                exit(EINVAL);
+            }
+            'H' => {
+                hostno = str_to_int(&arg, 'H', |v| {
+                    u32::try_from(v).ok().filter(|&x| x <= i32::MAX as u32)
+                })
+            }
+            'F' => force = true,
+            'Y' => dev_type = device_type(&arg),
+            'O' => ac_dir = ACCOUNT_OUTGOING,
+            'C' => {
+                control_port =
+                    str_to_int(&arg, 'C', |v| i16::try_from(v).ok().filter(|&x| x >= 0)) as u16
+            }
+            'V' => {
+                println!("{VERSION}");
+                exit(0);
+            }
+            'd' => {}
+            'h' => usage(0),
+            _ => {
+                if let Some(m) = &o.arg {
+                    eprint_prog!("{}\n", m);
+                }
+                usage(1)
+            }
+        }
+    }
+    if let Some(first) = rest.first() {
+        eprint_prog!("unrecognized option '{}'\n", first);
+        usage(1);
+    }
+    let Some(op) = op else {
+        fail("specify the operation type")
+    };
+    let Some(mode) = mode else {
+        fail("specify the mode")
+    };
+    let has = |c: char| s.contains_key(&c);
+    let not_allowed = |what: &str, c: char| -> ! {
+        fail(&format!(
+            "{what} mode: option '-{c}' is not allowed/supported"
+        ))
+    };
+
+    match mode {
+        Mode::System => match op {
+            Op::Update => {
+                if let Some(c) = verify(&opts, "LmonvC") {
+                    not_allowed("system", c);
+                }
+                if !has('n') || !has('v') {
+                    fail("update operation requires 'name' and 'value' options");
+                }
+            }
+            Op::Show | Op::Delete | Op::Stats => {}
+            _ => fail(&format!("operation {op_name} not supported in system mode")),
+        },
+        Mode::Target => {
+            if tid <= 0 && op != Op::Show {
+                if tid == 0 {
+                    fail("'tid' cannot be 0");
+                }
+                fail("'tid' option is necessary");
+            }
+            match op {
+                Op::New => {
+                    if let Some(c) = verify(&opts, "LmotTC") {
+                        not_allowed("target", c);
+                    }
+                    if !has('T') {
+                        fail("creating new target requires a name, use --targetname");
+                    }
+                }
+                Op::Delete => {
+                    if let Some(c) = verify(&opts, "LmotCF") {
+                        not_allowed("target", c);
+                    }
+                }
+                Op::Show | Op::Stats => {
+                    if let Some(c) = verify(&opts, "LmotC") {
+                        not_allowed("target", c);
+                    }
+                }
+                Op::Bind | Op::Unbind => {
+                    if let Some(c) = verify(&opts, "LmotIQBHC") {
+                        not_allowed("target", c);
+                    }
+                    if !has('I') && !has('Q') && hostno == 0 {
+                        fail(&format!(
+                            "{op_name} operation requires initiator-address, initiator-nameor bus"
+                        ));
+                    }
+                }
+                Op::Update => {
+                    if let Some(c) = verify(&opts, "LmotnvC") {
+                        not_allowed("target", c);
+                    }
+                    if !has('n') || !has('v') {
+                        fail("update operation requires 'name' and 'value' options");
+                    }
+                }
+                _ => fail(&format!("operation {op_name} not supported in target mode")),
+            }
+        }
+        Mode::Account => match op {
+            Op::New => {
+                if let Some(c) = verify(&opts, "LmoupfC") {
+                    not_allowed("account", c);
+                }
+                if !has('u') || !has('p') {
+                    fail("'user' and 'password' options are required");
+                }
+            }
+            Op::Show => {
+                if let Some(c) = verify(&opts, "LmoC") {
+                    not_allowed("account", c);
+                }
+            }
+            Op::Delete => {
+                if let Some(c) = verify(&opts, "LmouC") {
+                    not_allowed("account", c);
+                }
+            }
+            Op::Bind | Op::Unbind => {
+                if let Some(c) = verify(&opts, "LmotuOC") {
+                    not_allowed("account", c);
+                }
+                if !has('u') {
+                    fail("'user' option is necessary");
+                }
+                if tid == -1 {
+                    tid = ipc::GLOBAL_TID as i64;
+                }
+            }
+            _ => fail(&format!(
+                "operation {op_name} not supported in account mode"
+            )),
+        },
+        Mode::Device => {
+            if tid <= 0 {
+                if tid == 0 {
+                    fail("'tid' must not be 0");
+                }
+                fail("'tid' option is necessary");
+            }
+            if lun == u64::MAX {
+                fail("'lun' option is necessary");
+            }
+            match op {
+                Op::New => {
+                    if let Some(c) = verify(&opts, "LmofytlbEYCS") {
+                        not_allowed("logicalunit", c);
+                    }
+                    if !has('b') && ![0x05, 0x01, 0x00].contains(&dev_type) {
+                        fail("'backing-store' option is necessary");
+                    }
+                }
+                Op::Delete | Op::Stats => {
+                    if let Some(c) = verify(&opts, "LmotlC") {
+                        not_allowed("logicalunit", c);
+                    }
+                }
+                Op::Update => {
+                    if let Some(c) = verify(&opts, "LmofytlPC") {
+                        fail(&format!("option '-{c}' not supported in logicalunit mode"));
+                    }
+                }
+                _ => fail(&format!(
+                    "operation {op_name} not supported in logicalunit mode"
+                )),
+            }
+        }
+        Mode::Portal => match op {
+            Op::New | Op::Delete => {
+                if let Some(c) = verify(&opts, "LmoCP") {
+                    not_allowed("portal", c);
+                }
+                if portal_ops.is_none() {
+                    fail("you must specify --param portal=<portal>");
+                }
+            }
+            Op::Show => {
+                if let Some(c) = verify(&opts, "LmoC") {
+                    fail(&format!("option '-{c}' not supported in portal mode"));
+                }
+            }
+            _ => fail(&format!("operation {op_name} not supported in portal mode")),
+        },
+        Mode::Lld => match op {
+            Op::Start | Op::Stop | Op::Show => {
+                if let Some(c) = verify(&opts, "LmoC") {
+                    not_allowed("lld", c);
+                }
+            }
+            _ => fail(&format!("option {} not supported in lld mode", op.raw())),
+        },
+        Mode::Session | Mode::Connection | Mode::Other(_) => {}
+    }
+
+    req.op = op;
+    req.mode = mode;
+    req.tid = tid as i32;
+    req.sid = sid;
+    req.cid = cid;
+    req.lun = lun;
+    req.host_no = hostno;
+    req.device_type = dev_type;
+    req.ac_dir = ac_dir;
+    req.force = force;
+
+    // The parameter string, in tgtadm's order.
+    let mut b = String::new();
+    let mut add = |k: &str, v: &str| {
+        if !b.is_empty() {
+            b.push(',');
+        }
+        b.push_str(k);
+        b.push_str(v);
+    };
+    if let Some(n) = s.get(&'n') {
+        let v = s.get(&'v').map(String::as_str).unwrap_or("(null)");
+        add("", &format!("{n}={v}"));
+    }
+    if let Some(p) = s.get(&'b') {
+        add("path=", p);
+    }
+    if dev_type == 0x01 {
+        add("bstype=", "ssc");
+    } else if let Some(v) = s.get(&'E') {
+        add("bstype=", v);
+    }
+    for (c, k) in [
+        ('S', "bsopts="),
+        ('f', "bsoflags="),
+        ('y', "blocksize="),
+        ('T', "targetname="),
+        ('I', "initiator-address="),
+        ('Q', "initiator-name="),
+        ('u', "user="),
+        ('p', "password="),
+    ] {
+        if let Some(v) = s.get(&c) {
+            add(k, v);
+        }
+    }
+    // tgtadm appends a trailing ',' to these.
+    if let Some(v) = &target_ops {
+        add("targetOps ", &format!("{v},"));
+    }
+    if let Some(v) = &portal_ops {
+        add("portalOps ", &format!("{v},"));
+    }
+    req.params = b;
+
+    exit(send(&req, control_port));
+}
+
+/// Send the request and print the answer; returns the exit code.
+fn send(req: &Request, control_port: u16) -> i32 {
+    let path = socket::socket_path(&socket::default_prefix(), control_port);
+    let mut stream = match UnixStream::connect(Path::new(&path)) {
+        Ok(s) => s,
+        Err(_) => {
+            // tgtadm goes on to write to the unconnected socket and reports
+            // that failure.
+            eprint_prog!(
+                "failed to send request hdr to tgt daemon, Transport endpoint is not connected\n"
+            );
+            return libc::ENOTCONN;
+        }
+    };
+    let bytes = ipc::encode_request(req);
+    if let Err(e) = stream.write_all(&bytes) {
+        eprint_prog!("failed to send request hdr to tgt daemon, {}\n", e);
+        return e.raw_os_error().unwrap_or(EINVAL);
+    }
+    let rsp = match ipc::read_response_blocking(&mut stream) {
+        Ok(r) => r,
+        Err(ipc::IpcError::Io(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            eprint_prog!("tgtd closed the socket\n");
+            return 0;
+        }
+        Err(e) => {
+            eprint_prog!("can't get the response, {}\n", e);
+            return EINVAL;
+        }
+    };
+    if rsp.err != 0 {
+        eprint_prog!("{}\n", strerror(rsp.err));
+        return EINVAL;
+    }
+    if req.mode == Mode::System && req.op == Op::Delete {
+        // Wait until the daemon has gone (connect refused), as tgtadm does.
+        loop {
+            match UnixStream::connect(&path) {
+                Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED) => break,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                _ => std::thread::sleep(std::time::Duration::from_millis(100)),
+            }
+        }
+    }
+    if !rsp.text.is_empty() {
+        print!("{}", rsp.text);
+        let _ = std::io::stdout().flush();
+    }
+    0
+}

@@ -1,0 +1,328 @@
+//! The management plane's view of the running daemon ([`mgmt::Live`]):
+//! opening backing stores, listing sessions, and turning committed table
+//! changes into messages to the target loops.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::Arc;
+
+use scsi::{BlockDevice, LunConfig, LunId, SenseFormat};
+
+use super::{DaemonState, Demo};
+use crate::backend::{self, BackendKind, OpenFlags};
+use crate::mgmt::{self, BackingInfo, ConnInfo, Effect, LunSpec, SessionInfo, TgtadmError};
+use crate::target::{Knobs, TargetHandle, TargetMsg};
+
+pub struct DaemonLive {
+    state: Rc<DaemonState>,
+    /// Stores opened by `open_backing`, waiting for their `LunAdded` /
+    /// `LunUpdated` effect, by (tid, lun).
+    opened: Vec<((u32, u64), Arc<dyn BlockDevice>)>,
+}
+
+impl DaemonLive {
+    pub fn new(state: Rc<DaemonState>) -> DaemonLive {
+        DaemonLive {
+            state,
+            opened: Vec::new(),
+        }
+    }
+
+    fn send(&self, tid: u32, m: TargetMsg) {
+        if let Some(h) = self.state.targets.borrow().get(&tid) {
+            h.send(m);
+        }
+    }
+
+    /// Send a target's NOP settings to its loop. The management handler
+    /// holds the table while effects apply, so read it once it is done.
+    fn push_knobs(&self, tid: u32) {
+        let state = self.state.clone();
+        tokio::task::spawn_local(async move {
+            let knobs = knobs_of(&state.table.borrow(), tid);
+            if let Some(h) = state.targets.borrow().get(&tid) {
+                h.send(TargetMsg::SetKnobs(knobs));
+            }
+        });
+    }
+
+    fn take_opened(&mut self, tid: u32, lun: u64) -> Option<Arc<dyn BlockDevice>> {
+        let i = self.opened.iter().position(|(k, _)| *k == (tid, lun))?;
+        Some(self.opened.swap_remove(i).1)
+    }
+
+    fn device_for(&mut self, tid: u32, spec: &LunSpec) -> Arc<dyn BlockDevice> {
+        if let Some(d) = self.take_opened(tid, spec.lun) {
+            return d;
+        }
+        // LUN 0 controller and medium-less units: a null store of size 0
+        // (null LUNs report the size tgt gives them).
+        Arc::new(backend::NullDevice::new(spec.size_bytes))
+    }
+}
+
+/// The SCSI layer's settings for a management LUN spec.
+pub fn lun_config(tid: u32, spec: &LunSpec) -> LunConfig {
+    let base = match spec.device_type {
+        mgmt::table::DeviceType::Controller => LunConfig::tgt_controller(tid),
+        _ => LunConfig::tgt_defaults(tid, LunId(spec.lun)),
+    };
+    LunConfig {
+        block_size: spec.block_size.max(1),
+        size_bytes: spec.size_bytes,
+        thin: spec.thin_provisioning,
+        readonly: spec.readonly || spec.swp,
+        removable: spec.removable,
+        online: spec.online,
+        vendor_id: spec.vendor_id.clone(),
+        product_id: spec.product_id.clone(),
+        product_rev: spec.product_rev.clone(),
+        scsi_id: spec.scsi_id.clone(),
+        scsi_sn: spec.scsi_sn.clone(),
+        sense_format: if spec.sense_format {
+            SenseFormat::Descriptor
+        } else {
+            SenseFormat::Fixed
+        },
+        rotation_rate: spec.rotation_rate,
+        lbppbe: spec.lbppbe,
+        la_lba: spec.la_lba as u64,
+        optimal_xfer_gran: spec.optimal_xfer_gran.unwrap_or(0),
+        optimal_xfer_len: spec.optimal_xfer_len.unwrap_or(0),
+        path: spec.path.clone(),
+        ..base
+    }
+}
+
+fn open_flags(spec: &LunSpec) -> OpenFlags {
+    OpenFlags {
+        sync: spec.bsoflags.sync,
+        direct: spec.bsoflags.direct,
+        readonly: false,
+    }
+}
+
+impl mgmt::Live for DaemonLive {
+    fn open_backing(&mut self, tid: u32, spec: &LunSpec) -> Result<BackingInfo, TgtadmError> {
+        let kind = BackendKind::parse(&spec.bstype).map_err(|_| TgtadmError::InvalidRequest)?;
+        let mut flags = open_flags(spec);
+        let dev = match backend::open(kind, spec.path.as_deref(), flags, spec.size_bytes) {
+            Ok(d) => d,
+            Err(backend::BackendError::Open { source, .. })
+                if matches!(
+                    source.raw_os_error(),
+                    Some(libc::EACCES) | Some(libc::EROFS)
+                ) =>
+            {
+                // tgt's rdwr falls back to read-only and marks the unit so.
+                flags.readonly = true;
+                backend::open(kind, spec.path.as_deref(), flags, spec.size_bytes).map_err(|e| {
+                    tracing::warn!(tid, lun = spec.lun, error = %e, "backing store");
+                    TgtadmError::InvalidRequest
+                })?
+            }
+            Err(e) => {
+                tracing::warn!(tid, lun = spec.lun, error = %e, "backing store");
+                return Err(TgtadmError::InvalidRequest);
+            }
+        };
+        let info = BackingInfo {
+            size_bytes: dev.size(),
+            readonly: flags.readonly,
+            physical_block_size: 0,
+        };
+        self.take_opened(tid, spec.lun);
+        self.opened.push(((tid, spec.lun), dev));
+        Ok(info)
+    }
+
+    fn sessions(&self, tid: u32) -> Vec<SessionInfo> {
+        let mut v: Vec<SessionInfo> = self
+            .state
+            .registry
+            .sessions_of(tid)
+            .into_iter()
+            .map(|s| SessionInfo {
+                nexus_id: s.nexus,
+                initiator: s.initiator,
+                alias: s.alias,
+                connections: s
+                    .conns
+                    .iter()
+                    .map(|&(cid, peer)| ConnInfo {
+                        cid: cid as u32,
+                        peer,
+                    })
+                    .collect(),
+            })
+            .collect();
+        v.reverse();
+        v
+    }
+
+    fn apply(&mut self, effect: Effect) {
+        match effect {
+            Effect::TargetCreated { tid, name } => {
+                match TargetHandle::spawn(
+                    tid,
+                    name,
+                    self.state.registry.clone(),
+                    self.state.portals.clone(),
+                ) {
+                    Ok(h) => {
+                        self.state.targets.borrow_mut().insert(tid, h);
+                        self.push_knobs(tid);
+                    }
+                    Err(e) => tracing::error!(tid, error = %e, "cannot start target thread"),
+                }
+            }
+            Effect::TargetDeleted { tid, .. } => {
+                let h = self.state.targets.borrow_mut().remove(&tid);
+                if let Some(h) = h {
+                    // Stopping closes every session; the thread is joined.
+                    h.stop();
+                }
+                for s in self.state.registry.sessions_of(tid) {
+                    self.state.registry.remove_session(s.tsih);
+                }
+            }
+            Effect::LunAdded { tid, spec } => {
+                let dev = self.device_for(tid, &spec);
+                let cfg = lun_config(tid, &spec);
+                self.send(
+                    tid,
+                    TargetMsg::AddLun {
+                        id: LunId(spec.lun),
+                        cfg: Box::new(cfg),
+                        dev,
+                    },
+                );
+            }
+            Effect::LunDeleted { tid, lun } => self.send(tid, TargetMsg::RemoveLun(LunId(lun))),
+            Effect::LunUpdated { tid, spec } => {
+                let dev = self.take_opened(tid, spec.lun);
+                let cfg = lun_config(tid, &spec);
+                self.send(
+                    tid,
+                    TargetMsg::UpdateLun {
+                        id: LunId(spec.lun),
+                        cfg: Box::new(cfg),
+                        dev,
+                    },
+                );
+            }
+            Effect::TargetParamsChanged { tid } => self.push_knobs(tid),
+            Effect::ConnectionClose { tid, sid, cid } => {
+                if let Some(s) = self
+                    .state
+                    .registry
+                    .sessions_of(tid)
+                    .into_iter()
+                    .find(|s| s.nexus == sid)
+                {
+                    self.send(
+                        tid,
+                        TargetMsg::CloseConnection {
+                            tsih: s.tsih,
+                            cid: cid as u16,
+                        },
+                    );
+                }
+            }
+            Effect::PortalAdded(_) => {}
+            Effect::PortalRemoved(addr) => self.state.unlisten(addr),
+            Effect::SystemDeleted => self.state.shutdown.notify_one(),
+            Effect::TargetStateChanged { .. }
+            | Effect::AclChanged { .. }
+            | Effect::AccountsChanged
+            | Effect::SystemStateChanged { .. } => {
+                // Read from the table at the next login.
+            }
+        }
+    }
+
+    fn bind_portal(&mut self, addr: std::net::SocketAddr) -> Result<(), TgtadmError> {
+        let l = super::portal::bind(addr).map_err(|e| {
+            tracing::warn!(%addr, error = %e, "portal");
+            TgtadmError::InvalidRequest
+        })?;
+        self.state.listen(addr, l);
+        Ok(())
+    }
+
+    fn lun_busy(&self, _tid: u32, _lun: u64) -> bool {
+        false
+    }
+}
+
+fn knobs_of(table: &mgmt::TargetTable, tid: u32) -> Knobs {
+    match table.target(tid) {
+        Some(t) => Knobs {
+            nop_interval: t.nop_interval.max(0) as u32,
+            nop_count: t.nop_count.max(0) as u32,
+        },
+        None => Knobs::default(),
+    }
+}
+
+/// Create the demo target through the same path tgtadm requests take.
+pub fn setup_demo(
+    state: &Rc<DaemonState>,
+    live: &Rc<RefCell<dyn mgmt::Live>>,
+    demo: &Demo,
+) -> Result<(), String> {
+    std::fs::create_dir_all(&demo.data_dir)
+        .map_err(|e| format!("{}: {e}", demo.data_dir.display()))?;
+    let path = demo.data_dir.join("demo.img");
+    if !path.exists() {
+        let f = std::fs::File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        f.set_len(demo.size)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    let path = path.to_string_lossy().into_owned();
+    let reqs = [
+        (
+            mgmt::Mode::Target,
+            mgmt::Op::New,
+            u64::MAX,
+            format!("targetname={DEMO_IQN}"),
+        ),
+        (
+            mgmt::Mode::Device,
+            mgmt::Op::New,
+            1,
+            format!("path={path},bstype=rdwr"),
+        ),
+        (
+            mgmt::Mode::Device,
+            mgmt::Op::Update,
+            1,
+            "thin_provisioning=1".to_string(),
+        ),
+        (
+            mgmt::Mode::Target,
+            mgmt::Op::Bind,
+            u64::MAX,
+            "initiator-address=ALL".to_string(),
+        ),
+    ];
+    for (mode, op, lun, params) in reqs {
+        let req = mgmt::Request {
+            mode,
+            op,
+            lld: "iscsi".into(),
+            tid: 1,
+            lun,
+            params,
+            ..Default::default()
+        };
+        let mut t = state.table.borrow_mut();
+        let mut l = live.borrow_mut();
+        mgmt::handle(&mut t, &req, &mut *l).map_err(|e| format!("{mode:?} {op:?}: {e}"))?;
+    }
+    tracing::info!(target = DEMO_IQN, %path, "demo target ready");
+    Ok(())
+}
+
+/// The demo target's name.
+pub const DEMO_IQN: &str = "iqn.2026-11.io.rtgt:demo";

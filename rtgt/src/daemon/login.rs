@@ -1,0 +1,459 @@
+//! Login on the main thread (as in tgt): drive [`iscsi::Login`] over a new
+//! connection, then either serve a discovery session here or hand a normal
+//! session's connection to its target's loop with everything negotiated.
+
+use std::net::{IpAddr, SocketAddr};
+use std::rc::Rc;
+use std::time::Duration;
+
+use iscsi::login::{LoginStatus, LOGIN_MAX_DATA};
+use iscsi::params::DigestPolicy;
+use iscsi::pdu::{self, Pdu, RejectReason, Ttt, RESERVED_TAG};
+use iscsi::transfer::BurstLimits;
+use iscsi::{
+    AuthRequirement, CmdSn, Digests, Login, LoginConfig, LoginHost, LoginRequestInfo, LoginStep,
+    Opcode, SessionParams, SessionType, StatSn, TargetDefaults, TargetEntry, TargetLoginInfo,
+    TextExchange, TextHost, TextStep,
+};
+use scsi::NexusId;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::DaemonState;
+use crate::mgmt::params::{DIGEST_CRC32C, DIGEST_NONE};
+use crate::mgmt::TargetTable;
+use crate::target::conn::ConnParams;
+use crate::target::session::SessionSetup;
+use crate::target::{Handoff, TargetMsg};
+
+/// A login must finish within this time (RFC 7143 leaves it to the target;
+/// LIO uses 15 s, open-iscsi waits 15 s by default).
+const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Most connections one initiator address may hold, logins included.
+const MAX_CONNS_PER_ADDRESS: usize = 256;
+
+/// The daemon's side of one login.
+struct Host<'a> {
+    state: &'a DaemonState,
+    peer: SocketAddr,
+    tid: Option<u32>,
+    queue_depth: u32,
+    req: Option<LoginRequestInfo>,
+}
+
+fn digest_policy(mask: u32) -> DigestPolicy {
+    match (mask & DIGEST_NONE != 0, mask & DIGEST_CRC32C != 0) {
+        (true, true) => DigestPolicy::Either,
+        (false, true) => DigestPolicy::Crc32cOnly,
+        _ => DigestPolicy::NoneOnly,
+    }
+}
+
+/// The target's offers, from its tgtadm session parameters.
+fn target_defaults(table: &TargetTable, tid: u32) -> TargetDefaults {
+    let mut d = TargetDefaults::default();
+    let Some(p) = table.session_params(tid) else {
+        return d;
+    };
+    let get = |k: &str, dflt: u32| p.get(k).unwrap_or(dflt);
+    d.max_recv_data_segment_length =
+        get("MaxRecvDataSegmentLength", d.max_recv_data_segment_length);
+    d.max_burst_length = get("MaxBurstLength", d.max_burst_length);
+    d.first_burst_length = get("FirstBurstLength", d.first_burst_length);
+    d.immediate_data = get("ImmediateData", d.immediate_data as u32) != 0;
+    d.initial_r2t = get("InitialR2T", d.initial_r2t as u32) != 0;
+    d.max_outstanding_r2t = get("MaxOutstandingR2T", d.max_outstanding_r2t);
+    // At least 4 connections per session are supported (MC/S); tgt's
+    // table default of 1 is what it offers, and so do we unless raised.
+    d.max_connections = get("MaxConnections", d.max_connections);
+    d.header_digest = digest_policy(get("HeaderDigest", DIGEST_NONE | DIGEST_CRC32C));
+    d.data_digest = digest_policy(get("DataDigest", DIGEST_NONE | DIGEST_CRC32C));
+    d.default_time2wait = get("DefaultTime2Wait", d.default_time2wait);
+    d.default_time2retain = get("DefaultTime2Retain", d.default_time2retain);
+    d
+}
+
+impl LoginHost for Host<'_> {
+    fn admit(&mut self, req: &LoginRequestInfo) -> Result<TargetLoginInfo, LoginStatus> {
+        let table = self.state.table.borrow();
+        if !table.system_ready() {
+            return Err(LoginStatus::SERVICE_UNAVAILABLE);
+        }
+        if self.state.registry.conns_from(self.peer.ip()) >= MAX_CONNS_PER_ADDRESS {
+            return Err(LoginStatus::OUT_OF_RESOURCES);
+        }
+        if req.session_type == SessionType::Discovery {
+            return Ok(TargetLoginInfo::default());
+        }
+        let name = req.target_name.as_deref().unwrap_or("");
+        let Some(t) = table.target_by_name(name) else {
+            return Err(LoginStatus::NOT_FOUND);
+        };
+        let tid = t.tid;
+        if !table.acl_allows(tid, self.peer.ip(), &req.initiator_name) {
+            // RFC 7143 §11.13.5: the initiator is not allowed this target.
+            return Err(LoginStatus::AUTHORIZATION_FAILURE);
+        }
+        if !table.target_ready(tid) {
+            return Err(LoginStatus::SERVICE_UNAVAILABLE);
+        }
+        let defaults = target_defaults(&table, tid);
+        if req.tsih != 0 {
+            // A connection joining a session (MC/S): the session must exist
+            // on this target with this initiator and ISID.
+            match self.state.registry.find(req.tsih) {
+                Some(s)
+                    if s.tid == tid && s.isid == req.isid && s.initiator == req.initiator_name =>
+                {
+                    let others = s.conns.iter().filter(|c| c.0 != req.cid).count() as u32;
+                    if others >= defaults.max_connections {
+                        return Err(LoginStatus::TOO_MANY_CONNECTIONS);
+                    }
+                }
+                _ => return Err(LoginStatus::SESSION_DOES_NOT_EXIST),
+            }
+        }
+        let auth = if table.incoming_accounts(Some(tid)).is_empty() {
+            AuthRequirement::None
+        } else {
+            AuthRequirement::Chap
+        };
+        self.tid = Some(tid);
+        self.req = Some(req.clone());
+        self.queue_depth = t.params.get("MaxQueueCmd").unwrap_or(128).max(1);
+        Ok(TargetLoginInfo {
+            defaults,
+            auth,
+            target_alias: None,
+        })
+    }
+
+    fn allocate_tsih(&mut self) -> u16 {
+        let (Some(tid), Some(req)) = (self.tid, self.req.as_ref()) else {
+            return 0;
+        };
+        // A leading login with an ISID this initiator already uses on the
+        // target reinstates: the old session ends first (RFC 7143 §6.3.5).
+        if let Some(old) = self
+            .state
+            .registry
+            .find_by_isid(tid, &req.initiator_name, req.isid)
+        {
+            if let Some(h) = self.state.targets.borrow().get(&tid) {
+                h.send(TargetMsg::CloseSession {
+                    tsih: old.tsih,
+                    done: None,
+                });
+            }
+            self.state.registry.remove_session(old.tsih);
+        }
+        let rec = self.state.registry.create(
+            tid,
+            req.isid,
+            &req.initiator_name,
+            None,
+            (req.cid, self.peer),
+        );
+        rec.tsih
+    }
+}
+
+/// Serve one accepted connection: login, then discovery or handoff.
+pub async fn serve(state: Rc<DaemonState>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    match tokio::time::timeout(LOGIN_TIMEOUT, login(&state, stream, peer, local)).await {
+        Ok(Some((stream, rbuf, params, stat_sn, exp_cmd_sn, tid, qd))) => match params.session_type
+        {
+            SessionType::Discovery => {
+                discovery(&state, stream, rbuf, params, stat_sn, peer, local).await
+            }
+            SessionType::Normal => handoff(
+                &state, stream, rbuf, params, stat_sn, exp_cmd_sn, tid, qd, peer,
+            ),
+        },
+        Ok(None) => {}
+        Err(_) => tracing::info!(%peer, "login timed out"),
+    }
+}
+
+type LoggedIn = (TcpStream, Vec<u8>, SessionParams, StatSn, CmdSn, u32, u32);
+
+async fn write_pdus(stream: &mut TcpStream, pdus: &[Pdu], dg: Digests) -> bool {
+    let mut out = Vec::new();
+    for p in pdus {
+        out.extend_from_slice(&p.encode(dg));
+    }
+    stream.write_all(&out).await.is_ok()
+}
+
+async fn login(
+    state: &DaemonState,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    _local: SocketAddr,
+) -> Option<LoggedIn> {
+    let mut machine = Login::new(LoginConfig::default());
+    let mut host = Host {
+        state,
+        peer,
+        tid: None,
+        queue_depth: 128,
+        req: None,
+    };
+    let mut rbuf: Vec<u8> = Vec::with_capacity(16 * 1024);
+    loop {
+        // A login PDU carries at most 8192 data bytes (RFC 7143 §13.12 default).
+        let decoded = match pdu::decode(&rbuf, Digests::default(), LOGIN_MAX_DATA) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::info!(%peer, error = %e, "bad PDU during login");
+                return None;
+            }
+        };
+        let Some((p, n)) = decoded else {
+            if rbuf.len() > 64 * 1024 {
+                return None;
+            }
+            match stream.read_buf(&mut rbuf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(_) => continue,
+            }
+        };
+        rbuf.drain(..n);
+        if host.tid.is_some() {
+            machine.set_cmd_window(host.queue_depth);
+        }
+        match machine.handle_pdu(&p, &mut host) {
+            LoginStep::Continue(r) => {
+                if !write_pdus(&mut stream, &r, Digests::default()).await {
+                    return None;
+                }
+            }
+            LoginStep::Failed { responses } => {
+                let _ = write_pdus(&mut stream, &responses, Digests::default()).await;
+                tracing::info!(%peer, "login refused");
+                return None;
+            }
+            LoginStep::FullFeature {
+                responses,
+                params,
+                next_stat_sn,
+                exp_cmd_sn,
+            } => {
+                let tid = host.tid.unwrap_or(0);
+                let joined = host.req.as_ref().is_some_and(|r| r.tsih != 0);
+                if params.session_type == SessionType::Normal
+                    && joined
+                    && !state.registry.add_conn(params.tsih, params.cid, peer)
+                {
+                    return None;
+                }
+                if !write_pdus(&mut stream, &responses, Digests::default()).await {
+                    if params.session_type == SessionType::Normal {
+                        state.registry.remove_conn(params.tsih, params.cid);
+                        if state
+                            .registry
+                            .find(params.tsih)
+                            .is_some_and(|s| s.conns.is_empty())
+                        {
+                            state.registry.remove_session(params.tsih);
+                        }
+                    }
+                    return None;
+                }
+                return Some((
+                    stream,
+                    rbuf,
+                    params,
+                    next_stat_sn,
+                    exp_cmd_sn,
+                    tid,
+                    host.queue_depth,
+                ));
+            }
+        }
+    }
+}
+
+fn conn_params(p: &SessionParams) -> ConnParams {
+    ConnParams {
+        digests: Digests {
+            header: p.header_digest,
+            data: p.data_digest,
+        },
+        max_recv: p.max_recv_data_segment_length,
+        max_xmit: p.max_xmit_data_segment_length.max(512),
+        limits: BurstLimits {
+            immediate_data: p.immediate_data,
+            initial_r2t: p.initial_r2t,
+            first_burst: p.first_burst_length,
+            max_burst: p.max_burst_length,
+            max_outstanding_r2t: p.max_outstanding_r2t,
+        },
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn handoff(
+    state: &DaemonState,
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    params: SessionParams,
+    stat_sn: StatSn,
+    exp_cmd_sn: CmdSn,
+    tid: u32,
+    queue_depth: u32,
+    peer: SocketAddr,
+) {
+    let Some(rec) = state.registry.find(params.tsih) else {
+        return;
+    };
+    let std_stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(_) => {
+            state.registry.remove_conn(params.tsih, params.cid);
+            return;
+        }
+    };
+    let h = Handoff {
+        stream: std_stream,
+        leftover: rbuf,
+        peer,
+        cid: params.cid,
+        params: conn_params(&params),
+        stat_sn,
+        session: SessionSetup {
+            tsih: params.tsih,
+            nexus: NexusId(rec.nexus),
+            isid: params.isid,
+            initiator: params.initiator_name.clone(),
+            exp_cmd_sn,
+            queue_depth,
+            time2wait: params.default_time2wait.min(u16::MAX as u32) as u16,
+            time2retain: params.default_time2retain.min(u16::MAX as u32) as u16,
+        },
+    };
+    match state.targets.borrow().get(&tid) {
+        Some(t) => t.send(TargetMsg::Connection(Box::new(h))),
+        None => state.registry.remove_session(params.tsih),
+    }
+}
+
+/// The targets a discovery session may list: those whose ACL admits this
+/// initiator, each with every portal (wildcards replaced by the address the
+/// initiator reached us on, as tgt does).
+struct Listing<'a> {
+    state: &'a DaemonState,
+    peer: IpAddr,
+    initiator: String,
+    local: SocketAddr,
+}
+
+impl TextHost for Listing<'_> {
+    fn targets(&mut self) -> Vec<TargetEntry> {
+        let table = self.state.table.borrow();
+        let portals: Vec<(SocketAddr, u16)> = table
+            .portals()
+            .iter()
+            .rev()
+            .filter(|p| p.addr.is_ipv4() == self.local.is_ipv4() || !p.addr.ip().is_unspecified())
+            .map(|p| {
+                let a = if p.addr.ip().is_unspecified() {
+                    SocketAddr::new(self.local.ip(), p.addr.port())
+                } else {
+                    p.addr
+                };
+                (a, p.tpgt)
+            })
+            .collect();
+        table
+            .targets()
+            .filter(|t| {
+                table.target_ready(t.tid) && table.acl_allows(t.tid, self.peer, &self.initiator)
+            })
+            .map(|t| (t.name.clone(), portals.clone()))
+            .collect()
+    }
+}
+
+/// A discovery session (RFC 7143 §4.3): Text (SendTargets), NOP-Out and
+/// Logout only; served on the main thread since it moves no data.
+async fn discovery(
+    state: &DaemonState,
+    mut stream: TcpStream,
+    mut rbuf: Vec<u8>,
+    params: SessionParams,
+    mut stat_sn: StatSn,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let dg = Digests {
+        header: params.header_digest,
+        data: params.data_digest,
+    };
+    let max = params.max_recv_data_segment_length as usize;
+    let mut text = TextExchange::new(&params);
+    let mut host = Listing {
+        state,
+        peer: peer.ip(),
+        initiator: params.initiator_name.clone(),
+        local,
+    };
+    let mut exp_cmd_sn: Option<CmdSn> = None;
+    loop {
+        let p = match pdu::decode(&rbuf, dg, max) {
+            Ok(Some((p, n))) => {
+                rbuf.drain(..n);
+                p
+            }
+            Ok(None) => {
+                let r = tokio::time::timeout(Duration::from_secs(300), stream.read_buf(&mut rbuf))
+                    .await;
+                match r {
+                    Ok(Ok(n)) if n > 0 => continue,
+                    _ => return,
+                }
+            }
+            Err(_) => return,
+        };
+        let sn = p.bhs.cmd_sn();
+        if !p.bhs.immediate() {
+            exp_cmd_sn = Some(sn.next());
+        }
+        let exp = exp_cmd_sn.unwrap_or(sn);
+        let mut out = Vec::new();
+        let mut close = false;
+        match p.bhs.opcode() {
+            Some(Opcode::TextRequest) => match text.handle_request(&p, &mut host) {
+                TextStep::Respond(r) | TextStep::Reject(r) => out.push(r),
+            },
+            Some(Opcode::NopOut) if p.bhs.itt().0 != RESERVED_TAG => {
+                out.push(pdu::nop_in(
+                    p.bhs.itt(),
+                    Ttt(RESERVED_TAG),
+                    0,
+                    p.data.clone(),
+                ));
+            }
+            Some(Opcode::NopOut) => {}
+            Some(Opcode::LogoutRequest) => {
+                out.push(pdu::logout_response(p.bhs.itt(), 0, 0, 0));
+                close = true;
+            }
+            _ => {
+                // Only text, NOP and logout belong in a discovery session.
+                out.push(pdu::reject(RejectReason::ProtocolError, &p.bhs));
+                close = true;
+            }
+        }
+        for r in out.iter_mut() {
+            r.bhs.set_stat_sn(stat_sn);
+            r.bhs.set_exp_cmd_sn(exp);
+            r.bhs.set_max_cmd_sn(exp);
+            stat_sn = stat_sn.next();
+        }
+        if !write_pdus(&mut stream, &out, dg).await || close {
+            return;
+        }
+    }
+}

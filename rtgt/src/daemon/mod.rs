@@ -1,0 +1,173 @@
+//! The main thread: portals' accept, login and discovery, the management
+//! socket, and the table of running target loops.
+
+mod live;
+mod login;
+mod portal;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::{Arc, RwLock};
+
+use crate::mgmt::{self, TargetTable};
+use crate::registry::Registry;
+use crate::target::TargetHandle;
+
+pub use live::DaemonLive;
+pub use portal::parse_portal;
+
+/// A ready-made target for trying rtgt out.
+#[derive(Debug, Clone)]
+pub struct Demo {
+    pub data_dir: PathBuf,
+    pub size: u64,
+}
+
+/// Start-up settings (rtgtd's command line).
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub control_port: u16,
+    pub socket_dir: PathBuf,
+    pub portals: Vec<SocketAddr>,
+    pub debug: bool,
+    pub io_threads: Option<usize>,
+    pub demo: Option<Demo>,
+}
+
+/// Errors that stop the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// Another daemon holds this control port's lock, or the socket could
+    /// not be created.
+    #[error("control port {port}: {source} (is another rtgtd or tgtd running with -C {port}?)")]
+    Control {
+        port: u16,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A portal could not be bound.
+    #[error("portal {addr}: {source}")]
+    Portal {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Runtime or thread creation failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The demo target could not be set up.
+    #[error("demo target: {0}")]
+    Demo(String),
+}
+
+/// What the main thread shares between login, portals and management.
+pub struct DaemonState {
+    pub table: Rc<RefCell<TargetTable>>,
+    pub targets: RefCell<HashMap<u32, TargetHandle>>,
+    pub registry: Arc<Registry>,
+    /// Addresses we listen on, shared with target loops for SendTargets.
+    pub portals: Arc<RwLock<Vec<SocketAddr>>>,
+    listeners: RefCell<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
+    pub shutdown: tokio::sync::Notify,
+}
+
+impl DaemonState {
+    /// Start accepting on a bound portal.
+    fn listen(self: &Rc<Self>, addr: SocketAddr, l: std::net::TcpListener) {
+        let local = l.local_addr().unwrap_or(addr);
+        let task = tokio::task::spawn_local(portal::accept_loop(self.clone(), l));
+        self.listeners.borrow_mut().insert(addr, task);
+        self.portals
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(local);
+    }
+
+    fn unlisten(&self, addr: SocketAddr) {
+        if let Some(t) = self.listeners.borrow_mut().remove(&addr) {
+            t.abort();
+        }
+        self.portals
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|a| *a != addr);
+    }
+}
+
+fn init_tracing(debug: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RTGT_LOG").unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" })
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Run the daemon until `--mode system --op delete` or SIGINT/SIGTERM.
+pub fn run(cfg: Config) -> Result<(), DaemonError> {
+    init_tracing(cfg.debug);
+    let port = cfg.control_port;
+    let (mgmt_listener, _lock) = mgmt::socket::bind(port, &cfg.socket_dir)
+        .map_err(|source| DaemonError::Control { port, source })?;
+    let mut bound = Vec::new();
+    for &addr in &cfg.portals {
+        let l = portal::bind(addr).map_err(|source| DaemonError::Portal { addr, source })?;
+        bound.push((addr, l));
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let local = tokio::task::LocalSet::new();
+    let result = local.block_on(&rt, async move {
+        let state = Rc::new(DaemonState {
+            table: Rc::new(RefCell::new(TargetTable::new())),
+            targets: RefCell::new(HashMap::new()),
+            registry: Registry::new(),
+            portals: Arc::new(RwLock::new(Vec::new())),
+            listeners: RefCell::new(HashMap::new()),
+            shutdown: tokio::sync::Notify::new(),
+        });
+        for (addr, l) in bound {
+            state.listen(addr, l);
+        }
+        {
+            let mut t = state.table.borrow_mut();
+            // Unlike tgt (pings off), ping idle initiators and drop dead ones.
+            t.default_nop_interval = 30;
+            t.default_nop_count = 4;
+            for a in state
+                .portals
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+            {
+                t.portals
+                    .insert(0, mgmt::table::Portal { addr: *a, tpgt: 1 });
+            }
+        }
+        let live: Rc<RefCell<dyn mgmt::Live>> =
+            Rc::new(RefCell::new(DaemonLive::new(state.clone())));
+        if let Some(demo) = &cfg.demo {
+            live::setup_demo(&state, &live, demo).map_err(DaemonError::Demo)?;
+        }
+        tracing::info!(control_port = port, portals = ?cfg.portals, "rtgtd ready");
+        let listener = tokio::net::UnixListener::from_std(mgmt_listener)?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = mgmt::serve(listener, state.table.clone(), live.clone()) => { r?; }
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+            _ = state.shutdown.notified() => {}
+        }
+        let targets: Vec<_> = state.targets.borrow_mut().drain().map(|(_, h)| h).collect();
+        for h in targets {
+            h.stop();
+        }
+        Ok::<(), DaemonError>(())
+    });
+    result
+}

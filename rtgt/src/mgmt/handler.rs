@@ -1,0 +1,821 @@
+//! Executing one management request against the table, with tgt 1.0.85's
+//! validation and error codes (`usr/mgmt.c`, `usr/target.c`,
+//! `usr/iscsi/target.c`, `usr/spc.c`).
+//!
+//! Every request is validated completely before anything changes, so a
+//! refused request leaves the table as it was (tgt applies `--params`
+//! items one by one and may leave the first ones applied; we do not).
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::ipc::{TgtadmError, GLOBAL_TID};
+use super::live::{Effect, Live};
+use super::params::key_index;
+use super::request::{c_atoi, c_strtoul_u32, c_strtoull, Mode, Op, Request, ACCOUNT_OUTGOING};
+use super::show;
+use super::table::{
+    Account, DeviceType, LunSpec, ModePage, OpenFlags, Portal, SystemState, Target, TargetState,
+    TargetTable, ISCSI_LISTEN_PORT,
+};
+
+type Res = Result<String, TgtadmError>;
+
+/// Execute `req`. On success returns the text to send back (empty for
+/// most changes); changes are committed to `table` and then handed to
+/// `live` as [`Effect`]s.
+pub fn handle(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    // Driver selection (tgt's mtask_execute): an empty name means the
+    // first driver; a named driver must exist and be ready, except for
+    // `--mode lld`.
+    if !req.lld.is_empty() {
+        let state = table
+            .info
+            .llds
+            .iter()
+            .find(|(n, _)| *n == req.lld)
+            .map(|(_, s)| s.clone());
+        match state {
+            None => return Err(TgtadmError::NoDriver),
+            Some(s) if s != "ready" && req.mode != Mode::Lld => {
+                return Err(TgtadmError::NoDriver);
+            }
+            Some(_) => {}
+        }
+        if req.lld != "iscsi" && req.mode != Mode::Lld {
+            return Err(TgtadmError::NoDriver);
+        }
+    }
+    match req.mode {
+        Mode::System => system(table, req, live),
+        Mode::Target => target(table, req, live),
+        Mode::Portal => portal(table, req, live),
+        Mode::Device => device(table, req, live),
+        Mode::Account => account(table, req, live),
+        Mode::Session => Err(TgtadmError::InvalidRequest),
+        Mode::Connection => connection(table, req, live),
+        Mode::Lld => lld(table, req),
+        Mode::Other(_) => Err(TgtadmError::InvalidRequest),
+    }
+}
+
+fn tid_of(req: &Request) -> Option<u32> {
+    if req.tid > 0 {
+        Some(req.tid as u32)
+    } else {
+        None
+    }
+}
+
+// ---------------------------------------------------------------- system
+
+fn system(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    match req.op {
+        Op::Show => Ok(show::system(table)),
+        Op::Update => {
+            if let Some(v) = req.params.strip_prefix("debug=") {
+                // tgt compares prefixes: "on..." / "off...".
+                if v.starts_with("on") {
+                    table.debug = true;
+                } else if v.starts_with("off") {
+                    table.debug = false;
+                } else {
+                    return Err(TgtadmError::InvalidRequest);
+                }
+                return Ok(String::new());
+            }
+            system_update(table, req, live)
+        }
+        Op::Delete => {
+            if table.targets.is_empty() {
+                live.apply(Effect::SystemDeleted);
+                Ok(String::new())
+            } else {
+                Err(TgtadmError::InvalidRequest)
+            }
+        }
+        _ => Err(TgtadmError::InvalidRequest),
+    }
+}
+
+/// tgt's `isns_update`: iSNS settings and `State=ready|offline`.
+fn system_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    let mut isns = table.isns.clone();
+    let mut state = table.system_state;
+    for item in req.items() {
+        let Some((k, v)) = item.split_once('=') else {
+            return Err(TgtadmError::InvalidRequest);
+        };
+        match k {
+            "iSNS" => match v {
+                "Off" => isns.enabled = false,
+                // iSNS (RFC 4171) is not implemented.
+                "On" => return Err(TgtadmError::UnsupportedOperation),
+                _ => return Err(TgtadmError::InvalidRequest),
+            },
+            "iSNSServerIP" => isns.server_ip = v.chars().take(63).collect(),
+            "iSNSServerPort" => {
+                let (n, used) = c_strtoull(v, 10);
+                if used == 0 || used != v.len() {
+                    return Err(TgtadmError::InvalidRequest);
+                }
+                isns.server_port = n as i32;
+            }
+            "iSNSAccessControl" => isns.access_control = v == "On",
+            "State" => {
+                state = match v {
+                    "ready" => SystemState::Ready,
+                    "offline" => SystemState::Offline,
+                    _ => return Err(TgtadmError::InvalidRequest),
+                }
+            }
+            _ => return Err(TgtadmError::InvalidRequest),
+        }
+    }
+    table.isns = isns;
+    if state != table.system_state {
+        table.system_state = state;
+        live.apply(Effect::SystemStateChanged {
+            ready: state == SystemState::Ready,
+        });
+    }
+    Ok(String::new())
+}
+
+// ---------------------------------------------------------------- target
+
+fn target(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    match req.op {
+        Op::New => target_new(table, req, live),
+        Op::Delete => {
+            let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
+            if !table.targets.contains_key(&tid) {
+                return Err(TgtadmError::NoTarget);
+            }
+            if !req.force && !live.sessions(tid).is_empty() {
+                return Err(TgtadmError::TargetActive);
+            }
+            let t = &table.targets[&tid];
+            if t.luns.keys().any(|&l| live.lun_busy(tid, l)) {
+                return Err(TgtadmError::LunActive);
+            }
+            table.targets.remove(&tid);
+            live.apply(Effect::TargetDeleted {
+                tid,
+                force: req.force,
+            });
+            Ok(String::new())
+        }
+        Op::Bind | Op::Unbind => acl(table, req, live),
+        Op::Update => target_update(table, req, live),
+        Op::Show => {
+            if req.tid < 0 {
+                Ok(show::targets(table, live))
+            } else {
+                let t = tid_of(req)
+                    .and_then(|tid| table.target(tid))
+                    .ok_or(TgtadmError::NoTarget)?;
+                Ok(show::target_params(t))
+            }
+        }
+        Op::Stats => Err(TgtadmError::UnsupportedOperation),
+        _ => Err(TgtadmError::InvalidRequest),
+    }
+}
+
+/// Characters tgt accepts in a target name.
+fn valid_target_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b':' || c == b'.' || c == b'-')
+}
+
+fn target_new(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    let mut name = None;
+    for item in req.params.split(',') {
+        if let Some(("targetname", v)) = item.split_once('=') {
+            name = Some(v);
+        }
+    }
+    let name = name.ok_or(TgtadmError::InvalidRequest)?;
+    if !valid_target_name(name) {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let tid = tid_of(req).ok_or(TgtadmError::InvalidRequest)?;
+    if table.targets.contains_key(&tid) || table.target_by_name(name).is_some() {
+        return Err(TgtadmError::TargetExist);
+    }
+    let seq = table.alloc_seq();
+    let mut luns = std::collections::BTreeMap::new();
+    let lun0 = LunSpec::controller(tid);
+    luns.insert(0, lun0.clone());
+    table.targets.insert(
+        tid,
+        Target {
+            tid,
+            name: name.to_string(),
+            state: TargetState::Ready,
+            luns,
+            acl_addresses: Vec::new(),
+            acl_initiators: Vec::new(),
+            incoming: Vec::new(),
+            outgoing: None,
+            params: Default::default(),
+            nop_interval: table.default_nop_interval,
+            nop_count: table.default_nop_count,
+            redirect: Default::default(),
+            seq,
+        },
+    );
+    live.apply(Effect::TargetCreated {
+        tid,
+        name: name.to_string(),
+    });
+    live.apply(Effect::LunAdded { tid, spec: lun0 });
+    Ok(String::new())
+}
+
+fn acl(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    let bind = req.op == Op::Bind;
+    let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
+    if req.params.is_empty() {
+        // A SCSI host binding (not used by iSCSI): tgt accepts it for an
+        // existing target; there is nothing for us to bind.
+        return match table.target(tid) {
+            Some(_) if bind => Ok(String::new()),
+            Some(_) => Err(TgtadmError::NoBinding),
+            None => Err(TgtadmError::NoTarget),
+        };
+    }
+    let addr = req.find_value("initiator-address");
+    let name = req.find_value("initiator-name");
+    if addr.is_none() && name.is_none() {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let t = table.targets.get_mut(&tid).ok_or(TgtadmError::NoTarget)?;
+    // Validate both before changing either.
+    if let Some(a) = addr {
+        let has = t.acl_addresses.iter().any(|x| x == a);
+        if bind && has {
+            return Err(TgtadmError::AclExist);
+        }
+        if !bind && !has {
+            return Err(TgtadmError::AclNoexist);
+        }
+    }
+    if let Some(n) = name {
+        let has = t.acl_initiators.iter().any(|x| x == n);
+        if bind && has {
+            return Err(TgtadmError::AclExist);
+        }
+        if !bind && !has {
+            return Err(TgtadmError::AclNoexist);
+        }
+    }
+    if let Some(a) = addr {
+        if bind {
+            t.acl_addresses.push(a.to_string());
+        } else {
+            t.acl_addresses.retain(|x| x != a);
+        }
+    }
+    if let Some(n) = name {
+        if bind {
+            t.acl_initiators.push(n.to_string());
+        } else {
+            t.acl_initiators.retain(|x| x != n);
+        }
+    }
+    live.apply(Effect::AclChanged { tid });
+    Ok(String::new())
+}
+
+fn target_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    let (name, value) = req
+        .params
+        .split_once('=')
+        .ok_or(TgtadmError::UnsupportedOperation)?;
+    let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
+    let t = table.targets.get_mut(&tid).ok_or(TgtadmError::NoTarget)?;
+    if name == "state" {
+        let s = TargetState::parse(value).ok_or(TgtadmError::InvalidRequest)?;
+        t.state = s;
+        live.apply(Effect::TargetStateChanged {
+            tid,
+            ready: s == TargetState::Ready,
+        });
+        return Ok(String::new());
+    }
+    // tgt matches these by prefix (strncmp).
+    if name.starts_with("RedirectAddress") {
+        t.redirect.addr = value.chars().take(63).collect();
+    } else if name.starts_with("RedirectPort") {
+        t.redirect.port = value.chars().take(7).collect();
+    } else if name.starts_with("RedirectReason") {
+        if value.starts_with("Temporary") {
+            t.redirect.temporary = Some(true);
+        } else if value.starts_with("Permanent") {
+            t.redirect.temporary = Some(false);
+        } else {
+            return Err(TgtadmError::InvalidRequest);
+        }
+    } else if name.starts_with("RedirectCallback") {
+        t.redirect.callback = Some(value.to_string());
+    } else if name.starts_with("nop_count") {
+        t.nop_count = c_atoi(value);
+    } else if name.starts_with("nop_interval") {
+        t.nop_interval = c_atoi(value);
+    } else {
+        let idx = key_index(name).ok_or(TgtadmError::InvalidRequest)?;
+        t.params
+            .set_text(idx, value)
+            .map_err(|_| TgtadmError::InvalidRequest)?;
+    }
+    live.apply(Effect::TargetParamsChanged { tid });
+    Ok(String::new())
+}
+
+// ---------------------------------------------------------------- portal
+
+/// Parse tgt's portal list (`portal=ADDR[:PORT],...`, IPv6 in brackets;
+/// `nop_interval=` / `nop_count=` set the defaults for new targets).
+fn parse_portals(s: &str) -> Result<(Vec<SocketAddr>, Option<i32>, Option<i32>), TgtadmError> {
+    let mut out = Vec::new();
+    let (mut ni, mut nc) = (None, None);
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        if let Some(a) = item.strip_prefix("portal=") {
+            let (host, port) = if let Some(rest) = a.strip_prefix('[') {
+                let (h, after) = rest.split_once(']').ok_or(TgtadmError::InvalidRequest)?;
+                (h, after.strip_prefix(':'))
+            } else {
+                match a.split_once(':') {
+                    Some((h, p)) => (h, Some(p)),
+                    None => (a, None),
+                }
+            };
+            let port = match port {
+                Some(p) => {
+                    let v = c_atoi(p);
+                    u16::try_from(v).map_err(|_| TgtadmError::InvalidRequest)?
+                }
+                None => ISCSI_LISTEN_PORT,
+            };
+            let ip: IpAddr = host.parse().map_err(|_| TgtadmError::InvalidRequest)?;
+            out.push(SocketAddr::new(ip, port));
+        } else if let Some(v) = item.strip_prefix("nop_interval=") {
+            ni = Some(c_atoi(v));
+        } else if let Some(v) = item.strip_prefix("nop_count=") {
+            nc = Some(c_atoi(v));
+        }
+    }
+    Ok((out, ni, nc))
+}
+
+fn portal(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    match req.op {
+        Op::Show => Ok(show::portals(table)),
+        Op::New | Op::Delete => {
+            let at = req
+                .params
+                .find("portal=")
+                .ok_or(TgtadmError::InvalidRequest)?;
+            let (addrs, ni, nc) = parse_portals(&req.params[at..])?;
+            if req.op == Op::New {
+                for (i, a) in addrs.iter().enumerate() {
+                    if table.portals.iter().any(|p| p.addr == *a) || addrs[..i].contains(a) {
+                        return Err(TgtadmError::InvalidRequest);
+                    }
+                }
+                for a in &addrs {
+                    live.bind_portal(*a)?;
+                    table.portals.insert(0, Portal { addr: *a, tpgt: 1 });
+                    live.apply(Effect::PortalAdded(*a));
+                }
+            } else {
+                for a in &addrs {
+                    if !table.portals.iter().any(|p| p.addr == *a) {
+                        return Err(TgtadmError::InvalidRequest);
+                    }
+                }
+                for a in &addrs {
+                    table.portals.retain(|p| p.addr != *a);
+                    live.apply(Effect::PortalRemoved(*a));
+                }
+            }
+            if let Some(v) = ni {
+                table.default_nop_interval = v;
+            }
+            if let Some(v) = nc {
+                table.default_nop_count = v;
+            }
+            Ok(String::new())
+        }
+        _ => Err(TgtadmError::InvalidRequest),
+    }
+}
+
+// ---------------------------------------------------------------- logical units
+
+fn device(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    match req.op {
+        Op::New => lun_new(table, req, live),
+        Op::Delete => {
+            // tgt refuses LUN 0 before anything else.
+            if req.lun == 0 {
+                return Err(TgtadmError::InvalidRequest);
+            }
+            let tid = tid_of(req).ok_or(TgtadmError::NoLun)?;
+            let t = table.targets.get_mut(&tid).ok_or(TgtadmError::NoLun)?;
+            if !t.luns.contains_key(&req.lun) {
+                return Err(TgtadmError::NoLun);
+            }
+            if live.lun_busy(tid, req.lun) {
+                return Err(TgtadmError::LunActive);
+            }
+            t.luns.remove(&req.lun);
+            live.apply(Effect::LunDeleted { tid, lun: req.lun });
+            Ok(String::new())
+        }
+        Op::Update => lun_update(table, req, live),
+        Op::Stats => Err(TgtadmError::UnsupportedOperation),
+        _ => Err(TgtadmError::UnsupportedOperation),
+    }
+}
+
+fn lun_new(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    let (mut path, mut bstype, mut bsopts, mut bsoflags, mut blocksize) =
+        (None, None, None, None, None);
+    for item in req.items() {
+        match item.split_once('=') {
+            Some(("path", v)) => path = Some(v),
+            Some(("bstype", v)) => bstype = Some(v),
+            Some(("bsopts", v)) => bsopts = Some(v),
+            Some(("bsoflags", v)) => bsoflags = Some(v),
+            Some(("blocksize", v)) => blocksize = Some(v),
+            _ => {}
+        }
+    }
+    let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
+    let t = table.targets.get(&tid).ok_or(TgtadmError::NoTarget)?;
+    if t.luns.contains_key(&req.lun) {
+        return Err(TgtadmError::LunExist);
+    }
+    // The iscsi driver's default backing store.
+    let bstype = bstype.unwrap_or("rdwr");
+    let bs = table
+        .info
+        .backing_stores
+        .iter()
+        .find(|b| b.name == bstype)
+        .ok_or(TgtadmError::InvalidRequest)?
+        .clone();
+    let dev_type = DeviceType::from_code(req.device_type).ok_or(TgtadmError::InvalidRequest)?;
+    if dev_type == DeviceType::Passthrough {
+        // tgt needs bstype bsg/sg for passthrough; we have neither.
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let oflags = match bsoflags {
+        Some(s) => OpenFlags::parse(s).ok_or(TgtadmError::InvalidRequest)?,
+        None => OpenFlags::default(),
+    };
+    if !oflags.subset_of(bs.oflags) {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    if !table.info.device_types.contains(&dev_type) || dev_type == DeviceType::Controller {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let mut spec = LunSpec::new(tid, req.lun, dev_type, bstype);
+    spec.bsoflags = oflags;
+    spec.bsopts = bsopts.map(str::to_string);
+    if let Some(bsz) = blocksize {
+        // tgt ignores a block size that is not a power of two above 1.
+        let v = c_strtoul_u32(bsz);
+        if v > 1 && v.is_power_of_two() {
+            spec.block_size = v;
+        }
+    }
+    match path {
+        None => {
+            // No medium: a removable unit that is offline until loaded.
+            spec.removable = true;
+            spec.online = false;
+        }
+        Some(p) => {
+            spec.path = Some(p.to_string());
+            attach_medium(live, tid, &mut spec, bs.needs_file)?;
+        }
+    }
+    table
+        .targets
+        .get_mut(&tid)
+        .expect("checked above")
+        .luns
+        .insert(req.lun, spec.clone());
+    live.apply(Effect::LunAdded { tid, spec });
+    Ok(String::new())
+}
+
+/// Size of the `null` backing store's medium (tgt's `NULL_BS_DEV_SIZE`).
+pub const NULL_BS_SIZE: u64 = 1 << 40;
+
+/// Open `spec.path` and bring the unit online (tgt's
+/// `tgt_device_path_update`).
+fn attach_medium(
+    live: &mut dyn Live,
+    tid: u32,
+    spec: &mut LunSpec,
+    needs_file: bool,
+) -> Result<(), TgtadmError> {
+    if needs_file {
+        let info = live
+            .open_backing(tid, spec)
+            .map_err(|_| TgtadmError::InvalidRequest)?;
+        spec.size_bytes = info.size_bytes;
+        if info.readonly {
+            spec.readonly = true;
+        }
+        if !spec.no_auto_lbppbe {
+            // READ CAPACITY (16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT
+            // (SBC-3 section 5.16.2), as tgt's update_lbppbe derives it.
+            let mut e = 0u8;
+            let mut pbs = info.physical_block_size;
+            while pbs > spec.block_size {
+                e += 1;
+                pbs >>= 1;
+            }
+            spec.lbppbe = e;
+        }
+    } else {
+        spec.size_bytes = NULL_BS_SIZE;
+    }
+    spec.online = true;
+    Ok(())
+}
+
+/// Parse a `mode_page=` value as tgt's `add_mode_page`.
+fn parse_mode_page(s: &str) -> Result<ModePage, TgtadmError> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let num = |p: &str| c_strtoull(p, 0).0 as i64;
+    let pcode = parts.first().map(|p| num(p)).unwrap_or(0) as u8;
+    let subpcode = parts.get(1).map(|p| num(p)).unwrap_or(0) as u8;
+    let size = parts.get(2).map(|p| num(p)).unwrap_or(0) as u16 as usize;
+    if parts.len() < 3 || parts.len() > size + 3 {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let mut data = vec![0u8; size];
+    for (i, p) in parts[3..].iter().enumerate() {
+        data[i] = num(p) as u8;
+    }
+    Ok(ModePage {
+        pcode,
+        subpcode,
+        data,
+    })
+}
+
+fn lun_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
+    let t = table.targets.get(&tid).ok_or(TgtadmError::NoTarget)?;
+    let old = t.luns.get(&req.lun).ok_or(TgtadmError::NoLun)?;
+    let mut spec = old.clone();
+    let params = req
+        .params
+        .strip_prefix("targetOps")
+        .map(|p| p.get(1..).unwrap_or(""))
+        .unwrap_or(&req.params);
+    let trunc = |v: &str, n: usize| -> String {
+        let mut s = String::new();
+        for c in v.chars() {
+            if s.len() + c.len_utf8() > n {
+                break;
+            }
+            s.push(c);
+        }
+        s
+    };
+    let mut new_path = None;
+    for item in params.split(',').filter(|i| !i.is_empty()) {
+        let (k, v) = item.split_once('=').ok_or(TgtadmError::InvalidRequest)?;
+        match k {
+            "scsi_id" => spec.scsi_id = trunc(v, 36),
+            "scsi_sn" => spec.scsi_sn = trunc(v, 36),
+            "vendor_id" => spec.vendor_id = trunc(v, 8),
+            "product_id" => spec.product_id = trunc(v, 16),
+            "product_rev" => spec.product_rev = trunc(v, 4),
+            "sense_format" => spec.sense_format = c_atoi(v) != 0,
+            "lbppbe" => {
+                spec.lbppbe = c_atoi(v) as u8;
+                spec.no_auto_lbppbe = true;
+            }
+            "la_lba" => spec.la_lba = c_atoi(v) as u16,
+            "optimal_xfer_gran" => spec.optimal_xfer_gran = Some(c_atoi(v) as u32),
+            "optimal_xfer_len" => spec.optimal_xfer_len = Some(c_atoi(v) as u32),
+            "removable" => spec.removable = c_atoi(v) != 0,
+            "readonly" => spec.readonly = c_atoi(v) != 0,
+            "thin_provisioning" => spec.thin_provisioning = c_atoi(v) != 0,
+            "rotation_rate" => spec.rotation_rate = c_atoi(v) as u16,
+            "online" => {
+                if c_atoi(v) != 0 {
+                    spec.online = true;
+                } else {
+                    if live.prevent_removal(tid, req.lun) {
+                        return Err(TgtadmError::PreventRemoval);
+                    }
+                    spec.online = false;
+                }
+            }
+            "mode_page" => {
+                let pg = parse_mode_page(v)?;
+                spec.mode_pages
+                    .retain(|p| !(p.pcode == pg.pcode && p.subpcode == pg.subpcode));
+                spec.mode_pages.push(pg);
+            }
+            "path" => {
+                // Changing the medium needs the unit offline first.
+                if spec.path.is_some() && spec.online {
+                    return Err(TgtadmError::InvalidRequest);
+                }
+                new_path = Some(v.to_string());
+            }
+            _ => return Err(TgtadmError::InvalidRequest),
+        }
+    }
+    if let Some(p) = new_path {
+        let needs_file = table
+            .info
+            .backing_stores
+            .iter()
+            .find(|b| b.name == spec.bstype)
+            .is_none_or(|b| b.needs_file);
+        spec.path = Some(p);
+        spec.size_bytes = 0;
+        attach_medium(live, tid, &mut spec, needs_file)?;
+    }
+    if spec != *old {
+        table
+            .targets
+            .get_mut(&tid)
+            .expect("checked above")
+            .luns
+            .insert(req.lun, spec.clone());
+        live.apply(Effect::LunUpdated { tid, spec });
+    }
+    Ok(String::new())
+}
+
+// ---------------------------------------------------------------- accounts
+
+fn account(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    match req.op {
+        Op::Show => Ok(show::accounts(table)),
+        Op::New => {
+            let rest = req.find_rest("user").ok_or(TgtadmError::InvalidRequest)?;
+            let (user, pw) = rest.split_once(',').ok_or(TgtadmError::InvalidRequest)?;
+            let pw = pw
+                .strip_prefix("password=")
+                .ok_or(TgtadmError::InvalidRequest)?;
+            if table.account_by_user(user).is_some() {
+                return Err(TgtadmError::UserExist);
+            }
+            let mut aid = 1u32;
+            while table.account_by_id(aid).is_some() {
+                aid = aid.checked_add(1).ok_or(TgtadmError::TooManyUser)?;
+            }
+            if aid >= i32::MAX as u32 {
+                return Err(TgtadmError::TooManyUser);
+            }
+            table.accounts.insert(
+                0,
+                Account {
+                    aid,
+                    user: user.to_string(),
+                    password: pw.to_string(),
+                },
+            );
+            live.apply(Effect::AccountsChanged);
+            Ok(String::new())
+        }
+        Op::Delete => {
+            let user = req.find_rest("user").ok_or(TgtadmError::InvalidRequest)?;
+            let aid = table.account_by_user(user).ok_or(TgtadmError::NoUser)?.aid;
+            for t in table.targets.values_mut() {
+                t.incoming.retain(|&a| a != aid);
+                if t.outgoing == Some(aid) {
+                    t.outgoing = None;
+                }
+            }
+            table.global_incoming.retain(|&a| a != aid);
+            if table.global_outgoing == Some(aid) {
+                table.global_outgoing = None;
+            }
+            table.accounts.retain(|a| a.aid != aid);
+            live.apply(Effect::AccountsChanged);
+            Ok(String::new())
+        }
+        Op::Bind | Op::Unbind => {
+            let user = req.find_rest("user").ok_or(TgtadmError::InvalidRequest)?;
+            let global = req.tid == GLOBAL_TID;
+            if !global && !tid_of(req).is_some_and(|t| table.targets.contains_key(&t)) {
+                return Err(TgtadmError::NoTarget);
+            }
+            let aid = table.account_by_user(user).ok_or(TgtadmError::NoUser)?.aid;
+            let (incoming, outgoing) = if global {
+                (&mut table.global_incoming, &mut table.global_outgoing)
+            } else {
+                let t = table
+                    .targets
+                    .get_mut(&(req.tid as u32))
+                    .expect("checked above");
+                (&mut t.incoming, &mut t.outgoing)
+            };
+            let out = req.ac_dir == ACCOUNT_OUTGOING;
+            match (req.op == Op::Bind, out) {
+                (true, false) => {
+                    if incoming.contains(&aid) {
+                        return Err(TgtadmError::UserExist);
+                    }
+                    incoming.push(aid);
+                }
+                (true, true) => {
+                    if outgoing.is_some() {
+                        return Err(TgtadmError::OutaccountExist);
+                    }
+                    *outgoing = Some(aid);
+                }
+                (false, false) => {
+                    if !incoming.contains(&aid) {
+                        return Err(TgtadmError::NoUser);
+                    }
+                    incoming.retain(|&a| a != aid);
+                }
+                (false, true) => {
+                    if *outgoing != Some(aid) {
+                        return Err(TgtadmError::NoUser);
+                    }
+                    *outgoing = None;
+                }
+            }
+            live.apply(Effect::AccountsChanged);
+            Ok(String::new())
+        }
+        _ => Err(TgtadmError::UnsupportedOperation),
+    }
+}
+
+// ---------------------------------------------------------------- connections, llds
+
+fn connection(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    let tid = tid_of(req)
+        .filter(|t| table.targets.contains_key(t))
+        .ok_or(TgtadmError::NoTarget)?;
+    match req.op {
+        Op::Show => Ok(show::connections(&live.sessions(tid))),
+        Op::Delete => {
+            let sessions = live.sessions(tid);
+            let s = sessions
+                .iter()
+                .find(|s| s.nexus_id == req.sid)
+                .ok_or(TgtadmError::NoSession)?;
+            if !s.connections.iter().any(|c| c.cid == req.cid) {
+                return Err(TgtadmError::NoConnection);
+            }
+            live.apply(Effect::ConnectionClose {
+                tid,
+                sid: req.sid,
+                cid: req.cid,
+            });
+            Ok(String::new())
+        }
+        _ => Err(TgtadmError::InvalidRequest),
+    }
+}
+
+fn lld(table: &mut TargetTable, req: &Request) -> Res {
+    match req.op {
+        Op::Show => Ok(show::llds(table)),
+        Op::Start => {
+            let name = if req.lld.is_empty() {
+                "iscsi"
+            } else {
+                &req.lld
+            };
+            match name {
+                "iscsi" => Ok(String::new()),
+                _ => Err(TgtadmError::UnknownErr),
+            }
+        }
+        Op::Stop => {
+            let name = if req.lld.is_empty() {
+                "iscsi"
+            } else {
+                &req.lld
+            };
+            if name == "iscsi" && !table.targets.is_empty() {
+                Err(TgtadmError::DriverActive)
+            } else {
+                Ok(String::new())
+            }
+        }
+        _ => Err(TgtadmError::InvalidRequest),
+    }
+}

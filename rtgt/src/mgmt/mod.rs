@@ -1,0 +1,134 @@
+//! The management plane: tgt's binary IPC on a unix socket, so the stock
+//! `tgtadm` and `tgt-admin` drive rtgtd unmodified.
+//!
+//! - [`ipc`]: the wire layout (`tgtadm_req` / `tgtadm_rsp`) and error codes.
+//! - [`request`]: the typed request.
+//! - [`table`]: the configuration state and the queries the login path uses.
+//! - [`handler`]: executing a request with tgt's validation.
+//! - [`show`]: `--op show` texts, identical to tgt's.
+//! - [`live`]: what the management plane needs from the running daemon.
+//! - [`socket`]: the socket and its lock file at tgt's path.
+
+pub mod handler;
+pub mod ipc;
+pub mod live;
+pub mod params;
+pub mod request;
+pub mod show;
+pub mod socket;
+pub mod table;
+
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::rc::Rc;
+use std::time::Duration;
+
+use tokio::net::{UnixListener, UnixStream};
+
+pub use handler::handle;
+pub use ipc::TgtadmError;
+pub use live::{BackingInfo, ConnInfo, Effect, Live, SessionInfo};
+pub use request::{Mode, Op, Request};
+pub use table::{LunSpec, TargetTable};
+
+/// How long a client may take to send its request before we drop it.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Whether a peer may manage us: root or our own user (tgtd requires the
+/// peer's uid and gid to equal its own).
+fn peer_allowed(stream: &UnixStream) -> bool {
+    match stream.peer_cred() {
+        Ok(c) => {
+            // SAFETY: getuid has no preconditions.
+            let me = unsafe { libc::getuid() };
+            c.uid() == 0 || c.uid() == me
+        }
+        Err(_) => false,
+    }
+}
+
+/// Serve one connection: read a request, handle it, answer. Returns true
+/// when the request was a successful `system delete`.
+async fn serve_one(
+    mut stream: UnixStream,
+    table: &RefCell<TargetTable>,
+    live: &RefCell<dyn Live>,
+) -> bool {
+    if !peer_allowed(&stream) {
+        tracing::warn!("management connection refused: peer is not root or our user");
+        return false;
+    }
+    let req = match tokio::time::timeout(REQUEST_TIMEOUT, ipc::read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            tracing::warn!("bad management request: {e}");
+            return false;
+        }
+        Err(_) => {
+            tracing::warn!("management request timed out");
+            return false;
+        }
+    };
+    tracing::debug!(?req, "management request");
+    let result = {
+        let mut t = table.borrow_mut();
+        let mut l = live.borrow_mut();
+        handler::handle(&mut t, &req, &mut *l)
+    };
+    if let Err(e) = &result {
+        tracing::debug!("management request failed: {e}");
+    }
+    let shutdown = result.is_ok() && req.mode == Mode::System && req.op == Op::Delete;
+    if let Err(e) = ipc::write_response(&mut stream, &result).await {
+        tracing::debug!("writing management response: {e}");
+    }
+    shutdown
+}
+
+/// Accept management connections, one request each, until a successful
+/// `--mode system --op delete`; then stop listening and return (the
+/// listener is closed, so tgtadm's wait for ECONNREFUSED ends). Runs on a
+/// current-thread runtime: connections are served concurrently on a local
+/// task set, and each request is handled while holding both borrows.
+pub async fn serve(
+    listener: UnixListener,
+    table: Rc<RefCell<TargetTable>>,
+    live: Rc<RefCell<dyn Live>>,
+) -> io::Result<()> {
+    let local = tokio::task::LocalSet::new();
+    local
+        .run_until(async move {
+            let stop = Rc::new(Cell::new(false));
+            let notify = Rc::new(tokio::sync::Notify::new());
+            loop {
+                let accepted = tokio::select! {
+                    r = listener.accept() => r,
+                    _ = notify.notified() => {
+                        if stop.get() {
+                            break;
+                        }
+                        continue;
+                    }
+                };
+                let stream = match accepted {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tracing::warn!("management accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let (table, live, stop, notify) =
+                    (table.clone(), live.clone(), stop.clone(), notify.clone());
+                tokio::task::spawn_local(async move {
+                    if serve_one(stream, &table, &live).await {
+                        stop.set(true);
+                        notify.notify_one();
+                    }
+                });
+            }
+            drop(listener);
+            Ok(())
+        })
+        .await
+}

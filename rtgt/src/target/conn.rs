@@ -1,0 +1,769 @@
+//! One connection in the full feature phase, on its target's loop: decode
+//! PDUs, order commands through the session window, collect write data
+//! (immediate, unsolicited, R2T), run SCSI, and queue the answers.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::time::Duration;
+
+use iscsi::pdu::{
+    self, Bhs, Itt, Opcode, Pdu, PduError, RejectReason, Residual, Ttt, RESERVED_TAG,
+};
+use iscsi::transfer::{BurstLimits, WriteTransfer};
+use iscsi::Digests;
+use scsi::{LunId, Outcome, Request, Response, Status};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::sync::Notify;
+
+use super::session::{Queued, Session};
+use super::writer::{OutData, OutPdu, Sender, Stamp};
+use super::TargetCtx;
+
+/// Negotiated values of one connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnParams {
+    pub digests: Digests,
+    /// Largest data segment we accept (our MaxRecvDataSegmentLength).
+    pub max_recv: u32,
+    /// Largest data segment we may send (the initiator's).
+    pub max_xmit: u32,
+    pub limits: BurstLimits,
+}
+
+/// Why a connection ends.
+#[derive(Debug)]
+enum Close {
+    /// The peer broke the protocol; a Reject may already be queued.
+    Protocol(&'static str),
+    /// Logout done, or asked to close.
+    Done,
+}
+
+/// The parts of a SCSI Command PDU the answer needs.
+#[derive(Debug, Clone)]
+struct CmdInfo {
+    itt: Itt,
+    lun_raw: u64,
+    lun: LunId,
+    cdb: Vec<u8>,
+    edtl: u32,
+    read: bool,
+}
+
+struct PendingWrite {
+    info: CmdInfo,
+    buf: Vec<u8>,
+    xfer: WriteTransfer,
+}
+
+pub struct Conn {
+    pub cid: u16,
+    pub peer: SocketAddr,
+    pub session: Rc<Session>,
+    target: Rc<TargetCtx>,
+    tx: Sender,
+    params: ConnParams,
+    writes: RefCell<HashMap<u32, PendingWrite>>,
+    /// Commands whose I/O is running, by ITT, with their "aborted" flag.
+    running: RefCell<HashMap<u32, (LunId, Rc<Cell<bool>>)>>,
+    next_ttt: Cell<u32>,
+    closing: Notify,
+    closed: Cell<bool>,
+    nop_outstanding: Cell<u32>,
+    rx_activity: Cell<bool>,
+}
+
+/// Decode the LUN field (SAM-5 §4.7: peripheral and flat addressing, as
+/// Linux and tgt use them). Anything else maps to a LUN that never exists.
+pub fn decode_lun(raw: u64) -> LunId {
+    let b = raw.to_be_bytes();
+    if b[2..].iter().any(|&x| x != 0) {
+        return LunId(u64::MAX);
+    }
+    match b[0] >> 6 {
+        0 if b[0] == 0 => LunId(b[1] as u64),
+        1 => LunId((((b[0] & 0x3f) as u64) << 8) | b[1] as u64),
+        _ => LunId(u64::MAX),
+    }
+}
+
+/// Fixed-format sense for errors the transport itself raises.
+fn transport_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
+    let mut s = vec![0u8; 18];
+    s[0] = 0x70;
+    s[2] = key;
+    s[7] = 10;
+    s[12] = asc;
+    s[13] = ascq;
+    s
+}
+
+impl Conn {
+    pub fn new(
+        cid: u16,
+        peer: SocketAddr,
+        session: Rc<Session>,
+        target: Rc<TargetCtx>,
+        tx: Sender,
+        params: ConnParams,
+    ) -> Rc<Conn> {
+        Rc::new(Conn {
+            cid,
+            peer,
+            session,
+            target,
+            tx,
+            params,
+            writes: RefCell::new(HashMap::new()),
+            running: RefCell::new(HashMap::new()),
+            next_ttt: Cell::new(1),
+            closing: Notify::new(),
+            closed: Cell::new(false),
+            nop_outstanding: Cell::new(0),
+            rx_activity: Cell::new(true),
+        })
+    }
+
+    /// Ask the connection to end (logout of the session, reinstatement,
+    /// management delete).
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.closing.notify_one();
+    }
+
+    fn send(&self, p: Pdu) {
+        self.tx.send(OutPdu::response(p));
+    }
+
+    fn reject(&self, reason: RejectReason, bad: &Bhs) {
+        self.send(pdu::reject(reason, bad));
+    }
+
+    /// Read and handle PDUs until the connection ends.
+    pub async fn run(self: &Rc<Self>, mut rd: OwnedReadHalf, mut rbuf: Vec<u8>) {
+        let mut start = 0usize;
+        let knobs = self.target.knobs.get();
+        let nop_every = Duration::from_secs(knobs.nop_interval.max(1) as u64);
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + nop_every, nop_every);
+        let reason = 'conn: loop {
+            // Handle every whole PDU already buffered.
+            loop {
+                match pdu::decode(
+                    &rbuf[start..],
+                    self.params.digests,
+                    self.params.max_recv as usize,
+                ) {
+                    Ok(Some((p, n))) => {
+                        start += n;
+                        self.rx_activity.set(true);
+                        if let Err(c) = self.handle(p) {
+                            break 'conn c;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(PduError::DataDigest) => {
+                        // RFC 7143 §7.8: discard the PDU and answer Reject; at
+                        // ERL0 the initiator then recovers at session level.
+                        let bhs = Bhs(rbuf[start..start + pdu::BHS_LEN].try_into().unwrap());
+                        let n = pdu::frame_len(
+                            &bhs,
+                            self.params.digests,
+                            self.params.max_recv as usize,
+                        )
+                        .unwrap_or(0);
+                        start += n;
+                        self.reject(RejectReason::DataDigestError, &bhs);
+                    }
+                    Err(e) => {
+                        if rbuf.len() - start >= pdu::BHS_LEN
+                            && !matches!(e, PduError::HeaderDigest)
+                        {
+                            let bhs = Bhs(rbuf[start..start + pdu::BHS_LEN].try_into().unwrap());
+                            self.reject(RejectReason::ProtocolError, &bhs);
+                        }
+                        break 'conn Close::Protocol("undecodable PDU");
+                    }
+                }
+            }
+            if self.closed.get() {
+                break Close::Done;
+            }
+            if start > 0 {
+                rbuf.drain(..start);
+                start = 0;
+            }
+            if rbuf.capacity() - rbuf.len() < 64 * 1024 {
+                rbuf.reserve(256 * 1024);
+            }
+            tokio::select! {
+                r = rd.read_buf(&mut rbuf) => match r {
+                    Ok(0) | Err(_) => break Close::Done,
+                    Ok(_) => {}
+                },
+                _ = self.closing.notified() => break Close::Done,
+                _ = ticker.tick(), if knobs.nop_interval > 0 => {
+                    if let Err(c) = self.nop_tick(knobs.nop_count) {
+                        break c;
+                    }
+                }
+            }
+        };
+        if let Close::Protocol(why) = reason {
+            tracing::info!(peer = %self.peer, cid = self.cid, why, "connection dropped");
+        }
+        self.teardown();
+    }
+
+    /// Target-initiated NOP-In when the line is idle (RFC 7143 §11.19);
+    /// too many unanswered ones mean the initiator is gone.
+    fn nop_tick(&self, max_missed: u32) -> Result<(), Close> {
+        if self.rx_activity.replace(false) {
+            self.nop_outstanding.set(0);
+            return Ok(());
+        }
+        let missed = self.nop_outstanding.get();
+        if max_missed > 0 && missed >= max_missed {
+            return Err(Close::Protocol("initiator stopped answering NOP-In"));
+        }
+        self.nop_outstanding.set(missed + 1);
+        let ttt = self.alloc_ttt();
+        self.tx.send(OutPdu::peek(pdu::nop_in(
+            Itt(RESERVED_TAG),
+            ttt,
+            0,
+            Vec::new(),
+        )));
+        Ok(())
+    }
+
+    fn alloc_ttt(&self) -> Ttt {
+        let mut t = self.next_ttt.get();
+        if t == RESERVED_TAG {
+            t = 1;
+        }
+        self.next_ttt.set(t + 1);
+        Ttt(t)
+    }
+
+    /// Abandon everything in flight on this connection and leave the session.
+    fn teardown(self: &Rc<Self>) {
+        self.closed.set(true);
+        let writes: Vec<_> = self.writes.borrow_mut().drain().collect();
+        for _ in writes {
+            self.session.complete();
+        }
+        for (_, (_, flag)) in self.running.borrow_mut().drain() {
+            flag.set(true);
+            self.session.complete();
+        }
+        self.tx.close();
+        self.target.conn_closed(self);
+    }
+
+    fn handle(self: &Rc<Self>, p: Pdu) -> Result<(), Close> {
+        let op = match p.bhs.opcode() {
+            Some(op) => op,
+            None => {
+                self.reject(RejectReason::CommandNotSupported, &p.bhs);
+                return Ok(());
+            }
+        };
+        match op {
+            Opcode::DataOut => self.data_out(p),
+            Opcode::ScsiCommand
+            | Opcode::TaskMgmtRequest
+            | Opcode::TextRequest
+            | Opcode::LogoutRequest => {
+                self.admit(p);
+                Ok(())
+            }
+            Opcode::NopOut => {
+                if p.bhs.itt().0 == RESERVED_TAG {
+                    // An answer to our ping (TTT ours, I bit set): nothing to send.
+                    self.nop_outstanding.set(0);
+                    return Ok(());
+                }
+                self.admit(p);
+                Ok(())
+            }
+            Opcode::Snack => {
+                // SNACK needs ErrorRecoveryLevel > 0 (RFC 7143 §11.16).
+                self.reject(RejectReason::CommandNotSupported, &p.bhs);
+                Ok(())
+            }
+            Opcode::LoginRequest => {
+                self.reject(RejectReason::ProtocolError, &p.bhs);
+                Err(Close::Protocol("login request in full feature phase"))
+            }
+            _ => {
+                // A target opcode from the initiator.
+                self.reject(RejectReason::ProtocolError, &p.bhs);
+                Err(Close::Protocol("target opcode from initiator"))
+            }
+        }
+    }
+
+    /// Pass a request through the session's CmdSN window and run whatever
+    /// it releases.
+    fn admit(self: &Rc<Self>, p: Pdu) {
+        let sn = p.bhs.cmd_sn();
+        let imm = p.bhs.immediate();
+        let ready = self.session.admit(
+            sn,
+            imm,
+            Queued {
+                conn: self.clone(),
+                pdu: p,
+            },
+        );
+        for q in ready {
+            if q.conn.closed.get() {
+                q.conn.session.complete();
+                continue;
+            }
+            let conn = q.conn.clone();
+            conn.dispatch(q.pdu);
+        }
+    }
+
+    fn dispatch(self: &Rc<Self>, p: Pdu) {
+        match p.bhs.opcode() {
+            Some(Opcode::ScsiCommand) => self.scsi_command(p),
+            Some(Opcode::NopOut) => {
+                // Echo the ping's data (RFC 7143 §11.18.5).
+                let mut data = p.data;
+                data.truncate(self.params.max_xmit as usize);
+                self.session.complete();
+                self.send(pdu::nop_in(
+                    p.bhs.itt(),
+                    Ttt(RESERVED_TAG),
+                    p.bhs.lun_raw(),
+                    data,
+                ));
+            }
+            Some(Opcode::TaskMgmtRequest) => self.task_mgmt(&p),
+            Some(Opcode::TextRequest) => self.text(&p),
+            Some(Opcode::LogoutRequest) => self.logout(&p),
+            _ => self.session.complete(),
+        }
+    }
+
+    fn scsi_command(self: &Rc<Self>, p: Pdu) {
+        let b = &p.bhs;
+        let mut cdb = b.cdb().to_vec();
+        // Extended CDB AHS (type 1, RFC 7143 §11.2.2.3) carries bytes 16.. of a long CDB.
+        let mut ahs = &p.ahs[..];
+        while ahs.len() >= 4 {
+            let len = u16::from_be_bytes([ahs[0], ahs[1]]) as usize;
+            let ty = ahs[2];
+            let total = (3 + len + 3) & !3;
+            if ahs.len() < 3 + len {
+                break;
+            }
+            if ty == 1 && len > 1 {
+                cdb.extend_from_slice(&ahs[4..3 + len]);
+            }
+            ahs = &ahs[total.min(ahs.len())..];
+        }
+        let info = CmdInfo {
+            itt: b.itt(),
+            lun_raw: b.lun_raw(),
+            lun: decode_lun(b.lun_raw()),
+            cdb,
+            edtl: b.expected_data_len(),
+            read: b.cmd_read(),
+        };
+        if b.cmd_read() && b.cmd_write() {
+            // Bidirectional commands are not supported by any LU type here.
+            self.finish_check(&info, transport_sense(0x05, 0x24, 0x00));
+            return;
+        }
+        if info.edtl as u64 > scsi::MAX_TRANSFER_BYTES {
+            // Refuse before allocating; Data-Out that follows finds no task
+            // and is ignored.
+            self.finish_check(&info, transport_sense(0x05, 0x24, 0x00));
+            return;
+        }
+        if !b.cmd_write() {
+            if !p.data.is_empty() {
+                self.reject(RejectReason::ProtocolError, &p.bhs);
+                self.session.complete();
+                return;
+            }
+            self.execute(info, Vec::new());
+            return;
+        }
+        let imm = p.data.len() as u32;
+        if imm > info.edtl {
+            self.reject(RejectReason::ProtocolError, &p.bhs);
+            self.session.complete();
+            return;
+        }
+        let xfer = match WriteTransfer::new(info.edtl, imm, b.final_bit(), self.params.limits) {
+            Ok(x) => x,
+            Err(_) => {
+                self.reject(RejectReason::ProtocolError, &p.bhs);
+                self.session.complete();
+                return;
+            }
+        };
+        let mut buf = vec![0u8; info.edtl as usize];
+        buf[..imm as usize].copy_from_slice(&p.data);
+        let mut pw = PendingWrite { info, buf, xfer };
+        if pw.xfer.complete() {
+            self.execute(pw.info, pw.buf);
+            return;
+        }
+        self.send_r2ts(&mut pw);
+        self.writes.borrow_mut().insert(pw.info.itt.0, pw);
+    }
+
+    fn send_r2ts(&self, pw: &mut PendingWrite) {
+        for r in pw.xfer.next_r2ts(|| self.alloc_ttt()) {
+            self.tx.send(OutPdu::peek(pdu::r2t(
+                pw.info.itt,
+                pw.info.lun_raw,
+                r.ttt,
+                r.r2t_sn,
+                r.offset,
+                r.len,
+            )));
+        }
+    }
+
+    fn data_out(self: &Rc<Self>, p: Pdu) -> Result<(), Close> {
+        let itt = p.bhs.itt().0;
+        let mut writes = self.writes.borrow_mut();
+        let Some(pw) = writes.get_mut(&itt) else {
+            // Data for a command already answered (refused up front, or
+            // aborted): RFC 7143 §11.7 lets the target discard it.
+            if p.bhs.ttt().0 != RESERVED_TAG {
+                self.reject(RejectReason::InvalidPduField, &p.bhs);
+            }
+            return Ok(());
+        };
+        let offset = p.bhs.buffer_offset();
+        let len = p.data.len() as u32;
+        if pw
+            .xfer
+            .on_data_out(p.bhs.ttt(), offset, len, p.bhs.final_bit())
+            .is_err()
+        {
+            drop(writes);
+            self.reject(RejectReason::ProtocolError, &p.bhs);
+            return Err(Close::Protocol("data-out outside the solicited range"));
+        }
+        pw.buf[offset as usize..(offset + len) as usize].copy_from_slice(&p.data);
+        if pw.xfer.complete() {
+            let pw = writes.remove(&itt).unwrap();
+            drop(writes);
+            self.execute(pw.info, pw.buf);
+        } else {
+            self.send_r2ts(pw);
+        }
+        Ok(())
+    }
+
+    fn execute(self: &Rc<Self>, info: CmdInfo, mut buf: Vec<u8>) {
+        let req = Request {
+            cdb: &info.cdb,
+            nexus: self.session.setup.nexus,
+            lun: info.lun,
+            expected_len: info.edtl,
+        };
+        let outcome = self.target.luns.borrow_mut().execute(&req, &mut buf);
+        match outcome {
+            Outcome::Done(resp) => self.finish(&info, resp, buf),
+            Outcome::Io(task) => {
+                let dev = self.target.devices.borrow().get(&task.lun()).cloned();
+                let Some(dev) = dev else {
+                    // The LU vanished between emulation and I/O.
+                    self.finish_check(&info, transport_sense(0x05, 0x25, 0x00));
+                    return;
+                };
+                let aborted = Rc::new(Cell::new(false));
+                self.running
+                    .borrow_mut()
+                    .insert(info.itt.0, (info.lun, aborted.clone()));
+                let me = self.clone();
+                tokio::task::spawn_local(async move {
+                    let joined = tokio::task::spawn_blocking(move || {
+                        let r = task.run(&*dev, &mut buf);
+                        (r, buf)
+                    })
+                    .await;
+                    if aborted.get() {
+                        return;
+                    }
+                    me.running.borrow_mut().remove(&info.itt.0);
+                    match joined {
+                        Ok((resp, buf)) => me.finish(&info, resp, buf),
+                        Err(_) => me.finish_check(&info, transport_sense(0x04, 0x44, 0x00)),
+                    }
+                });
+            }
+        }
+    }
+
+    fn finish_check(&self, info: &CmdInfo, sense: Vec<u8>) {
+        let resp = Response {
+            status: Status::CheckCondition,
+            sense,
+            data_len: 0,
+            wanted: 0,
+        };
+        self.finish(info, resp, Vec::new());
+    }
+
+    /// Queue the answer: Data-In (status in the last PDU when there is no
+    /// sense, RFC 7143 §11.7.3) and/or a SCSI Response, with residuals
+    /// (RFC 7143 §11.4.5).
+    fn finish(&self, info: &CmdInfo, resp: Response, buf: Vec<u8>) {
+        self.session.complete();
+        if self.closed.get() {
+            return;
+        }
+        let status = resp.status as u8;
+        let edtl = info.edtl as u64;
+        let ok = matches!(resp.status, Status::Good | Status::ConditionMet);
+        let sent = if info.read && ok {
+            (resp.data_len as u64).min(edtl).min(buf.len() as u64)
+        } else {
+            0
+        };
+        let residual = if resp.wanted > edtl {
+            Residual::Overflow((resp.wanted - edtl).min(u32::MAX as u64) as u32)
+        } else if info.read {
+            if sent < edtl {
+                Residual::Underflow((edtl - sent) as u32)
+            } else {
+                Residual::None
+            }
+        } else if resp.wanted < edtl {
+            Residual::Underflow((edtl - resp.wanted) as u32)
+        } else {
+            Residual::None
+        };
+        if sent == 0 {
+            self.send(pdu::scsi_response(info.itt, status, residual, &resp.sense));
+            return;
+        }
+        let sent = sent as usize;
+        let shared = Rc::new(buf);
+        let max = self.params.max_xmit.max(512) as usize;
+        let burst = self.params.limits.max_burst.max(512) as usize;
+        let collapse = resp.sense.is_empty();
+        let mut off = 0usize;
+        let mut data_sn = 0u32;
+        while off < sent {
+            // Each sequence ends at a MaxBurstLength boundary (RFC 7143 §11.7.1).
+            let burst_end = ((off / burst) + 1) * burst;
+            let len = (sent - off).min(max).min(burst_end - off);
+            let last = off + len == sent;
+            let final_bit = last || off + len == burst_end;
+            let st = if last && collapse {
+                Some((status, residual))
+            } else {
+                None
+            };
+            let bhs = pdu::data_in_header(
+                info.itt,
+                info.lun_raw,
+                data_sn,
+                off as u32,
+                len,
+                final_bit,
+                st,
+            );
+            let stamp = if st.is_some() {
+                Stamp::Advance
+            } else {
+                Stamp::Peek
+            };
+            self.tx.send(OutPdu {
+                bhs,
+                data: OutData::Shared(shared.clone(), off..off + len),
+                stamp,
+            });
+            off += len;
+            data_sn += 1;
+        }
+        if !collapse {
+            self.send(pdu::scsi_response(info.itt, status, residual, &resp.sense));
+        }
+    }
+
+    /// Task management (RFC 7143 §11.5). Responses: 0 complete, 1 task does
+    /// not exist, 2 LUN does not exist, 5 not supported.
+    fn task_mgmt(self: &Rc<Self>, p: &Pdu) {
+        let b = &p.bhs;
+        let lun = decode_lun(b.lun_raw());
+        let func = b.tmf_function();
+        let lun_known = self.target.luns.borrow().config(lun).is_some();
+        let response = match func {
+            1 => {
+                // ABORT TASK
+                let r = b.tmf_referenced_task().0;
+                if self.abort_itt(r) {
+                    0
+                } else {
+                    // Not here: if its CmdSN is still ahead of us it never
+                    // arrived, and the abort completes (RFC 7143 §11.5.1).
+                    1
+                }
+            }
+            2 | 3 => {
+                // ABORT TASK SET / CLEAR TASK SET: this nexus's tasks on the LUN.
+                if !lun_known {
+                    2
+                } else {
+                    for c in self.session.conns.borrow().iter() {
+                        c.abort_lun(Some(lun));
+                    }
+                    0
+                }
+            }
+            5 => {
+                // LOGICAL UNIT RESET: every nexus's tasks on the LUN.
+                if !lun_known {
+                    2
+                } else {
+                    self.target.abort_everywhere(Some(lun));
+                    self.target
+                        .luns
+                        .borrow_mut()
+                        .lun_reset(lun, self.session.setup.nexus);
+                    0
+                }
+            }
+            6 => {
+                // TARGET WARM RESET
+                self.target.abort_everywhere(None);
+                self.target
+                    .luns
+                    .borrow_mut()
+                    .target_reset(self.session.setup.nexus);
+                0
+            }
+            _ => 5,
+        };
+        self.session.complete();
+        self.send(pdu::tmf_response(b.itt(), response));
+    }
+
+    /// Abort one task of this session; true if it existed.
+    fn abort_itt(&self, itt: u32) -> bool {
+        for c in self.session.conns.borrow().iter() {
+            if c.writes.borrow_mut().remove(&itt).is_some() {
+                c.session.complete();
+                return true;
+            }
+            if let Some((_, flag)) = c.running.borrow_mut().remove(&itt) {
+                flag.set(true);
+                c.session.complete();
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Abort this connection's tasks on one LUN (or all).
+    pub fn abort_lun(&self, lun: Option<LunId>) {
+        let matches = |l: LunId| lun.is_none_or(|x| x == l);
+        let gone: Vec<u32> = self
+            .writes
+            .borrow()
+            .iter()
+            .filter(|(_, w)| matches(w.info.lun))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            self.writes.borrow_mut().remove(&k);
+            self.session.complete();
+        }
+        let gone: Vec<u32> = self
+            .running
+            .borrow()
+            .iter()
+            .filter(|(_, r)| matches(r.0))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in gone {
+            if let Some((_, flag)) = self.running.borrow_mut().remove(&k) {
+                flag.set(true);
+                self.session.complete();
+            }
+        }
+    }
+
+    fn text(&self, p: &Pdu) {
+        let data = self.target.text_in_session(p);
+        self.session.complete();
+        self.send(pdu::text_response(
+            p.bhs.itt(),
+            Ttt(RESERVED_TAG),
+            true,
+            false,
+            p.bhs.lun_raw(),
+            data,
+        ));
+    }
+
+    /// Logout (RFC 7143 §11.14, §11.15): 0 closes the session, 1 a
+    /// connection, 2 (recovery) needs ERL2 and is refused.
+    fn logout(self: &Rc<Self>, p: &Pdu) {
+        let b = &p.bhs;
+        let setup = &self.session.setup;
+        let (t2w, t2r) = (setup.time2wait, setup.time2retain);
+        self.session.complete();
+        match b.logout_reason() {
+            0 => {
+                self.send(pdu::logout_response(b.itt(), 0, t2w, t2r));
+                let others: Vec<_> = self
+                    .session
+                    .conns
+                    .borrow()
+                    .iter()
+                    .filter(|c| c.cid != self.cid)
+                    .cloned()
+                    .collect();
+                for c in others {
+                    c.close();
+                }
+                self.close();
+            }
+            1 => {
+                let cid = b.logout_cid();
+                if cid == self.cid {
+                    self.send(pdu::logout_response(b.itt(), 0, t2w, t2r));
+                    self.close();
+                } else if let Some(c) = self.session.conn(cid) {
+                    c.close();
+                    self.send(pdu::logout_response(b.itt(), 0, t2w, t2r));
+                } else {
+                    self.send(pdu::logout_response(b.itt(), 1, t2w, t2r));
+                }
+            }
+            2 => self.send(pdu::logout_response(b.itt(), 2, t2w, t2r)),
+            _ => self.reject(RejectReason::InvalidPduField, b),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lun_decoding() {
+        assert_eq!(decode_lun(0), LunId(0));
+        assert_eq!(decode_lun(0x0001_0000_0000_0000), LunId(1));
+        assert_eq!(decode_lun(0x4101_0000_0000_0000), LunId(0x101));
+        assert_eq!(decode_lun(0x0001_0000_0000_0001), LunId(u64::MAX));
+        assert_eq!(decode_lun(0x8000_0000_0000_0000), LunId(u64::MAX));
+    }
+}

@@ -1,0 +1,319 @@
+//! Media operations that run off the event loop against a [`BlockDevice`].
+//! Every check that can be made without touching the medium has already
+//! been made by [`crate::LunSet::execute`]; here only I/O can fail.
+
+use crate::device::BlockDevice;
+use crate::sense::{asc, key, Sense, SenseFormat};
+use crate::{LunId, Response, Status};
+
+/// Largest chunk read or written at once by operations whose size is not a
+/// transfer (VERIFY without BYTCHK, WRITE SAME, zero-fill).
+const CHUNK: u64 = 1 << 20;
+
+/// How VERIFY / WRITE AND VERIFY compare (SBC-3 §5.33 BYTCHK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Compare {
+    /// BYTCHK 00b: only check the medium can be read.
+    None,
+    /// BYTCHK 01b: compare with the Data-Out buffer.
+    DataOut,
+    /// BYTCHK 11b: compare every block with the one block of Data-Out.
+    OneBlock,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum IoOp {
+    Read {
+        offset: u64,
+        len: u64,
+    },
+    /// Write the first `len` bytes of Data-Out (fewer if fewer arrived);
+    /// then flush if `flush`, then read back and compare if `verify`.
+    Write {
+        offset: u64,
+        len: u64,
+        flush: bool,
+        verify: bool,
+    },
+    Verify {
+        offset: u64,
+        len: u64,
+        compare: Compare,
+        block: u64,
+    },
+    WriteSame {
+        offset: u64,
+        blocks: u64,
+        block: u64,
+        unmap: bool,
+        ndob: bool,
+        flush: bool,
+    },
+    Unmap {
+        ranges: Vec<(u64, u64)>,
+    },
+    Sync,
+    GetLbaStatus {
+        lba: u64,
+        total_blocks: u64,
+        block: u64,
+        max_descriptors: usize,
+        alloc: usize,
+    },
+}
+
+/// A media command ready to run on a worker thread.
+#[derive(Debug)]
+pub struct IoTask {
+    lun: LunId,
+    op: IoOp,
+    format: SenseFormat,
+    wanted: u64,
+}
+
+fn read_error() -> Sense {
+    Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR)
+}
+fn write_error() -> Sense {
+    Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR)
+}
+fn miscompare(at: u64) -> Sense {
+    Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_info(at)
+}
+
+impl IoTask {
+    pub(crate) fn new(lun: LunId, op: IoOp, format: SenseFormat, wanted: u64) -> IoTask {
+        IoTask {
+            lun,
+            op,
+            format,
+            wanted,
+        }
+    }
+
+    pub fn lun(&self) -> LunId {
+        self.lun
+    }
+
+    /// Bytes the CDB asks to transfer (as in [`Response::wanted`]).
+    pub fn wanted(&self) -> u64 {
+        self.wanted
+    }
+
+    /// Run against `dev`. `buf` holds the Data-Out on entry and the Data-In on exit.
+    pub fn run(self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Response {
+        match self.perform(dev, buf) {
+            Ok(()) => Response {
+                status: Status::Good,
+                sense: Vec::new(),
+                data_len: buf.len(),
+                wanted: self.wanted,
+            },
+            Err(s) => {
+                buf.clear();
+                Response {
+                    status: Status::CheckCondition,
+                    sense: s.to_bytes(self.format),
+                    data_len: 0,
+                    wanted: 0,
+                }
+            }
+        }
+    }
+
+    fn perform(&self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Result<(), Sense> {
+        match &self.op {
+            &IoOp::Read { offset, len } => {
+                buf.clear();
+                buf.resize(len as usize, 0);
+                dev.read_at(buf, offset).map_err(|_| read_error())
+            }
+            &IoOp::Write {
+                offset,
+                len,
+                flush,
+                verify,
+            } => {
+                let n = (len as usize).min(buf.len());
+                dev.write_at(&buf[..n], offset).map_err(|_| write_error())?;
+                if flush {
+                    dev.flush().map_err(|_| write_error())?;
+                }
+                if verify {
+                    compare_range(dev, offset, &buf[..n])?;
+                }
+                buf.clear();
+                Ok(())
+            }
+            &IoOp::Verify {
+                offset,
+                len,
+                compare,
+                block,
+            } => {
+                match compare {
+                    Compare::None => check_readable(dev, offset, len)?,
+                    Compare::DataOut => {
+                        let n = (len as usize).min(buf.len());
+                        compare_range(dev, offset, &buf[..n])?;
+                    }
+                    Compare::OneBlock => {
+                        let b = (block as usize).min(buf.len());
+                        let mut at = 0;
+                        while at < len {
+                            compare_range(dev, offset + at, &buf[..b]).map_err(|s| {
+                                match s.info {
+                                    Some(i) => miscompare(at + i),
+                                    None => s,
+                                }
+                            })?;
+                            at += block;
+                        }
+                    }
+                }
+                buf.clear();
+                Ok(())
+            }
+            &IoOp::WriteSame {
+                offset,
+                blocks,
+                block,
+                unmap,
+                ndob,
+                flush,
+            } => {
+                let len = blocks.saturating_mul(block);
+                let zero = ndob || buf.iter().take(block as usize).all(|b| *b == 0);
+                if unmap && zero {
+                    dev.punch_hole(offset, len).map_err(|_| write_error())?;
+                } else {
+                    let pattern: &[u8] = if ndob {
+                        &[]
+                    } else {
+                        &buf[..(block as usize).min(buf.len())]
+                    };
+                    write_repeated(dev, offset, len, block, pattern)?;
+                }
+                if flush {
+                    dev.flush().map_err(|_| write_error())?;
+                }
+                buf.clear();
+                Ok(())
+            }
+            IoOp::Unmap { ranges } => {
+                for &(offset, len) in ranges {
+                    dev.punch_hole(offset, len).map_err(|_| write_error())?;
+                }
+                buf.clear();
+                Ok(())
+            }
+            IoOp::Sync => {
+                buf.clear();
+                dev.flush().map_err(|_| write_error())
+            }
+            &IoOp::GetLbaStatus {
+                lba,
+                total_blocks,
+                block,
+                max_descriptors,
+                alloc,
+            } => {
+                get_lba_status(dev, lba, total_blocks, block, max_descriptors, buf)?;
+                buf.truncate(alloc);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Read `len` bytes at `offset` in chunks, only to see they can be read.
+fn check_readable(dev: &dyn BlockDevice, offset: u64, len: u64) -> Result<(), Sense> {
+    let mut tmp = vec![0u8; len.min(CHUNK) as usize];
+    let mut at = 0;
+    while at < len {
+        let n = (len - at).min(CHUNK) as usize;
+        dev.read_at(&mut tmp[..n], offset + at)
+            .map_err(|_| read_error())?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Compare the medium at `offset` with `want`; MISCOMPARE carries the byte
+/// offset of the first difference (SBC-3 §5.33).
+fn compare_range(dev: &dyn BlockDevice, offset: u64, want: &[u8]) -> Result<(), Sense> {
+    let mut tmp = vec![0u8; (want.len() as u64).min(CHUNK) as usize];
+    let mut at = 0usize;
+    while at < want.len() {
+        let n = (want.len() - at).min(CHUNK as usize);
+        dev.read_at(&mut tmp[..n], offset + at as u64)
+            .map_err(|_| read_error())?;
+        if let Some(i) = tmp[..n]
+            .iter()
+            .zip(&want[at..at + n])
+            .position(|(a, b)| a != b)
+        {
+            return Err(miscompare((at + i) as u64));
+        }
+        at += n;
+    }
+    Ok(())
+}
+
+/// Write `pattern` (one block; zeros if shorter) repeatedly over `len` bytes.
+fn write_repeated(
+    dev: &dyn BlockDevice,
+    offset: u64,
+    len: u64,
+    block: u64,
+    pattern: &[u8],
+) -> Result<(), Sense> {
+    let block = block.max(1);
+    let per_chunk = (CHUNK / block).max(1);
+    let chunk_len = (per_chunk * block).min(len) as usize;
+    let mut chunk = vec![0u8; chunk_len];
+    for (i, b) in chunk.iter_mut().enumerate() {
+        *b = pattern.get(i % block as usize).copied().unwrap_or(0);
+    }
+    let mut at = 0u64;
+    while at < len {
+        let n = (len - at).min(chunk_len as u64) as usize;
+        dev.write_at(&chunk[..n], offset + at)
+            .map_err(|_| write_error())?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// GET LBA STATUS parameter data (SBC-3 §5.6): LBA status descriptors from
+/// `lba` on, each a run of blocks sharing one provisioning status.
+fn get_lba_status(
+    dev: &dyn BlockDevice,
+    lba: u64,
+    total_blocks: u64,
+    block: u64,
+    max_descriptors: usize,
+    buf: &mut Vec<u8>,
+) -> Result<(), Sense> {
+    buf.clear();
+    buf.resize(8, 0);
+    let mut at = lba;
+    let mut count = 0;
+    while at < total_blocks && count < max_descriptors {
+        let (mapped, run) = dev
+            .map_status(at.saturating_mul(block))
+            .map_err(|_| read_error())?;
+        let run_blocks = (run / block)
+            .clamp(1, total_blocks - at)
+            .min(u64::from(u32::MAX));
+        buf.extend_from_slice(&at.to_be_bytes());
+        buf.extend_from_slice(&(run_blocks as u32).to_be_bytes());
+        // Provisioning status: 0 mapped, 1 deallocated.
+        buf.extend_from_slice(&[u8::from(!mapped), 0, 0, 0]);
+        at += run_blocks;
+        count += 1;
+    }
+    let len = (buf.len() - 4) as u32;
+    buf[0..4].copy_from_slice(&len.to_be_bytes());
+    Ok(())
+}

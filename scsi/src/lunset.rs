@@ -1,0 +1,434 @@
+//! The logical units of one target and their per-I_T-nexus state: unit
+//! attentions (SAM-5 §5.14), SPC-2 reservations, medium-removal prevention.
+//! [`LunSet::execute`] runs the checks every command goes through in the
+//! order SAM-5 §5.8 / SPC-4 give them, then hands off to a handler.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+
+use crate::cdb::{self, op};
+use crate::config::{DeviceType, LunConfig, TargetPort};
+use crate::io::IoTask;
+use crate::opcodes;
+use crate::sense::{asc, Asc, Sense, SenseFormat};
+use crate::{inquiry, mode, sbc, spc};
+use crate::{LunId, NexusId, Outcome, Request, Response, Status};
+
+/// At most this many unit attentions wait per nexus and LU; older ones are
+/// dropped first (SAM-5 §5.14 lets a device server keep a bounded queue).
+const MAX_PENDING_UA: usize = 8;
+
+/// What a handler decided.
+#[derive(Debug)]
+pub(crate) enum Reply {
+    /// GOOD; Data-In (if any) is in the output buffer, already truncated.
+    Good { wanted: u64 },
+    /// RESERVATION CONFLICT status, no sense.
+    Conflict,
+    /// A media operation for a worker thread; the Data-Out goes with it.
+    Io { op: crate::io::IoOp, wanted: u64 },
+}
+
+pub(crate) type HandlerResult = Result<Reply, Sense>;
+
+/// One logical unit and the state SCSI keeps for it.
+#[derive(Debug)]
+pub(crate) struct Lun {
+    pub cfg: LunConfig,
+    /// Control mode page SWP (software write protect), set by MODE SELECT.
+    pub swp: bool,
+    /// Holder of an SPC-2 RESERVE(6)/(10) reservation.
+    pub reserved_by: Option<NexusId>,
+    /// Nexuses whose PREVENT ALLOW MEDIUM REMOVAL prevents removal.
+    pub prevent: BTreeSet<NexusId>,
+    /// Pending unit attentions per nexus.
+    ua: BTreeMap<NexusId, VecDeque<Asc>>,
+    /// LUN 0 that exists only because nothing was configured there.
+    implicit: bool,
+}
+
+impl Lun {
+    fn new(cfg: LunConfig) -> Lun {
+        Lun {
+            cfg,
+            swp: false,
+            reserved_by: None,
+            prevent: BTreeSet::new(),
+            ua: BTreeMap::new(),
+            implicit: false,
+        }
+    }
+
+    pub(crate) fn add_ua(&mut self, n: NexusId, code: Asc) {
+        let q = self.ua.entry(n).or_default();
+        if q.contains(&code) {
+            return;
+        }
+        if q.len() >= MAX_PENDING_UA {
+            q.pop_front();
+        }
+        q.push_back(code);
+    }
+
+    pub(crate) fn pop_ua(&mut self, n: NexusId) -> Option<Asc> {
+        let q = self.ua.get_mut(&n)?;
+        let code = q.pop_front();
+        if q.is_empty() {
+            self.ua.remove(&n);
+        }
+        code
+    }
+
+    fn clear_ua(&mut self, n: NexusId, code: Asc) {
+        if let Some(q) = self.ua.get_mut(&n) {
+            q.retain(|c| *c != code);
+        }
+    }
+
+    /// The sense format configured (or chosen with D_SENSE).
+    pub(crate) fn sense_format(&self) -> SenseFormat {
+        self.cfg.sense_format
+    }
+
+    /// Whether writes are refused, and with which code (SBC-3 §4.10).
+    pub(crate) fn write_protect(&self) -> Option<Sense> {
+        if self.cfg.readonly {
+            Some(Sense::new(
+                crate::sense::key::DATA_PROTECT,
+                asc::WRITE_PROTECTED,
+            ))
+        } else if self.swp {
+            Some(Sense::new(
+                crate::sense::key::DATA_PROTECT,
+                asc::SOFTWARE_WRITE_PROTECTED,
+            ))
+        } else {
+            None
+        }
+    }
+}
+
+/// All LUNs of one target plus the I_T nexus state.
+#[derive(Debug)]
+pub struct LunSet {
+    tid: u32,
+    port: TargetPort,
+    luns: BTreeMap<LunId, Lun>,
+    nexuses: BTreeSet<NexusId>,
+}
+
+/// What a command handler sees besides the LU.
+pub(crate) struct Ctx<'a> {
+    pub cdb: &'a [u8],
+    pub nexus: NexusId,
+    pub lun: LunId,
+    pub tid: u32,
+    pub port: &'a TargetPort,
+}
+
+impl LunSet {
+    /// An empty target; LUN 0 answers as tgt's controller until one is inserted.
+    pub fn new(tid: u32, port: TargetPort) -> LunSet {
+        let mut set = LunSet {
+            tid,
+            port,
+            luns: BTreeMap::new(),
+            nexuses: BTreeSet::new(),
+        };
+        set.put_implicit_lun0();
+        set
+    }
+
+    fn put_implicit_lun0(&mut self) {
+        let mut lun = Lun::new(LunConfig::tgt_controller(self.tid));
+        lun.implicit = true;
+        self.luns.insert(LunId(0), lun);
+    }
+
+    /// Add or replace a LU. A new LU raises REPORTED LUNS DATA HAS CHANGED
+    /// on the other LUs for every nexus (SPC-4 §6.33), and POWER ON on the
+    /// new one.
+    pub fn insert(&mut self, id: LunId, cfg: LunConfig) {
+        let replaced_real = self.luns.get(&id).is_some_and(|l| !l.implicit);
+        let mut lun = Lun::new(cfg);
+        for &n in &self.nexuses {
+            lun.add_ua(n, asc::POWER_ON_RESET);
+        }
+        self.luns.insert(id, lun);
+        if !replaced_real {
+            self.raise_luns_changed(id);
+        }
+    }
+
+    fn raise_luns_changed(&mut self, except: LunId) {
+        let nexuses: Vec<NexusId> = self.nexuses.iter().copied().collect();
+        for (lid, lun) in self.luns.iter_mut() {
+            if *lid != except {
+                for &n in &nexuses {
+                    lun.add_ua(n, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+                }
+            }
+        }
+    }
+
+    /// Remove a LU; LUN 0 falls back to the implicit controller.
+    pub fn remove(&mut self, id: LunId) -> bool {
+        let Some(old) = self.luns.remove(&id) else {
+            return false;
+        };
+        if id == LunId(0) {
+            self.put_implicit_lun0();
+        }
+        if !old.implicit {
+            self.raise_luns_changed(id);
+        }
+        !old.implicit
+    }
+
+    pub fn config(&self, id: LunId) -> Option<&LunConfig> {
+        self.luns.get(&id).map(|l| &l.cfg)
+    }
+
+    pub fn ids(&self) -> Vec<LunId> {
+        self.luns.keys().copied().collect()
+    }
+
+    /// Change a LU's settings. A new size raises CAPACITY DATA HAS CHANGED
+    /// (SBC-3 §4.6), a change to anything MODE SENSE shows raises MODE
+    /// PARAMETERS CHANGED (SPC-4 §7.5), for every nexus.
+    pub fn update(&mut self, id: LunId, f: impl FnOnce(&mut LunConfig)) -> bool {
+        let Some(lun) = self.luns.get_mut(&id) else {
+            return false;
+        };
+        let before = lun.cfg.clone();
+        f(&mut lun.cfg);
+        let after = &lun.cfg;
+        let size_changed =
+            before.size_bytes != after.size_bytes || before.block_size != after.block_size;
+        let mode_changed = before.write_cache != after.write_cache
+            || before.sense_format != after.sense_format
+            || before.readonly != after.readonly
+            || before.block_size != after.block_size
+            || before.rotation_rate != after.rotation_rate;
+        let nexuses: Vec<NexusId> = self.nexuses.iter().copied().collect();
+        for n in nexuses {
+            if size_changed {
+                lun.add_ua(n, asc::CAPACITY_DATA_HAS_CHANGED);
+            }
+            if mode_changed {
+                lun.add_ua(n, asc::MODE_PARAMETERS_CHANGED);
+            }
+        }
+        lun.implicit = false;
+        true
+    }
+
+    /// A new I_T nexus: POWER ON, RESET, OR BUS DEVICE RESET OCCURRED on every LU.
+    pub fn add_nexus(&mut self, n: NexusId) {
+        self.nexuses.insert(n);
+        for lun in self.luns.values_mut() {
+            lun.ua.remove(&n);
+            lun.add_ua(n, asc::POWER_ON_RESET);
+        }
+    }
+
+    /// I_T nexus loss: its UAs go, its reservations and preventions are released.
+    pub fn remove_nexus(&mut self, n: NexusId) {
+        self.nexuses.remove(&n);
+        for lun in self.luns.values_mut() {
+            lun.ua.remove(&n);
+            lun.prevent.remove(&n);
+            if lun.reserved_by == Some(n) {
+                lun.reserved_by = None;
+            }
+        }
+    }
+
+    /// LOGICAL UNIT RESET (SAM-5 §7.7): reservations and preventions are
+    /// cleared, and the other nexuses get BUS DEVICE RESET FUNCTION OCCURRED.
+    pub fn lun_reset(&mut self, lun: LunId, by: NexusId) {
+        let nexuses: Vec<NexusId> = self.nexuses.iter().copied().collect();
+        if let Some(l) = self.luns.get_mut(&lun) {
+            Self::reset_one(l, &nexuses, by);
+        }
+    }
+
+    /// TARGET RESET / I_T nexus-wide reset: a LUN reset of every LU.
+    pub fn target_reset(&mut self, by: NexusId) {
+        let nexuses: Vec<NexusId> = self.nexuses.iter().copied().collect();
+        for l in self.luns.values_mut() {
+            Self::reset_one(l, &nexuses, by);
+        }
+    }
+
+    fn reset_one(l: &mut Lun, nexuses: &[NexusId], by: NexusId) {
+        l.reserved_by = None;
+        l.prevent.clear();
+        for &n in nexuses {
+            if n != by {
+                l.add_ua(n, asc::BUS_DEVICE_RESET_FUNCTION);
+            }
+        }
+    }
+
+    /// Run one command. See the crate documentation for the buffer contract.
+    pub fn execute(&mut self, req: &Request<'_>, buf: &mut Vec<u8>) -> Outcome {
+        let dout = std::mem::take(buf);
+        let (result, format) = self.dispatch(req, &dout, buf);
+        match result {
+            Ok(Reply::Good { wanted }) => Outcome::Done(Response {
+                status: Status::Good,
+                sense: Vec::new(),
+                data_len: buf.len(),
+                wanted,
+            }),
+            Ok(Reply::Conflict) => {
+                buf.clear();
+                Outcome::Done(Response {
+                    status: Status::ReservationConflict,
+                    sense: Vec::new(),
+                    data_len: 0,
+                    wanted: 0,
+                })
+            }
+            Ok(Reply::Io { op, wanted }) => {
+                *buf = dout;
+                Outcome::Io(IoTask::new(req.lun, op, format, wanted))
+            }
+            Err(sense) => {
+                buf.clear();
+                Outcome::Done(Response {
+                    status: Status::CheckCondition,
+                    sense: sense.to_bytes(format),
+                    data_len: 0,
+                    wanted: 0,
+                })
+            }
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        req: &Request<'_>,
+        dout: &[u8],
+        din: &mut Vec<u8>,
+    ) -> (HandlerResult, SenseFormat) {
+        let default_format = self
+            .luns
+            .get(&req.lun)
+            .map_or(SenseFormat::Fixed, |l| l.sense_format());
+        if let Err(s) = cdb::check_length(req.cdb) {
+            return (Err(s), default_format);
+        }
+        let cdb = req.cdb;
+        let opcode = cdb[0];
+        let ctx = Ctx {
+            cdb,
+            nexus: req.nexus,
+            lun: req.lun,
+            tid: self.tid,
+            port: &self.port,
+        };
+
+        if opcode == op::REPORT_LUNS {
+            // SPC-4 §6.33: REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED.
+            for lun in self.luns.values_mut() {
+                lun.clear_ua(req.nexus, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+            }
+            let ids = self.ids();
+            return (spc::report_luns(&ctx, &ids, din), default_format);
+        }
+
+        let Some(lun) = self.luns.get_mut(&req.lun) else {
+            // SPC-4 §4.6.2 (incorrect logical unit selection).
+            let r = match opcode {
+                op::INQUIRY => inquiry::no_lun(&ctx, din),
+                op::REQUEST_SENSE => spc::request_sense_with(
+                    &ctx,
+                    Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED),
+                    din,
+                ),
+                _ => Err(Sense::illegal(asc::LOGICAL_UNIT_NOT_SUPPORTED)),
+            };
+            return (r, SenseFormat::Fixed);
+        };
+        let format = lun.sense_format();
+
+        // SAM-5 §5.14: a pending UA preempts every command but INQUIRY,
+        // REPORT LUNS and REQUEST SENSE (which reports it as its data).
+        if opcode != op::INQUIRY && opcode != op::REQUEST_SENSE {
+            if let Some(code) = lun.pop_ua(req.nexus) {
+                return (Err(Sense::unit_attention(code)), format);
+            }
+        }
+
+        // SPC-2 §5.5.1: a reservation held by another nexus conflicts with
+        // all but the commands listed there.
+        if lun.reserved_by.is_some_and(|h| h != req.nexus) && conflicts_with_reservation(cdb) {
+            return (Ok(Reply::Conflict), format);
+        }
+
+        let Some(info) = opcodes::lookup(&lun.cfg, opcode, cdb::service_action(cdb)) else {
+            return (Err(Sense::invalid_opcode()), format);
+        };
+        let r = match info.handler {
+            opcodes::Handler::Spc => spc::execute(lun, &ctx, dout, din),
+            opcodes::Handler::Inquiry => inquiry::execute(lun, &ctx, din),
+            opcodes::Handler::Mode => mode::execute(lun, &ctx, dout, din),
+            opcodes::Handler::Sbc => sbc::execute(lun, &ctx, dout, din),
+        };
+        let r = match r {
+            Ok(Reply::Good { .. }) if mode::is_select(opcode) => {
+                // MODE PARAMETERS CHANGED for the other nexuses (SPC-4 §7.5.1).
+                let others: Vec<NexusId> = self
+                    .nexuses
+                    .iter()
+                    .copied()
+                    .filter(|n| *n != req.nexus)
+                    .collect();
+                if let Some(lun) = self.luns.get_mut(&req.lun) {
+                    for n in others {
+                        lun.add_ua(n, asc::MODE_PARAMETERS_CHANGED);
+                    }
+                }
+                r
+            }
+            other => other,
+        };
+        let format = self.luns.get(&req.lun).map_or(format, |l| l.sense_format());
+        (r, format)
+    }
+}
+
+/// SPC-2 §5.5.1 table: commands allowed from a nexus that does not hold
+/// the LU's reservation.
+fn conflicts_with_reservation(cdb: &[u8]) -> bool {
+    match cdb[0] {
+        op::INQUIRY
+        | op::REQUEST_SENSE
+        | op::REPORT_LUNS
+        | op::RELEASE_6
+        | op::RELEASE_10
+        | op::MAINTENANCE_IN => false,
+        op::READ_CAPACITY_10 => false,
+        op::SERVICE_ACTION_IN_16 => cdb::service_action(cdb) != crate::cdb::sa::READ_CAPACITY_16,
+        op::PREVENT_ALLOW => cdb::byte(cdb, 4) & 0x03 != 0,
+        _ => true,
+    }
+}
+
+/// Whether a LU is a disk with a medium (for NOT READY checks).
+pub(crate) fn not_ready(lun: &Lun) -> Option<Sense> {
+    if lun.cfg.online || lun.cfg.device_type == DeviceType::Controller {
+        None
+    } else if lun.cfg.removable {
+        Some(Sense::new(
+            crate::sense::key::NOT_READY,
+            asc::MEDIUM_NOT_PRESENT,
+        ))
+    } else {
+        Some(Sense::new(
+            crate::sense::key::NOT_READY,
+            asc::LUN_BECOMING_READY,
+        ))
+    }
+}

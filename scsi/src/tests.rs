@@ -1,0 +1,1253 @@
+//! Whole-command tests: CDB bytes in, status/sense/data out, in memory.
+
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use crate::sense::{asc, key};
+use crate::*;
+
+const A: NexusId = NexusId(1);
+const B: NexusId = NexusId(2);
+const L1: LunId = LunId(1);
+const BLOCKS: u64 = 1024;
+
+/// A thin store that tracks which 512-byte blocks are mapped, counts
+/// flushes, and can be told to fail.
+#[derive(Debug)]
+struct TestDev {
+    data: Mutex<Vec<u8>>,
+    mapped: Mutex<Vec<bool>>,
+    flushes: AtomicUsize,
+    fail: bool,
+}
+
+impl TestDev {
+    fn new(size: usize) -> TestDev {
+        TestDev {
+            data: Mutex::new(vec![0; size]),
+            mapped: Mutex::new(vec![true; size / 512]),
+            flushes: AtomicUsize::new(0),
+            fail: false,
+        }
+    }
+    fn failing(size: usize) -> TestDev {
+        TestDev {
+            fail: true,
+            ..TestDev::new(size)
+        }
+    }
+}
+
+impl BlockDevice for TestDev {
+    fn size(&self) -> u64 {
+        self.data.lock().unwrap().len() as u64
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.fail {
+            return Err(io::Error::other("injected"));
+        }
+        let d = self.data.lock().unwrap();
+        let o = offset as usize;
+        buf.copy_from_slice(
+            d.get(o..o + buf.len())
+                .ok_or(io::ErrorKind::UnexpectedEof)?,
+        );
+        Ok(())
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        if self.fail {
+            return Err(io::Error::other("injected"));
+        }
+        let mut d = self.data.lock().unwrap();
+        let o = offset as usize;
+        d.get_mut(o..o + buf.len())
+            .ok_or(io::ErrorKind::UnexpectedEof)?
+            .copy_from_slice(buf);
+        let mut m = self.mapped.lock().unwrap();
+        for b in o / 512..(o + buf.len()).div_ceil(512) {
+            m[b] = true;
+        }
+        Ok(())
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+    fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
+        let (o, n) = (offset as usize, len as usize);
+        self.data.lock().unwrap()[o..o + n].fill(0);
+        let mut m = self.mapped.lock().unwrap();
+        for b in o / 512..(o + n) / 512 {
+            m[b] = false;
+        }
+        Ok(())
+    }
+    fn map_status(&self, offset: u64) -> io::Result<(bool, u64)> {
+        let m = self.mapped.lock().unwrap();
+        let first = (offset / 512) as usize;
+        let state = m[first];
+        let run = m[first..].iter().take_while(|s| **s == state).count();
+        Ok((state, run as u64 * 512))
+    }
+}
+
+struct H {
+    set: LunSet,
+    dev: TestDev,
+}
+
+struct Out {
+    status: Status,
+    sense: Vec<u8>,
+    data: Vec<u8>,
+    wanted: u64,
+}
+
+impl Out {
+    fn good(&self) -> &Self {
+        assert_eq!(self.status, Status::Good, "sense {:02x?}", self.sense);
+        self
+    }
+    /// (key, asc, ascq) from fixed or descriptor sense.
+    fn kcq(&self) -> (u8, u8, u8) {
+        assert_eq!(self.status, Status::CheckCondition);
+        match self.sense[0] & 0x7f {
+            0x70 => (self.sense[2] & 0x0f, self.sense[12], self.sense[13]),
+            0x72 => (self.sense[1], self.sense[2], self.sense[3]),
+            f => panic!("sense format {f:#x}"),
+        }
+    }
+    fn check(&self, k: u8, code: (u8, u8)) {
+        assert_eq!(self.kcq(), (k, code.0, code.1), "sense {:02x?}", self.sense);
+    }
+}
+
+fn port() -> TargetPort {
+    TargetPort {
+        target_name: "iqn.2001-04.com.example:t1".into(),
+        tpgt: 1,
+        relative_port: 1,
+    }
+}
+
+fn disk(thin: bool) -> LunConfig {
+    let mut c = LunConfig::tgt_defaults(1, L1);
+    c.size_bytes = BLOCKS * 512;
+    c.thin = thin;
+    c
+}
+
+impl H {
+    fn with(cfg: LunConfig) -> H {
+        let mut set = LunSet::new(1, port());
+        set.insert(LunId(0), LunConfig::tgt_controller(1));
+        set.insert(L1, cfg);
+        set.add_nexus(A);
+        let mut h = H {
+            set,
+            dev: TestDev::new((BLOCKS * 512) as usize),
+        };
+        // Consume the POWER ON unit attention.
+        h.cmd(&[0; 6])
+            .check(key::UNIT_ATTENTION, asc::POWER_ON_RESET);
+        h.cmd(&[0; 6]).good();
+        h
+    }
+    fn new() -> H {
+        H::with(disk(false))
+    }
+    fn thin() -> H {
+        H::with(disk(true))
+    }
+    fn run(&mut self, n: NexusId, lun: LunId, cdb: &[u8], dout: &[u8]) -> Out {
+        let mut buf = dout.to_vec();
+        let req = Request {
+            cdb,
+            nexus: n,
+            lun,
+            expected_len: dout.len() as u32,
+        };
+        let resp = match self.set.execute(&req, &mut buf) {
+            Outcome::Done(r) => r,
+            Outcome::Io(t) => {
+                assert_eq!(t.lun(), lun);
+                t.run(&self.dev, &mut buf)
+            }
+        };
+        assert_eq!(resp.data_len, buf.len());
+        if resp.status != Status::CheckCondition {
+            assert!(resp.sense.is_empty());
+        }
+        Out {
+            status: resp.status,
+            sense: resp.sense,
+            data: buf,
+            wanted: resp.wanted,
+        }
+    }
+    fn cmd(&mut self, cdb: &[u8]) -> Out {
+        self.run(A, L1, cdb, &[])
+    }
+    fn cmd_out(&mut self, cdb: &[u8], dout: &[u8]) -> Out {
+        self.run(A, L1, cdb, dout)
+    }
+}
+
+fn rw10(opcode: u8, flags: u8, lba: u32, n: u16) -> [u8; 10] {
+    let mut c = [0u8; 10];
+    c[0] = opcode;
+    c[1] = flags;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[7..9].copy_from_slice(&n.to_be_bytes());
+    c
+}
+
+fn rw16(opcode: u8, flags: u8, lba: u64, n: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = opcode;
+    c[1] = flags;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&n.to_be_bytes());
+    c
+}
+
+fn rw12(opcode: u8, flags: u8, lba: u32, n: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = opcode;
+    c[1] = flags;
+    c[2..6].copy_from_slice(&lba.to_be_bytes());
+    c[6..10].copy_from_slice(&n.to_be_bytes());
+    c
+}
+
+fn inquiry(evpd: bool, page: u8, alloc: u16) -> [u8; 6] {
+    let a = alloc.to_be_bytes();
+    [0x12, u8::from(evpd), page, a[0], a[1], 0]
+}
+
+fn pattern(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+// ---------------------------------------------------------------- INQUIRY
+
+#[test]
+fn inquiry_standard() {
+    let mut h = H::new();
+    let o = h.cmd(&inquiry(false, 0, 255));
+    o.good();
+    let d = &o.data;
+    assert_eq!(d.len(), 66);
+    assert_eq!(o.wanted, 255);
+    assert_eq!(d[0], 0);
+    assert_eq!(d[2], 6);
+    assert_eq!(d[3] & 0x0f, 2);
+    assert_eq!(d[4] as usize, d.len() - 5);
+    assert_eq!(&d[8..16], b"IET     ");
+    assert_eq!(&d[16..32], b"VIRTUAL-DISK    ");
+    assert_eq!(&d[32..36], b"0001");
+    let descs: Vec<u16> = (0..4)
+        .map(|i| u16::from_be_bytes([d[58 + 2 * i], d[59 + 2 * i]]))
+        .collect();
+    assert!(descs.contains(&0x0460) && descs.contains(&0x04c0));
+    // Truncated to the allocation length.
+    let o = h.cmd(&inquiry(false, 0, 5));
+    assert_eq!(o.good().data.len(), 5);
+    // EVPD=0 with a page code, CMDDT: INVALID FIELD IN CDB.
+    h.cmd(&inquiry(false, 0x80, 255))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&[0x12, 2, 0, 0, 255, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&inquiry(true, 0x42, 255))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
+#[test]
+fn inquiry_vpd_pages() {
+    let mut h = H::thin();
+    let o = h.cmd(&inquiry(true, 0, 255));
+    assert_eq!(
+        &o.good().data[..],
+        &[0, 0, 0, 6, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
+    );
+    for &p in &o.data[4..] {
+        let v = h.cmd(&inquiry(true, p, 255));
+        v.good();
+        assert_eq!(v.data[1], p);
+        assert_eq!(
+            u16::from_be_bytes([v.data[2], v.data[3]]) as usize,
+            v.data.len() - 4
+        );
+    }
+    // Unit serial: tgt's right-adjusted "beaf11".
+    let sn = h.cmd(&inquiry(true, 0x80, 255)).data;
+    assert_eq!(sn.len(), 40);
+    assert!(sn[4..].ends_with(b" beaf11"));
+    // Block limits.
+    let b0 = h.cmd(&inquiry(true, 0xb0, 255)).data;
+    assert_eq!(b0[3], 0x3c);
+    assert_eq!(
+        u32::from_be_bytes(b0[8..12].try_into().unwrap()) as u64,
+        MAX_TRANSFER_BYTES / 512
+    );
+    assert_eq!(
+        u32::from_be_bytes(b0[20..24].try_into().unwrap()),
+        0xffff_ffff
+    );
+    assert!(u32::from_be_bytes(b0[24..28].try_into().unwrap()) > 0);
+    let b2 = h.cmd(&inquiry(true, 0xb2, 255)).data;
+    assert_eq!(b2[5] & 0xe0, 0xe0);
+    assert_eq!(b2[6] & 7, 2);
+    // Not thin: no B2.
+    let mut h = H::new();
+    let o = h.cmd(&inquiry(true, 0, 255));
+    assert!(!o.data[4..].contains(&0xb2));
+    h.cmd(&inquiry(true, 0xb2, 255))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    let b0 = h.cmd(&inquiry(true, 0xb0, 255)).data;
+    assert_eq!(&b0[20..28], &[0; 8]);
+}
+
+#[test]
+fn inquiry_device_identification() {
+    let mut h = H::new();
+    let d = h.cmd(&inquiry(true, 0x83, 512)).data;
+    // T10 vendor id designator holding tgt's scsi_id.
+    assert_eq!(&d[4..8], &[0x02, 0x01, 0, 36]);
+    assert_eq!(&d[8..24], b"IET     00010001");
+    // NAA 3 local: tid << 32 | lun.
+    assert_eq!(&d[44..48], &[0x01, 0x03, 0, 8]);
+    assert_eq!(&d[48..56], &[0x30, 0, 0, 1, 0, 0, 0, 1]);
+    // NAA 6 from the hex digits of scsi_id ("E" of "IET" counts).
+    assert_eq!(&d[56..60], &[0x01, 0x03, 0, 16]);
+    let mut want = [0u8; 16];
+    want[0] = 0x60;
+    want[8..16].copy_from_slice(&[0x0e, 0, 0, 0, 0, 0x01, 0, 0x01]);
+    assert_eq!(&d[60..76], &want);
+    // Relative target port, target port group, SCSI name strings.
+    assert_eq!(&d[76..84], &[0x51, 0x94, 0, 4, 0, 0, 0, 1]);
+    assert_eq!(&d[84..92], &[0x51, 0x95, 0, 4, 0, 0, 0, 1]);
+    assert_eq!(&d[92..94], &[0x53, 0x98]);
+    let len = d[95] as usize;
+    assert_eq!(len % 4, 0);
+    let name = std::str::from_utf8(&d[96..96 + len])
+        .unwrap()
+        .trim_end_matches('\0');
+    assert_eq!(name, "iqn.2001-04.com.example:t1,t,0x0001");
+}
+
+#[test]
+fn controller_lun0_and_missing_lun() {
+    let mut h = H::new();
+    let o = h.run(A, LunId(0), &inquiry(false, 0, 96), &[]);
+    assert_eq!(o.data[0], 0x0c);
+    assert_eq!(&o.data[16..26], b"Controller");
+    h.run(A, LunId(0), &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::POWER_ON_RESET);
+    h.run(A, LunId(0), &[0; 6], &[]).good();
+    h.run(A, LunId(0), &rw10(0x28, 0, 0, 1), &[])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_COMMAND_OPERATION_CODE);
+    let o = h.run(A, LunId(7), &inquiry(false, 0, 96), &[]);
+    assert_eq!(o.good().data[0], 0x7f);
+    h.run(A, LunId(7), &[0; 6], &[])
+        .check(key::ILLEGAL_REQUEST, asc::LOGICAL_UNIT_NOT_SUPPORTED);
+    let o = h.run(A, LunId(7), &[0x03, 0, 0, 0, 18, 0], &[]);
+    assert_eq!(
+        (o.good().data[12], o.data[13]),
+        asc::LOGICAL_UNIT_NOT_SUPPORTED
+    );
+    // LUN 0 answers even when never configured.
+    let mut set = LunSet::new(5, port());
+    set.add_nexus(A);
+    let mut buf = Vec::new();
+    let req = Request {
+        cdb: &inquiry(false, 0, 96),
+        nexus: A,
+        lun: LunId(0),
+        expected_len: 96,
+    };
+    match set.execute(&req, &mut buf) {
+        Outcome::Done(r) => assert_eq!((r.status, buf[0]), (Status::Good, 0x0c)),
+        Outcome::Io(_) => panic!(),
+    }
+    assert_eq!(set.ids(), vec![LunId(0)]);
+    assert!(!set.remove(LunId(0)));
+}
+
+// ------------------------------------------------------------ REPORT LUNS
+
+#[test]
+fn report_luns() {
+    let mut h = H::new();
+    h.set.insert(LunId(300), disk(false));
+    let o = h.cmd(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+    o.good();
+    assert_eq!(&o.data[0..4], &24u32.to_be_bytes());
+    assert_eq!(&o.data[8..10], &[0, 0]);
+    assert_eq!(&o.data[16..18], &[0, 1]);
+    assert_eq!(&o.data[24..26], &[0x41, 0x2c]);
+    // The new LUN raised REPORTED LUNS DATA HAS CHANGED, which REPORT LUNS cleared.
+    h.cmd(&[0; 6]).good();
+    // Truncation, allocation < 16, SELECT REPORT.
+    assert_eq!(
+        h.cmd(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 16, 0, 0])
+            .good()
+            .data
+            .len(),
+        16
+    );
+    h.cmd(&[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&[0xa0, 0, 3, 0, 0, 0, 0, 0, 1, 0, 0, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    let o = h.cmd(&[0xa0, 0, 1, 0, 0, 0, 0, 0, 1, 0, 0, 0]);
+    assert_eq!(&o.good().data[..], &[0; 8]);
+    // Works on a LUN that does not exist.
+    h.run(A, LunId(9), &[0xa0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0], &[])
+        .good();
+}
+
+#[test]
+fn luns_changed_ua_without_report_luns() {
+    let mut h = H::new();
+    h.set.insert(LunId(2), disk(false));
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+    h.cmd(&[0; 6]).good();
+    h.run(A, LunId(2), &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::POWER_ON_RESET);
+    assert!(h.set.remove(LunId(2)));
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::REPORTED_LUNS_DATA_HAS_CHANGED);
+    assert!(!h.set.remove(LunId(2)));
+}
+
+// ------------------------------------------------------ unit attentions
+
+#[test]
+fn unit_attention_rules() {
+    let mut h = H::new();
+    h.set.add_nexus(B);
+    // INQUIRY does not report or clear it.
+    h.run(B, L1, &inquiry(false, 0, 36), &[]).good();
+    // REQUEST SENSE reports and clears it, in the DESC format asked.
+    let o = h.run(B, L1, &[0x03, 1, 0, 0, 252, 0], &[]);
+    assert_eq!(&o.good().data[..4], &[0x72, key::UNIT_ATTENTION, 0x29, 0]);
+    let o = h.run(B, L1, &[0x03, 0, 0, 0, 252, 0], &[]);
+    assert_eq!((o.good().data[2], o.data[12]), (0, 0));
+    assert_eq!(o.data.len(), 18);
+    h.run(B, L1, &[0; 6], &[]).good();
+    // Capacity and mode changes through update().
+    assert!(h.set.update(L1, |c| c.size_bytes *= 2));
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::CAPACITY_DATA_HAS_CHANGED);
+    h.run(B, L1, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::CAPACITY_DATA_HAS_CHANGED);
+    assert!(h.set.update(L1, |c| c.write_cache = false));
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::MODE_PARAMETERS_CHANGED);
+    assert!(!h.set.update(LunId(77), |_| {}));
+    // A nexus that goes away takes its UAs with it.
+    h.set.remove_nexus(B);
+    h.set.add_nexus(B);
+    h.run(B, L1, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::POWER_ON_RESET);
+}
+
+#[test]
+fn resets() {
+    let mut h = H::new();
+    h.set.add_nexus(B);
+    h.run(B, L1, &[0; 6], &[]);
+    h.cmd(&[0x16, 0, 0, 0, 0, 0]).good();
+    h.set.lun_reset(L1, A);
+    h.cmd(&[0; 6]).good();
+    h.run(B, L1, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET_FUNCTION);
+    // The reservation is gone.
+    h.run(B, L1, &[0x16, 0, 0, 0, 0, 0], &[]).good();
+    h.set.target_reset(B);
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET_FUNCTION);
+    h.cmd(&[0; 6]).good();
+    h.run(A, LunId(0), &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::POWER_ON_RESET);
+    h.run(A, LunId(0), &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET_FUNCTION);
+}
+
+// ---------------------------------------------------------- reservations
+
+#[test]
+fn reserve_release() {
+    let mut h = H::new();
+    h.set.add_nexus(B);
+    h.run(B, L1, &[0; 6], &[]);
+    h.cmd(&[0x16, 0, 0, 0, 0, 0]).good();
+    h.cmd(&[0x16, 0, 0, 0, 0, 0]).good();
+    let o = h.run(B, L1, &[0x16, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(o.status, Status::ReservationConflict);
+    assert_eq!(
+        h.run(B, L1, &[0x1a, 0, 0x3f, 0, 255, 0], &[]).status,
+        Status::ReservationConflict
+    );
+    assert_eq!(
+        h.run(B, L1, &rw10(0x28, 0, 0, 1), &[]).status,
+        Status::ReservationConflict
+    );
+    h.run(B, L1, &inquiry(false, 0, 36), &[]).good();
+    h.run(B, L1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).good();
+    // RELEASE from the other nexus: GOOD, no effect.
+    h.run(B, L1, &[0x17, 0, 0, 0, 0, 0], &[]).good();
+    assert_eq!(
+        h.run(B, L1, &[0; 6], &[]).status,
+        Status::ReservationConflict
+    );
+    h.cmd(&[0x1a, 0, 0x3f, 0, 255, 0]).good();
+    h.cmd(&[0x57, 0, 0, 0, 0, 0, 0, 0, 0, 0]).good();
+    h.run(B, L1, &[0x56, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).good();
+    h.set.remove_nexus(B);
+    h.cmd(&[0x16, 0, 0, 0, 0, 0]).good();
+    h.cmd(&[0x16, 1, 0, 0, 0, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
+// ------------------------------------------------------------ capacity
+
+#[test]
+fn read_capacity() {
+    let mut h = H::thin();
+    let o = h.cmd(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&o.good().data[..], &[0, 0, 0x03, 0xff, 0, 0, 2, 0]);
+    h.cmd(&[0x25, 0, 0, 0, 0, 1, 0, 0, 0, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&[0x25, 0, 0, 0, 0, 1, 0, 0, 1, 0]).good();
+    let mut c = [0u8; 16];
+    c[0] = 0x9e;
+    c[1] = 0x10;
+    c[13] = 32;
+    let o = h.cmd(&c);
+    let d = &o.good().data;
+    assert_eq!(d.len(), 32);
+    assert_eq!(&d[0..8], &1023u64.to_be_bytes());
+    assert_eq!(&d[8..12], &512u32.to_be_bytes());
+    assert_eq!(d[14] & 0xc0, 0xc0);
+    for alloc in 0..16u8 {
+        c[13] = alloc;
+        assert_eq!(h.cmd(&c).good().data.len(), alloc as usize);
+    }
+    // Huge LU: READ CAPACITY (10) saturates.
+    let mut big = disk(false);
+    big.size_bytes = 1 << 45;
+    big.block_size = 4096;
+    let mut h = H::with(big);
+    let o = h.cmd(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(&o.good().data[..], &[0xff, 0xff, 0xff, 0xff, 0, 0, 0x10, 0]);
+    c[13] = 32;
+    assert_eq!(
+        &h.cmd(&c).good().data[0..8],
+        &((1u64 << 33) - 1).to_be_bytes()
+    );
+}
+
+// -------------------------------------------------------- read / write
+
+#[test]
+fn read_write_all_sizes() {
+    let mut h = H::new();
+    let data = pattern(2048, 1);
+    h.cmd_out(&rw10(0x2a, 0, 10, 4), &data).good();
+    assert_eq!(h.cmd(&rw10(0x28, 0, 10, 4)).good().data, data);
+    let o = h.cmd(&rw16(0x88, 0, 10, 4));
+    assert_eq!(o.good().data, data);
+    assert_eq!(o.wanted, 2048);
+    assert_eq!(h.cmd(&rw12(0xa8, 0, 10, 4)).good().data, data);
+    assert_eq!(h.cmd(&[0x08, 0, 0, 10, 4, 0]).good().data, data);
+    let d2 = pattern(512, 9);
+    h.cmd_out(&[0x0a, 0, 0, 20, 1, 0], &d2).good();
+    h.cmd_out(&rw12(0xaa, 0, 21, 1), &d2).good();
+    h.cmd_out(&rw16(0x8a, 0, 22, 1), &d2).good();
+    let back = h.cmd(&rw10(0x28, 0, 20, 3)).data;
+    assert_eq!(&back[..512], &d2[..]);
+    assert_eq!(&back[512..1024], &d2[..]);
+    assert_eq!(&back[1024..], &d2[..]);
+    // READ(6) length 0 means 256 blocks.
+    assert_eq!(h.cmd(&[0x08, 0, 0, 0, 0, 0]).good().data.len(), 256 * 512);
+    // DPO/FUA accepted; FUA flushes.
+    let before = h.dev.flushes.load(Ordering::SeqCst);
+    h.cmd(&rw10(0x28, 0x18, 0, 1)).good();
+    h.cmd_out(&rw10(0x2a, 0x08, 0, 1), &d2).good();
+    assert_eq!(h.dev.flushes.load(Ordering::SeqCst), before + 1);
+    h.cmd_out(&rw10(0x2a, 0x10, 0, 1), &d2).good();
+    assert_eq!(h.dev.flushes.load(Ordering::SeqCst), before + 1);
+}
+
+#[test]
+fn write_cache_off_flushes() {
+    let mut cfg = disk(false);
+    cfg.write_cache = false;
+    let mut h = H::with(cfg);
+    h.cmd_out(&rw10(0x2a, 0, 0, 1), &[7; 512]).good();
+    assert_eq!(h.dev.flushes.load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn read_write_errors() {
+    let mut h = H::new();
+    for c in [
+        rw10(0x28, 0, 1023, 2),
+        rw10(0x28, 0, 1025, 0),
+        rw10(0x28, 0, u32::MAX, 1),
+        rw10(0x2a, 0, 1024, 1),
+    ] {
+        h.cmd(&c).check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    }
+    h.cmd(&rw16(0x88, 0, u64::MAX, 1))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd(&rw16(0x88, 0, u64::MAX - 1, u32::MAX))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd(&[0x08, 0, 0x03, 0xff, 1, 0]).good();
+    h.cmd(&[0x08, 0, 0x04, 0x00, 1, 0])
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    // 0 blocks: GOOD, no data, but the LBA is still checked.
+    let o = h.cmd(&rw10(0x28, 0, 0, 0));
+    assert!(o.good().data.is_empty());
+    h.cmd(&rw10(0x2a, 0, 0, 0)).good();
+    // RDPROTECT / WRPROTECT.
+    for p in 1..8u8 {
+        h.cmd(&rw10(0x28, p << 5, 0, 1))
+            .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+        h.cmd_out(&rw10(0x2a, p << 5, 0, 1), &[0; 512])
+            .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    }
+    // Over the transfer limit.
+    let mut big = disk(false);
+    big.size_bytes = 1 << 30;
+    let mut h = H::with(big);
+    let n = (MAX_TRANSFER_BYTES / 512) as u32;
+    h.cmd(&rw16(0x88, 0, 0, n + 1))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    let o = h.cmd(&rw16(0x88, 0, 0, n));
+    assert!(o.status == Status::CheckCondition || o.data.len() as u64 == MAX_TRANSFER_BYTES);
+}
+
+#[test]
+fn short_data_out_writes_what_arrived() {
+    let mut h = H::new();
+    h.cmd_out(&rw10(0x2a, 0, 0, 2), &[b'a'; 1024]).good();
+    let o = h.cmd_out(&rw10(0x2a, 0, 0, 2), &[b'b'; 200]);
+    assert_eq!(o.good().wanted, 1024);
+    let d = h.cmd(&rw10(0x28, 0, 0, 2)).data;
+    assert!(d[..200].iter().all(|b| *b == b'b'));
+    assert!(d[200..].iter().all(|b| *b == b'a'));
+    h.cmd_out(&rw10(0x2a, 0, 0, 1), &[]).good();
+}
+
+#[test]
+fn medium_errors() {
+    let mut h = H::new();
+    h.dev = TestDev::failing((BLOCKS * 512) as usize);
+    h.cmd(&rw10(0x28, 0, 0, 1))
+        .check(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR);
+    h.cmd_out(&rw10(0x2a, 0, 0, 1), &[0; 512])
+        .check(key::MEDIUM_ERROR, asc::WRITE_ERROR);
+    h.cmd(&rw10(0x2f, 0, 0, 1))
+        .check(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR);
+}
+
+#[test]
+fn readonly_and_write_protect() {
+    let mut cfg = disk(true);
+    cfg.readonly = true;
+    let mut h = H::with(cfg);
+    h.cmd(&rw10(0x28, 0, 0, 1)).good();
+    h.cmd_out(&rw10(0x2a, 0, 0, 1), &[0; 512])
+        .check(key::DATA_PROTECT, asc::WRITE_PROTECTED);
+    h.cmd_out(&rw10(0x2e, 0x02, 0, 1), &[0; 512])
+        .check(key::DATA_PROTECT, asc::WRITE_PROTECTED);
+    h.cmd_out(&rw10(0x41, 0, 0, 1), &[0; 512])
+        .check(key::DATA_PROTECT, asc::WRITE_PROTECTED);
+    h.cmd(&rw10(0x41, 0x08, 0, 1))
+        .check(key::DATA_PROTECT, asc::WRITE_PROTECTED);
+    h.cmd_out(&[0x42, 0, 0, 0, 0, 0, 0, 0, 24, 0], &unmap_list(&[(0, 1)]))
+        .check(key::DATA_PROTECT, asc::WRITE_PROTECTED);
+    let ms = h.cmd(&[0x1a, 0, 0x3f, 0, 255, 0]).data;
+    assert_eq!(ms[2] & 0x90, 0x90);
+}
+
+// --------------------------------------------------------------- verify
+
+#[test]
+fn verify_and_write_verify() {
+    let mut h = H::new();
+    let data = pattern(1024, 3);
+    h.cmd_out(&rw10(0x2e, 0x02, 5, 2), &data).good();
+    h.cmd(&rw10(0x2f, 0, 5, 2)).good();
+    h.cmd(&rw10(0x2f, 0x10, 5, 2)).good();
+    h.cmd_out(&rw10(0x2f, 0x02, 5, 2), &data).good();
+    h.cmd_out(&rw12(0xaf, 0x02, 5, 2), &data).good();
+    h.cmd_out(&rw16(0x8f, 0x02, 5, 2), &data).good();
+    let mut bad = data.clone();
+    bad[700] ^= 0xff;
+    let o = h.cmd_out(&rw10(0x2f, 0x02, 5, 2), &bad);
+    o.check(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY);
+    assert_eq!(o.sense[0], 0xf0);
+    assert_eq!(&o.sense[3..7], &700u32.to_be_bytes());
+    // BYTCHK 11b: one block against each.
+    h.cmd_out(&rw10(0x2a, 0, 100, 3), &[9; 1536]).good();
+    h.cmd_out(&rw10(0x2f, 0x06, 100, 3), &[9; 512]).good();
+    let o = h.cmd_out(&rw10(0x2f, 0x06, 99, 3), &[9; 512]);
+    o.check(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY);
+    h.cmd(&rw10(0x2f, 0x04, 0, 1))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&rw10(0x2f, 0x20, 0, 1))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&rw10(0x2f, 0, 1024, 1))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd(&rw10(0x2f, 0, 0, 0)).good();
+    h.cmd_out(&rw16(0x8e, 0x12, 7, 1), &data[..512]).good();
+    h.cmd_out(&rw12(0xae, 0, 8, 1), &data[..512]).good();
+    assert_eq!(h.cmd(&rw10(0x28, 0, 7, 2)).data, data);
+}
+
+// ------------------------------------------------------ sync / prefetch
+
+#[test]
+fn sync_cache_and_prefetch() {
+    let mut h = H::new();
+    h.cmd(&rw10(0x35, 0, 0, 0)).good();
+    h.cmd(&rw16(0x91, 0x02, 1000, 24)).good();
+    assert_eq!(h.dev.flushes.load(Ordering::SeqCst), 2);
+    h.cmd(&rw10(0x35, 0, 1000, 25))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd(&rw10(0x34, 0, 0, 1)).good();
+    h.cmd(&rw16(0x90, 0x02, 1023, 1)).good();
+    h.cmd(&rw10(0x34, 0, 0, 0)).good();
+    h.cmd(&rw10(0x34, 0, 1025, 0))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd(&rw16(0x90, 0, u64::MAX, 0))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+}
+
+// ------------------------------------------------------------- no media
+
+#[test]
+fn removable_medium() {
+    let mut cfg = disk(false);
+    cfg.removable = true;
+    let mut h = H::with(cfg);
+    assert_eq!(h.cmd(&inquiry(false, 0, 36)).data[1], 0x80);
+    h.cmd(&[0x1b, 1, 0, 0, 0x02, 0]).good();
+    h.cmd(&[0; 6])
+        .check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT);
+    h.cmd(&rw10(0x28, 0, 0, 1))
+        .check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT);
+    h.cmd(&rw10(0x35, 0, 0, 1))
+        .check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT);
+    h.cmd(&[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT);
+    h.cmd(&[0x1b, 1, 0, 0, 0x03, 0]).good();
+    h.cmd(&[0; 6]).good();
+    // Power condition changes are ignored.
+    h.cmd(&[0x1b, 1, 0, 0, 0x12, 0]).good();
+    h.cmd(&[0; 6]).good();
+    // PREVENT blocks eject.
+    h.cmd(&[0x1e, 0, 0, 0, 1, 0]).good();
+    h.cmd(&[0x1b, 0, 0, 0, 0x02, 0])
+        .check(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED);
+    h.cmd(&[0; 6]).good();
+    h.cmd(&[0x1e, 0, 0, 0, 0, 0]).good();
+    h.cmd(&[0x1b, 0, 0, 0, 0x02, 0]).good();
+    h.cmd(&[0; 6])
+        .check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT);
+    let o = h.cmd(&[0x03, 0, 0, 0, 18, 0]);
+    assert_eq!((o.good().data[2], o.data[12]), (key::NOT_READY, 0x3a));
+}
+
+// ----------------------------------------------------------- mode pages
+
+fn mode_sense6(page: u8, pc: u8, alloc: u8) -> [u8; 6] {
+    [0x1a, 0, (pc << 6) | page, 0, alloc, 0]
+}
+
+fn find_page(ms: &[u8], header: usize, code: u8) -> Option<Vec<u8>> {
+    let bd = if header == 4 {
+        ms[3] as usize
+    } else {
+        u16::from_be_bytes([ms[6], ms[7]]) as usize
+    };
+    let mut off = header + bd;
+    while off + 2 <= ms.len() {
+        let len = ms[off + 1] as usize + 2;
+        if ms[off] & 0x3f == code {
+            return Some(ms[off..off + len].to_vec());
+        }
+        off += len;
+    }
+    None
+}
+
+#[test]
+fn mode_sense() {
+    let mut h = H::new();
+    let o = h.cmd(&mode_sense6(0x3f, 0, 255));
+    let ms = o.good().data.clone();
+    assert_eq!(ms[0] as usize, ms.len() - 1);
+    assert_eq!(ms[2], 0x10); // DPOFUA, not WP
+    assert_eq!(ms[3], 8);
+    assert_eq!(&ms[4..8], &1024u32.to_be_bytes());
+    assert_eq!(&ms[9..12], &[0, 2, 0]);
+    for code in [1, 2, 3, 4, 8, 0x0a, 0x1c] {
+        let p = find_page(&ms, 4, code).unwrap();
+        let single = h.cmd(&mode_sense6(code, 0, 255)).data;
+        assert_eq!(find_page(&single, 4, code).unwrap(), p);
+    }
+    assert_eq!(find_page(&ms, 4, 8).unwrap()[2] & 0x04, 0x04);
+    // Changeable values.
+    let ch = h.cmd(&mode_sense6(0x3f, 1, 255)).data;
+    assert_eq!(find_page(&ch, 4, 8).unwrap()[2], 0x04);
+    assert_eq!(find_page(&ch, 4, 0x0a).unwrap()[2..5], [0x04, 0, 0x08]);
+    h.cmd(&mode_sense6(0x3f, 2, 255)).good();
+    h.cmd(&mode_sense6(0x3f, 3, 255))
+        .check(key::ILLEGAL_REQUEST, asc::SAVING_PARAMETERS_NOT_SUPPORTED);
+    h.cmd(&mode_sense6(0x05, 0, 255))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&[0x1a, 0, 0x08, 1, 255, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&[0x1a, 0, 0x3f, 0xff, 255, 0]).good();
+    // Truncation and DBD.
+    assert_eq!(h.cmd(&mode_sense6(0x3f, 0, 4)).good().data.len(), 4);
+    let o = h.cmd(&[0x1a, 0x08, 0x0a, 0, 255, 0]);
+    assert_eq!(o.good().data[3], 0);
+    assert_eq!(o.data.len(), 4 + 12);
+    // MODE SENSE (10) with LLBAA.
+    let o = h.cmd(&[0x5a, 0x10, 0x08, 0, 0, 0, 0, 0, 255, 0]);
+    let d = &o.good().data;
+    assert_eq!(u16::from_be_bytes([d[0], d[1]]) as usize, d.len() - 2);
+    assert_eq!(d[4] & 1, 1);
+    assert_eq!(&d[6..8], &[0, 16]);
+    assert_eq!(&d[8..16], &1024u64.to_be_bytes());
+    assert_eq!(d[24], 0x08);
+}
+
+fn mode_select6(page: &[u8]) -> ([u8; 6], Vec<u8>) {
+    let mut p = vec![0, 0, 0, 0];
+    p.extend_from_slice(page);
+    ([0x15, 0x10, 0, 0, p.len() as u8, 0], p)
+}
+
+#[test]
+fn mode_select_round_trips() {
+    let mut h = H::new();
+    h.set.add_nexus(B);
+    h.run(B, L1, &[0; 6], &[]);
+    // WCE off.
+    let mut caching = find_page(&h.cmd(&mode_sense6(8, 0, 255)).data, 4, 8).unwrap();
+    caching[2] &= !0x04;
+    let (c, p) = mode_select6(&caching);
+    h.cmd_out(&c, &p).good();
+    assert!(!h.set.config(L1).unwrap().write_cache);
+    assert_eq!(
+        find_page(&h.cmd(&mode_sense6(8, 0, 255)).data, 4, 8).unwrap()[2] & 0x04,
+        0
+    );
+    h.run(B, L1, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::MODE_PARAMETERS_CHANGED);
+    h.cmd(&[0; 6]).good();
+    // D_SENSE on: sense switches to descriptor format.
+    let mut control = find_page(&h.cmd(&mode_sense6(0x0a, 0, 255)).data, 4, 0x0a).unwrap();
+    control[2] |= 0x04;
+    let (c, p) = mode_select6(&control);
+    h.cmd_out(&c, &p).good();
+    let o = h.cmd(&rw16(0x88, 0, u64::MAX, 1));
+    assert_eq!(o.sense[0], 0x72);
+    o.check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    assert_eq!(
+        h.set.config(L1).unwrap().sense_format,
+        SenseFormat::Descriptor
+    );
+    // SWP on: writes are refused, reads work, WP shows.
+    control[2] &= !0x04;
+    control[4] |= 0x08;
+    let (c, p) = mode_select6(&control);
+    h.cmd_out(&c, &p).good();
+    h.cmd(&rw10(0x28, 0, 0, 1)).good();
+    h.cmd_out(&rw10(0x2a, 0, 0, 1), &[0; 512])
+        .check(key::DATA_PROTECT, asc::SOFTWARE_WRITE_PROTECTED);
+    assert_eq!(h.cmd(&mode_sense6(0x0a, 0, 255)).data[2] & 0x80, 0x80);
+    control[4] &= !0x08;
+    let (c, p) = mode_select6(&control);
+    h.cmd_out(&c, &p).good();
+    h.cmd_out(&rw10(0x2a, 0, 0, 1), &[0; 512]).good();
+    // MODE SELECT (10) with a block descriptor restating the block length.
+    let mut p10 = vec![0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0, 0, 0, 0, 2, 0];
+    p10.extend_from_slice(&caching);
+    h.cmd_out(&[0x55, 0x10, 0, 0, 0, 0, 0, 0, p10.len() as u8, 0], &p10)
+        .good();
+    p10[14] = 0x10;
+    h.cmd_out(&[0x55, 0x10, 0, 0, 0, 0, 0, 0, p10.len() as u8, 0], &p10)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+}
+
+#[test]
+fn mode_select_errors() {
+    let mut h = H::new();
+    let caching = find_page(&h.cmd(&mode_sense6(8, 0, 255)).data, 4, 8).unwrap();
+    let (mut c, p) = mode_select6(&caching);
+    // Non-changeable field changed.
+    let mut bad = p.clone();
+    bad[4 + 3] ^= 1;
+    h.cmd_out(&c, &bad)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    // Wrong page length, unknown page, subpage format.
+    let mut bad = p.clone();
+    bad[5] += 1;
+    h.cmd_out(&c, &bad)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    let mut bad = p.clone();
+    bad[4] = 0x05;
+    h.cmd_out(&c, &bad)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    let mut bad = p.clone();
+    bad[4] |= 0x40;
+    h.cmd_out(&c, &bad)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    // Truncated parameter list.
+    h.cmd_out(&c, &p[..10])
+        .check(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH_ERROR);
+    c[4] = 2;
+    h.cmd_out(&c, &p[..2])
+        .check(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH_ERROR);
+    c[4] = 0;
+    h.cmd_out(&c, &[]).good();
+    // PF=0, SP=1.
+    h.cmd_out(&[0x15, 0, 0, 0, p.len() as u8, 0], &p)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&[0x15, 0x11, 0, 0, p.len() as u8, 0], &p)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
+// ------------------------------------------------ supported operations
+
+fn rsoc(rctd: bool, options: u8, opcode: u8, sa: u16, alloc: u32) -> [u8; 12] {
+    let mut c = [0u8; 12];
+    c[0] = 0xa3;
+    c[1] = 0x0c;
+    c[2] = options | if rctd { 0x80 } else { 0 };
+    c[3] = opcode;
+    c[4..6].copy_from_slice(&sa.to_be_bytes());
+    c[6..10].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+#[test]
+fn report_supported_opcodes() {
+    let mut h = H::thin();
+    let all = h.cmd(&rsoc(false, 0, 0, 0, 65535)).data;
+    let len = u32::from_be_bytes(all[0..4].try_into().unwrap()) as usize;
+    assert_eq!(len, all.len() - 4);
+    assert_eq!(len % 8, 0);
+    let descs: Vec<&[u8]> = all[4..].chunks(8).collect();
+    assert!(descs.iter().any(|d| d[0] == 0x42));
+    for d in &descs {
+        let servactv = d[5] & 1 != 0;
+        let sa = u16::from_be_bytes([d[2], d[3]]);
+        assert!(servactv || sa == 0);
+        let one = h.cmd(&rsoc(false, if servactv { 2 } else { 1 }, d[0], sa, 65535));
+        one.good();
+        assert_eq!(one.data[1] & 7, 3);
+        assert_eq!(one.data[4], d[0]);
+        assert_eq!(
+            u16::from_be_bytes([one.data[2], one.data[3]]) as usize,
+            one.data.len() - 4
+        );
+        let wrong = h.cmd(&rsoc(false, if servactv { 1 } else { 2 }, d[0], sa, 65535));
+        wrong.check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    }
+    // RCTD: 20-byte descriptors with timeouts.
+    let all = h.cmd(&rsoc(true, 0, 0, 0, 65535)).data;
+    assert_eq!((all.len() - 4) % 20, 0);
+    assert!(all[4..].chunks(20).all(|d| d[5] & 2 != 0 && d[9] == 0x0a));
+    let one = h.cmd(&rsoc(true, 1, 0x28, 0, 65535)).data;
+    assert_eq!(one[1] & 0x80, 0x80);
+    assert_eq!(one[5] & 0x18, 0x18);
+    assert_eq!(one.len(), 4 + 10 + 12);
+    // Unsupported opcode: SUPPORT 001b.
+    let one = h.cmd(&rsoc(false, 1, 0x3b, 0, 65535)).data;
+    assert_eq!(one[1] & 7, 1);
+    h.cmd(&rsoc(false, 5, 0, 0, 65535))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    assert_eq!(h.cmd(&rsoc(false, 0, 0, 0, 10)).good().data.len(), 10);
+    // UNMAP is listed only when thin.
+    let mut h = H::new();
+    let all = h.cmd(&rsoc(false, 0, 0, 0, 65535)).data;
+    assert!(!all[4..].chunks(8).any(|d| d[0] == 0x42));
+    // Task management functions.
+    let o = h.cmd(&[0xa3, 0x0d, 0, 0, 0, 0, 0, 0, 0, 4, 0, 0]);
+    assert_eq!(o.good().data[0] & 0x08, 0x08);
+}
+
+// ------------------------------------------- WRITE SAME / UNMAP / GLS
+
+fn unmap_list(ranges: &[(u64, u32)]) -> Vec<u8> {
+    let mut p = vec![0u8; 8];
+    for &(lba, n) in ranges {
+        p.extend_from_slice(&lba.to_be_bytes());
+        p.extend_from_slice(&n.to_be_bytes());
+        p.extend_from_slice(&[0; 4]);
+    }
+    let len = p.len();
+    p[0..2].copy_from_slice(&((len - 2) as u16).to_be_bytes());
+    p[2..4].copy_from_slice(&((len - 8) as u16).to_be_bytes());
+    p
+}
+
+fn unmap_cdb(len: usize) -> [u8; 10] {
+    let l = (len as u16).to_be_bytes();
+    [0x42, 0, 0, 0, 0, 0, 0, l[0], l[1], 0]
+}
+
+fn gls(lba: u64, alloc: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x9e;
+    c[1] = 0x12;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&alloc.to_be_bytes());
+    c
+}
+
+#[test]
+fn write_same() {
+    let mut h = H::new();
+    let block = pattern(512, 5);
+    h.cmd_out(&rw10(0x41, 0, 10, 3), &block).good();
+    let d = h.cmd(&rw10(0x28, 0, 10, 3)).data;
+    assert!(d.chunks(512).all(|c| c == &block[..]));
+    h.cmd_out(&rw16(0x93, 0, 1020, 4), &block).good();
+    // 0 blocks: to the end of the medium.
+    h.cmd_out(&rw10(0x41, 0, 1000, 0), &[1; 512]).good();
+    assert!(h.cmd(&rw10(0x28, 0, 1000, 24)).data.iter().all(|b| *b == 1));
+    // NDOB writes zeros.
+    h.cmd(&rw16(0x93, 0x01, 1000, 2)).good();
+    assert!(h.cmd(&rw10(0x28, 0, 1000, 2)).data.iter().all(|b| *b == 0));
+    // Errors.
+    h.cmd_out(&rw10(0x41, 0, 1023, 2), &block)
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd_out(&rw10(0x41, 0, 1025, 0), &block)
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd_out(&rw16(0x93, 0, u64::MAX, 1), &block)
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd_out(&rw10(0x41, 0, 0, 1), &block[..256])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&rw10(0x41, 0, 0, 1), &[0; 1024])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&rw10(0x41, 0x08, 0, 1), &block)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&rw10(0x41, 0x10, 0, 1), &block)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&rw10(0x41, 0x20, 0, 1), &block)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&rw10(0x41, 0x02, 0, 1), &block)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
+#[test]
+fn write_same_limit_and_unmap() {
+    let mut big = disk(true);
+    big.size_bytes = 4 << 30;
+    let mut h = H::with(big);
+    let max = (1u64 << 30) / 512;
+    h.cmd_out(&rw16(0x93, 0, 0, (max + 1) as u32), &[0; 512])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&rw10(0x41, 0, 0, 0), &[0; 512])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+
+    let mut h = H::thin();
+    h.cmd_out(&rw10(0x2a, 0, 0, 8), &[0xff; 4096]).good();
+    h.cmd_out(&rw10(0x41, 0x08, 2, 4), &[0; 512]).good();
+    assert!(h.cmd(&rw10(0x28, 0, 2, 4)).data.iter().all(|b| *b == 0));
+    let o = h.cmd(&gls(0, 1024));
+    let d = o.good().data.clone();
+    assert_eq!(&d[8..16], &0u64.to_be_bytes());
+    assert_eq!(&d[16..20], &2u32.to_be_bytes());
+    assert_eq!(d[20], 0);
+    assert_eq!(&d[24..32], &2u64.to_be_bytes());
+    assert_eq!(&d[32..36], &4u32.to_be_bytes());
+    assert_eq!(d[36], 1);
+    // UNMAP with non-zero data writes it instead.
+    h.cmd_out(&rw10(0x41, 0x08, 2, 1), &[5; 512]).good();
+    assert!(h.cmd(&rw10(0x28, 0, 2, 1)).data.iter().all(|b| *b == 5));
+    // NDOB + UNMAP deallocates.
+    h.cmd(&rw16(0x93, 0x09, 2, 1)).good();
+    assert_eq!(h.cmd(&gls(2, 24)).data[20], 1);
+}
+
+#[test]
+fn unmap_and_lba_status() {
+    let mut h = H::thin();
+    h.cmd_out(&rw10(0x2a, 0, 0, 16), &[0xaa; 8192]).good();
+    let p = unmap_list(&[(1, 2), (10, 1), (12, 0)]);
+    let o = h.cmd_out(&unmap_cdb(p.len()), &p);
+    assert_eq!(o.good().wanted, p.len() as u64);
+    let d = h.cmd(&rw10(0x28, 0, 0, 16)).data;
+    assert!(d[512..1536].iter().all(|b| *b == 0));
+    assert!(d[..512].iter().all(|b| *b == 0xaa));
+    assert!(d[5120..5632].iter().all(|b| *b == 0));
+    let s = h.cmd(&gls(1, 24)).data;
+    assert_eq!(s.len(), 24);
+    assert_eq!(&s[0..4], &20u32.to_be_bytes());
+    assert_eq!(
+        (&s[8..16], &s[16..20], s[20]),
+        (&1u64.to_be_bytes()[..], &2u32.to_be_bytes()[..], 1)
+    );
+    let s = h.cmd(&gls(3, 24)).data;
+    assert_eq!((s[20], &s[16..20]), (0, &7u32.to_be_bytes()[..]));
+    // Last block; beyond the end.
+    h.cmd(&gls(1023, 24)).good();
+    h.cmd(&gls(1024, 24))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd(&gls(u64::MAX, 24))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    // Empty lists and zero-length descriptors (also at the end of the medium).
+    h.cmd(&unmap_cdb(0)).good();
+    let p = unmap_list(&[(1024, 0)]);
+    h.cmd_out(&unmap_cdb(p.len()), &p).good();
+    let p = unmap_list(&[]);
+    h.cmd_out(&unmap_cdb(p.len()), &p).good();
+    // Errors.
+    let p = unmap_list(&[(1020, 5)]);
+    h.cmd_out(&unmap_cdb(p.len()), &p)
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    let p = unmap_list(&[(u64::MAX, 1)]);
+    h.cmd_out(&unmap_cdb(p.len()), &p)
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd_out(&unmap_cdb(4), &[0; 4])
+        .check(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH_ERROR);
+    let many: Vec<(u64, u32)> = (0..2049).map(|i| (i % 1000, 0)).collect();
+    let p = unmap_list(&many);
+    h.cmd_out(&unmap_cdb(p.len()), &p)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    let mut c = unmap_cdb(24);
+    c[1] = 1;
+    h.cmd_out(&c, &unmap_list(&[(0, 1)]))
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    // Not thin: UNMAP is not a command of this LU; GET LBA STATUS says mapped.
+    let mut h = H::new();
+    let p = unmap_list(&[(0, 1)]);
+    h.cmd_out(&unmap_cdb(p.len()), &p)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_COMMAND_OPERATION_CODE);
+    let set_dev = MemDevice::new(512 * BLOCKS as usize);
+    let mut buf = Vec::new();
+    let req = Request {
+        cdb: &gls(0, 64),
+        nexus: A,
+        lun: L1,
+        expected_len: 64,
+    };
+    match h.set.execute(&req, &mut buf) {
+        Outcome::Io(t) => {
+            let r = t.run(&set_dev, &mut buf);
+            assert_eq!(r.status, Status::Good);
+            assert_eq!(&buf[16..20], &1024u32.to_be_bytes());
+            assert_eq!(buf[20], 0);
+        }
+        Outcome::Done(r) => panic!("{r:?}"),
+    }
+}
+
+// ------------------------------------------------------ generic checks
+
+#[test]
+fn io_task_is_send_static() {
+    fn check<T: Send + 'static + std::fmt::Debug>() {}
+    check::<IoTask>();
+    check::<LunSet>();
+}
+
+#[test]
+fn verify_one_block_needs_a_block() {
+    let mut h = H::new();
+    h.cmd_out(&rw10(0x2f, 0x06, 0, 2), &[0; 100])
+        .check(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH_ERROR);
+}
+
+#[test]
+fn generic_cdb_checks() {
+    let mut h = H::new();
+    h.cmd(&[0xe0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_COMMAND_OPERATION_CODE);
+    h.cmd(&[0x04, 0, 0, 0, 0, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_COMMAND_OPERATION_CODE);
+    h.cmd(&[0x7f, 0, 0, 0, 0, 0, 0, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_COMMAND_OPERATION_CODE);
+    h.cmd(&[])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_COMMAND_OPERATION_CODE);
+    h.cmd(&[0x28, 0, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    let o = h.cmd(&[0, 0, 0, 0, 0, 0x04]);
+    o.check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    assert_eq!(&o.sense[15..18], &[0xca, 0, 5]);
+    // A UA wins over an unsupported opcode.
+    h.set.add_nexus(B);
+    h.run(B, L1, &[0x04, 0, 0, 0, 0, 0], &[])
+        .check(key::UNIT_ATTENTION, asc::POWER_ON_RESET);
+}
+
+/// Random CDBs and Data-Out must never panic, and every answer must be
+/// self-consistent.
+#[test]
+fn fuzz_random_cdbs() {
+    let mut h = H::thin();
+    h.set.insert(LunId(2), {
+        let mut c = disk(false);
+        c.removable = true;
+        c
+    });
+    let mut s = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        s
+    };
+    let opcodes: Vec<u8> = vec![
+        0x00, 0x03, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2a, 0x2e,
+        0x2f, 0x34, 0x35, 0x41, 0x42, 0x55, 0x56, 0x57, 0x5a, 0x88, 0x8a, 0x8e, 0x8f, 0x90, 0x91,
+        0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf,
+    ];
+    for i in 0..30_000u32 {
+        let r = next();
+        let len = [6usize, 10, 12, 16, 3, 0][(r % 6) as usize];
+        let mut cdb: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if let Some(b) = cdb.first_mut() {
+            if r & 0x100 != 0 {
+                *b = opcodes[(next() as usize) % opcodes.len()];
+            }
+        }
+        // Keep lengths small often enough to reach the I/O paths.
+        if r & 0x200 != 0 && cdb.len() >= 10 {
+            for b in &mut cdb[2..] {
+                *b &= 0x03;
+            }
+        }
+        let dlen = (next() % 1100) as usize;
+        let dout: Vec<u8> = (0..dlen).map(|_| next() as u8).collect();
+        let nexus = if i % 7 == 0 { B } else { A };
+        if i % 1000 == 0 {
+            h.set.add_nexus(B);
+        }
+        let lun = LunId(next() % 4);
+        let o = h.run(nexus, lun, &cdb, &dout);
+        if o.status == Status::CheckCondition {
+            assert!(o.data.is_empty());
+            assert!(!o.sense.is_empty());
+        }
+        assert!(o.data.len() as u64 <= MAX_TRANSFER_BYTES);
+        if o.status == Status::Good && !o.data.is_empty() {
+            assert!(o.data.len() as u64 <= o.wanted.max(o.data.len() as u64));
+        }
+    }
+}

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Run libiscsi's iscsi-test-cu (family ALL) against a fresh rtgtd serving a
+# thin-provisioned 1 GiB file, suite by suite with time limits so one hang
+# cannot stall the run, and check the pass count against floor.txt.
+# usage: tests/conformance/run.sh [RTGTD_BINARY] [OUTDIR]
+set -u
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/../.." && pwd)
+bin=${1:-$root/target/debug/rtgtd}
+out=${2:-$root/target/conformance}
+adm=$(dirname "$bin")/rtgtadm
+floor=$(cat "$here/floor.txt")
+command -v iscsi-test-cu >/dev/null || { echo "conformance: iscsi-test-cu not installed (apt-get install libiscsi-bin)"; exit 1; }
+mkdir -p "$out"; rm -f "$out"/*.log
+work=$(mktemp -d); trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+ctl=$((20000 + RANDOM % 20000))
+iqn=iqn.2026-11.io.rtgt:conformance
+truncate -s 1G "$work/disk.img"
+RTGT_SOCKET_DIR=$work "$bin" -f -C $ctl --iscsi portal=127.0.0.1:$port > "$out/rtgtd.log" 2>&1 &
+pid=$!
+for _ in $(seq 50); do [ -S "$work/socket.$ctl" ] && break; sleep 0.1; done
+export RTGT_SOCKET_DIR=$work
+"$adm" -C $ctl --lld iscsi --op new --mode target --tid 1 -T $iqn || exit 1
+"$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img" --params thin_provisioning=1 || exit 1
+"$adm" -C $ctl --lld iscsi --op bind --mode target --tid 1 -I ALL || exit 1
+url=iscsi://127.0.0.1:$port/$iqn/1
+: > "$out/all.log"
+for suite in $(iscsi-test-cu -l | awk -F. 'NF==2 && $1=="ALL"'); do
+  timeout 120 iscsi-test-cu -d -S -v -t "$suite" "$url" "$url" > "$out/$suite.log" 2>&1
+  if [ $? -eq 124 ]; then printf 'Suite: %s\n  Test: (suite timed out) ...FAILED\n' "$suite" >> "$out/all.log"; fi
+  sed -n '/^Suite:/,/^Run Summary/p' "$out/$suite.log" | grep -v '^Run Summary' >> "$out/all.log"
+  kill -0 $pid 2>/dev/null || { echo "conformance: rtgtd died during $suite"; exit 1; }
+done
+python3 "$here/summary.py" "$out/all.log" --floor "$floor"

@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""Classify each iscsi-test-cu test of a verbose log as pass, skip or fail.
+
+CUnit counts a skipped test as passed; this splits those out so the real
+coverage shows. Usage: summary.py LOG [--list] [--floor N]
+With --floor, exits 1 when fewer than N tests pass.
+"""
+import re
+import sys
+
+
+def verdict(lines):
+    body = "\n".join(lines)
+    if re.search(r"FAILED\s*$", body, re.M) and not re.search(r"passed\s*$", body, re.M):
+        return "fail"
+    if "[SKIPPED]" in body:
+        return "skip"
+    if re.search(r"passed\s*$", body, re.M):
+        return "pass"
+    return "fail"
+
+
+def classify(text):
+    res, seen, suite, cur, buf = {}, {}, None, None, []
+    for line in text.splitlines():
+        m = re.match(r"^Suite: (\S+)", line)
+        if m:
+            seen[m.group(1)] = seen.get(m.group(1), 0) + 1
+            suite = f"{m.group(1)}#{seen[m.group(1)]}"
+            continue
+        m = re.match(r"^  Test: (.+?) \.\.\.(.*)$", line)
+        if m:
+            if cur:
+                res[cur] = verdict(buf)
+            cur = f"{suite}.{m.group(1)}"
+            buf = [m.group(2)]
+            continue
+        if cur is not None:
+            buf.append(line)
+    if cur:
+        res[cur] = verdict(buf)
+    return res
+
+
+def main():
+    res = classify(open(sys.argv[1], errors="replace").read())
+    counts = {k: sum(1 for v in res.values() if v == k) for k in ("pass", "skip", "fail")}
+    if "--list" in sys.argv:
+        for k in sorted(res):
+            print(res[k], k)
+    print(f"conformance: tests {len(res)} pass {counts['pass']} skip {counts['skip']} fail {counts['fail']}")
+    if "--floor" in sys.argv:
+        floor = int(sys.argv[sys.argv.index("--floor") + 1])
+        if counts["pass"] < floor:
+            print(f"conformance: {counts['pass']} passed, below the floor of {floor}")
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
