@@ -35,9 +35,14 @@ pub enum TransferError {
     /// Data-Out whose TTT names no outstanding R2T.
     #[error("data-out for an unknown transfer tag")]
     UnknownTtt,
-    /// Bytes outside the solicited range or the expected length.
+    /// Bytes outside the solicited range or the expected length, or out of
+    /// order while DataPDUInOrder=Yes.
     #[error("data-out at offset {offset} length {len} outside the allowed range")]
     OutOfRange { offset: u32, len: u32 },
+    /// DataSN not the next of its sequence (RFC 7143 §11.7.5): at ERL0 a
+    /// missing or repeated Data-Out is a protocol error.
+    #[error("data-out DataSN {got}, expected {want}")]
+    DataSn { got: u32, want: u32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +51,8 @@ struct Outstanding {
     offset: u32,
     len: u32,
     got: u32,
+    /// DataSN the next Data-Out of this sequence must carry.
+    next_sn: u32,
 }
 
 /// State of one command's incoming data.
@@ -57,6 +64,8 @@ pub struct WriteTransfer {
     /// Unsolicited bytes so far (immediate included).
     unsolicited: u32,
     unsolicited_open: bool,
+    /// DataSN expected next in the unsolicited sequence.
+    unsolicited_sn: u32,
     next_solicit: u32,
     r2t_sn: u32,
     outstanding: Vec<Outstanding>,
@@ -82,6 +91,7 @@ impl WriteTransfer {
             received: immediate,
             unsolicited: immediate,
             unsolicited_open,
+            unsolicited_sn: 0,
             next_solicit: 0,
             r2t_sn: 0,
             outstanding: Vec::new(),
@@ -102,10 +112,13 @@ impl WriteTransfer {
     }
 
     /// Check a Data-Out PDU; on success its bytes belong at `offset` in the
-    /// command buffer.
+    /// command buffer. DataSN counts from 0 within each sequence (the
+    /// unsolicited burst, or one R2T), and with DataPDUInOrder=Yes offsets
+    /// must follow each other (RFC 7143 §11.7.5, §13.18).
     pub fn on_data_out(
         &mut self,
         ttt: Ttt,
+        data_sn: u32,
         offset: u32,
         len: u32,
         final_bit: bool,
@@ -118,9 +131,13 @@ impl WriteTransfer {
         }
         if ttt.0 == RESERVED_TAG {
             let first = self.limits.first_burst.min(self.edtl);
-            if !self.unsolicited_open || end > first {
+            if !self.unsolicited_open || end > first || offset != self.unsolicited {
                 return Err(TransferError::OutOfRange { offset, len });
             }
+            if data_sn != self.unsolicited_sn {
+                return Err(TransferError::DataSn { got: data_sn, want: self.unsolicited_sn });
+            }
+            self.unsolicited_sn += 1;
             self.unsolicited += len;
             self.received += len;
             if final_bit || self.unsolicited >= first {
@@ -134,9 +151,13 @@ impl WriteTransfer {
             .position(|o| o.ttt == ttt)
             .ok_or(TransferError::UnknownTtt)?;
         let o = &mut self.outstanding[i];
-        if offset < o.offset || end > o.offset + o.len {
+        if offset != o.offset + o.got || end > o.offset + o.len {
             return Err(TransferError::OutOfRange { offset, len });
         }
+        if data_sn != o.next_sn {
+            return Err(TransferError::DataSn { got: data_sn, want: o.next_sn });
+        }
+        o.next_sn += 1;
         o.got += len;
         self.received += len;
         if final_bit || o.got >= o.len {
@@ -167,6 +188,7 @@ impl WriteTransfer {
                 offset: spec.offset,
                 len,
                 got: 0,
+                next_sn: 0,
             });
             self.r2t_sn += 1;
             self.next_solicit += len;
@@ -201,8 +223,8 @@ mod tests {
         assert_eq!(r.len(), 2);
         assert_eq!((r[0].offset, r[0].len), (8192, 262144));
         assert_eq!(r[1].offset, 8192 + 262144);
-        assert!(t.on_data_out(Ttt(1), 0, 100, false).is_err());
-        t.on_data_out(Ttt(1), 8192, 262144, true).unwrap();
+        assert!(t.on_data_out(Ttt(1), 0, 0, 100, false).is_err());
+        t.on_data_out(Ttt(1), 0, 8192, 262144, true).unwrap();
         let r = t.next_r2ts(|| Ttt(9));
         assert_eq!(r.len(), 1);
         assert_eq!(r[0].r2t_sn, 2);
@@ -213,12 +235,24 @@ mod tests {
     fn unsolicited_burst() {
         let mut t = WriteTransfer::new(100_000, 0, false, limits(false)).unwrap();
         assert!(t.next_r2ts(|| Ttt(1)).is_empty());
-        t.on_data_out(Ttt(RESERVED_TAG), 0, 65536, true).unwrap();
-        assert!(t.on_data_out(Ttt(RESERVED_TAG), 65536, 10, true).is_err());
+        t.on_data_out(Ttt(RESERVED_TAG), 0, 0, 65536, true).unwrap();
+        assert!(t.on_data_out(Ttt(RESERVED_TAG), 1, 65536, 10, true).is_err());
         let r = t.next_r2ts(|| Ttt(5));
         assert_eq!((r[0].offset, r[0].len), (65536, 100_000 - 65536));
-        t.on_data_out(Ttt(5), 65536, 100_000 - 65536, true).unwrap();
+        t.on_data_out(Ttt(5), 0, 65536, 100_000 - 65536, true).unwrap();
         assert!(t.complete());
+    }
+
+    #[test]
+    fn data_sn_and_order_are_checked() {
+        let mut t = WriteTransfer::new(2048, 0, true, limits(true)).unwrap();
+        t.next_r2ts(|| Ttt(7));
+        // a DataSN other than 0 first, then a repeated one, then a gap in offsets
+        assert_eq!(t.on_data_out(Ttt(7), 27, 0, 512, false), Err(TransferError::DataSn { got: 27, want: 0 }));
+        t.on_data_out(Ttt(7), 0, 0, 512, false).unwrap();
+        assert!(t.on_data_out(Ttt(7), 0, 512, 512, false).is_err());
+        assert!(t.on_data_out(Ttt(7), 1, 1024, 512, false).is_err());
+        t.on_data_out(Ttt(7), 1, 512, 512, false).unwrap();
     }
 
     #[test]
@@ -229,7 +263,7 @@ mod tests {
         let mut t = WriteTransfer::new(4096, 0, true, limits(true)).unwrap();
         let r = t.next_r2ts(|| Ttt(3));
         assert_eq!(r.len(), 1);
-        assert!(t.on_data_out(Ttt(3), 4000, 200, true).is_err());
-        assert!(t.on_data_out(Ttt(3), u32::MAX, 2, true).is_err());
+        assert!(t.on_data_out(Ttt(3), 0, 4000, 200, true).is_err());
+        assert!(t.on_data_out(Ttt(3), 0, u32::MAX, 2, true).is_err());
     }
 }

@@ -449,7 +449,8 @@ fn rtgtadm_command_line_errors_match_tgtadm() {
                 .unwrap();
             (
                 String::from_utf8_lossy(&o.stdout).into_owned(),
-                String::from_utf8_lossy(&o.stderr).into_owned(),
+                // getopt's messages name argv[0].
+                String::from_utf8_lossy(&o.stderr).replace(client, "PROG"),
                 o.status.code(),
             )
         };
@@ -2332,3 +2333,265 @@ Portal: 127.0.0.1:13264,1
         22,
     ),
 ];
+
+#[test]
+fn stock_tgt_admin_drives_us() {
+    let tgt_admin = "/usr/sbin/tgt-admin";
+    if !Path::new(tgt_admin).exists() || !Path::new(TGTADM).exists() {
+        eprintln!("tgt-admin not installed: skipped");
+        return;
+    }
+    make_images();
+    let d = Daemon::start();
+    let conf = d.dir.join("targets.conf");
+    std::fs::write(&conf, TA_CONF).unwrap();
+    let admin = |args: &[&str]| {
+        let o = Command::new(tgt_admin)
+            .env("TGT_IPC_SOCKET", &d.prefix)
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .args(args)
+            .arg("-C")
+            .arg(d.port.to_string())
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+            o.status.code(),
+        )
+    };
+    let r = admin(&["-e", "-c", conf.to_str().unwrap()]);
+    assert_eq!((r.1.as_str(), r.2), ("", Some(0)), "{r:?}");
+    let show = |args: &[&str]| d.run(TGTADM, args).0;
+    assert_eq!(show(&["--op", "show", "--mode", "target"]), TA_SHOW);
+    assert_eq!(
+        show(&["--op", "show", "--mode", "target", "--tid", "2"]),
+        TA_SHOW_TID2
+    );
+    assert_eq!(show(&["--op", "show", "--mode", "account"]), TA_ACCOUNTS);
+    assert_eq!(admin(&["-s"]).0, TA_S);
+    // tgt-admin walks a Perl hash: the target blocks come in any order.
+    let blocks = |s: &str| {
+        let mut v: Vec<String> = s.split("\n\n").map(str::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(blocks(&admin(&["--dump"]).0), blocks(TA_DUMP));
+    let r = admin(&["--delete", "ALL"]);
+    assert_eq!(r.2, Some(0), "{r:?}");
+    assert_eq!(show(&["--op", "show", "--mode", "target"]), "");
+    d.stop(TGTADM);
+}
+
+/// A targets.conf applied with the stock tgt-admin, and what tgtd 1.0.85
+/// showed afterwards.
+const TA_CONF: &str = r#"<target iqn.2024-03.org.rtgt:ta1>
+    backing-store /tmp/rtgt-golden/disk1.img
+    initiator-address 192.168.0.0/16
+    incominguser joe secretsecret1
+    vendor_id RTGT
+</target>
+<target iqn.2024-03.org.rtgt:ta2>
+    <backing-store /tmp/rtgt-golden/disk2.img>
+        lun 3
+        thin_provisioning 1
+        block-size 4096
+    </backing-store>
+    MaxRecvDataSegmentLength 65536
+</target>
+"#;
+const TA_SHOW: &str = r#"Target 1: iqn.2024-03.org.rtgt:ta1
+    System information:
+        Driver: iscsi
+        State: ready
+    I_T nexus information:
+    LUN information:
+        LUN: 0
+            Type: controller
+            SCSI ID: IET     00010000
+            SCSI SN: beaf10
+            Size: 0 MB, Block size: 1
+            Online: Yes
+            Removable media: No
+            Prevent removal: No
+            Readonly: No
+            SWP: No
+            Thin-provisioning: No
+            Backing store type: null
+            Backing store path: None
+            Backing store flags: 
+        LUN: 1
+            Type: disk
+            SCSI ID: IET     00010001
+            SCSI SN: beaf11
+            Size: 105 MB, Block size: 512
+            Online: Yes
+            Removable media: No
+            Prevent removal: No
+            Readonly: No
+            SWP: No
+            Thin-provisioning: No
+            Backing store type: rdwr
+            Backing store path: /tmp/rtgt-golden/disk1.img
+            Backing store flags: 
+    Account information:
+        joe
+    ACL information:
+        192.168.0.0/16
+Target 2: iqn.2024-03.org.rtgt:ta2
+    System information:
+        Driver: iscsi
+        State: ready
+    I_T nexus information:
+    LUN information:
+        LUN: 0
+            Type: controller
+            SCSI ID: IET     00020000
+            SCSI SN: beaf20
+            Size: 0 MB, Block size: 1
+            Online: Yes
+            Removable media: No
+            Prevent removal: No
+            Readonly: No
+            SWP: No
+            Thin-provisioning: No
+            Backing store type: null
+            Backing store path: None
+            Backing store flags: 
+        LUN: 3
+            Type: disk
+            SCSI ID: IET     00020003
+            SCSI SN: beaf23
+            Size: 1074 MB, Block size: 4096
+            Online: Yes
+            Removable media: No
+            Prevent removal: No
+            Readonly: No
+            SWP: No
+            Thin-provisioning: No
+            Backing store type: rdwr
+            Backing store path: /tmp/rtgt-golden/disk2.img
+            Backing store flags: 
+    Account information:
+    ACL information:
+        ALL
+"#;
+const TA_SHOW_TID2: &str = r#"nop_interval=0
+nop_count=0
+MaxRecvDataSegmentLength=65536
+HeaderDigest=None
+DataDigest=None
+InitialR2T=Yes
+MaxOutstandingR2T=1
+ImmediateData=Yes
+FirstBurstLength=65536
+MaxBurstLength=262144
+DataPDUInOrder=Yes
+DataSequenceInOrder=Yes
+ErrorRecoveryLevel=0
+IFMarker=No
+OFMarker=No
+DefaultTime2Wait=2
+DefaultTime2Retain=20
+OFMarkInt=Reject
+IFMarkInt=Reject
+MaxConnections=1
+RDMAExtensions=Yes
+TargetRecvDataSegmentLength=262144
+InitiatorRecvDataSegmentLength=262144
+MaxOutstandingUnexpectedPDUs=0
+MaxXmitDataSegmentLength=8192
+MaxQueueCmd=128
+"#;
+const TA_ACCOUNTS: &str = r#"Account list:
+    joe
+"#;
+const TA_S: &str = r#"Target 1: iqn.2024-03.org.rtgt:ta1
+    System information:
+        Driver: iscsi
+        State: ready
+    I_T nexus information:
+    LUN information:
+        LUN: 0
+            Type: controller
+            SCSI ID: IET     00010000
+            SCSI SN: beaf10
+            Size: 0 MB, Block size: 1
+            Online: Yes
+            Removable media: No
+            Prevent removal: No
+            Readonly: No
+            SWP: No
+            Thin-provisioning: No
+            Backing store type: null
+            Backing store path: None
+            Backing store flags: 
+        LUN: 1
+            Type: disk
+            SCSI ID: IET     00010001
+            SCSI SN: beaf11
+            Size: 105 MB, Block size: 512
+            Online: Yes
+            Removable media: No
+            Prevent removal: No
+            Readonly: No
+            SWP: No
+            Thin-provisioning: No
+            Backing store type: rdwr
+            Backing store path: /tmp/rtgt-golden/disk1.img
+            Backing store flags: 
+    Account information:
+        joe
+    ACL information:
+        192.168.0.0/16
+Target 2: iqn.2024-03.org.rtgt:ta2
+    System information:
+        Driver: iscsi
+        State: ready
+    I_T nexus information:
+    LUN information:
+        LUN: 0
+            Type: controller
+            SCSI ID: IET     00020000
+            SCSI SN: beaf20
+            Size: 0 MB, Block size: 1
+            Online: Yes
+            Removable media: No
+            Prevent removal: No
+            Readonly: No
+            SWP: No
+            Thin-provisioning: No
+            Backing store type: null
+            Backing store path: None
+            Backing store flags: 
+        LUN: 3
+            Type: disk
+            SCSI ID: IET     00020003
+            SCSI SN: beaf23
+            Size: 1074 MB, Block size: 4096
+            Online: Yes
+            Removable media: No
+            Prevent removal: No
+            Readonly: No
+            SWP: No
+            Thin-provisioning: No
+            Backing store type: rdwr
+            Backing store path: /tmp/rtgt-golden/disk2.img
+            Backing store flags: 
+    Account information:
+    ACL information:
+        ALL
+"#;
+const TA_DUMP: &str = r#"default-driver iscsi
+
+<target iqn.2024-03.org.rtgt:ta1>
+	backing-store /tmp/rtgt-golden/disk1.img
+	incominguser joe PLEASE_CORRECT_THE_PASSWORD
+	initiator-name 192.168.0.0/16
+</target>
+
+<target iqn.2024-03.org.rtgt:ta2>
+	backing-store /tmp/rtgt-golden/disk2.img
+</target>
+
+"#;

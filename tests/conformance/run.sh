@@ -14,15 +14,16 @@ command -v iscsi-test-cu >/dev/null || { echo "conformance: iscsi-test-cu not in
 mkdir -p "$out"; rm -f "$out"/*.log
 work=$(mktemp -d); trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-ctl=$((20000 + RANDOM % 20000))
+ctl=$((20000 + RANDOM % 12000))
 iqn=iqn.2026-11.io.rtgt:conformance
 truncate -s 1G "$work/disk.img"
-RTGT_SOCKET_DIR=$work "$bin" -f -C $ctl --iscsi portal=127.0.0.1:$port > "$out/rtgtd.log" 2>&1 &
+TGT_IPC_SOCKET=$work/socket "$bin" -f -C $ctl --iscsi portal=127.0.0.1:$port > "$out/rtgtd.log" 2>&1 &
 pid=$!
 for _ in $(seq 50); do [ -S "$work/socket.$ctl" ] && break; sleep 0.1; done
-export RTGT_SOCKET_DIR=$work
+export TGT_IPC_SOCKET=$work/socket
 "$adm" -C $ctl --lld iscsi --op new --mode target --tid 1 -T $iqn || exit 1
-"$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img" --params thin_provisioning=1 || exit 1
+"$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img" || exit 1
+"$adm" -C $ctl --lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1 || exit 1
 "$adm" -C $ctl --lld iscsi --op bind --mode target --tid 1 -I ALL || exit 1
 url=iscsi://127.0.0.1:$port/$iqn/1
 : > "$out/all.log"

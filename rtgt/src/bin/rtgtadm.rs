@@ -234,7 +234,7 @@ Usage: {PROG} [OPTION]\n\
 --lld <driver> --mode target --op unbind --tid <id> --initiator-name <name>\n\
 \tdisable the specific permitted initiators.\n\
 --lld <driver> --mode logicalunit --op new --tid <id> --lun <lun>\n\
-  --backing-store <path> --bstype <type> --bsopts <bs options> --bsoflags <options>\n\
+\x20\x20--backing-store <path> --bstype <type> --bsopts <bs options> --bsoflags <options>\n\
 \tadd a new logical unit with <lun> to the specific\n\
 \ttarget with <id>. The logical unit is offered\n\
 \tto the initiators. <path> must be block device files\n\
@@ -322,6 +322,7 @@ fn fail(msg: &str) -> ! {
 }
 
 fn main() {
+    let argv0 = std::env::args().next().unwrap_or_else(|| PROG.to_string());
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (opts, rest) = getopt(&args);
 
@@ -394,7 +395,8 @@ fn main() {
             'h' => usage(0),
             _ => {
                 if let Some(m) = &o.arg {
-                    eprint_prog!("{}\n", m);
+                    // getopt names the program as invoked (argv[0]).
+                    eprintln!("{argv0}: {m}");
                 }
                 usage(1)
             }

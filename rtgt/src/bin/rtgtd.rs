@@ -89,14 +89,10 @@ fn main() -> ExitCode {
     }
     let cfg = Config {
         control_port: args.control_port,
-        socket_dir: args.socket_dir,
         portals,
         debug: args.debug.unwrap_or(0) > 0,
         io_threads: args.nr_iothreads,
-        demo: args.demo.then(|| Demo {
-            data_dir: args.data_dir,
-            size: args.demo_size,
-        }),
+        demo: args.demo.then_some(Demo { data_dir: args.data_dir, size: args.demo_size }),
     };
     if !args.foreground {
         // Detach like tgtd before any thread exists.

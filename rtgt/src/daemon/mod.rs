@@ -26,11 +26,12 @@ pub struct Demo {
     pub size: u64,
 }
 
-/// Start-up settings (rtgtd's command line).
+/// Start-up settings (rtgtd's command line). The management socket is at
+/// tgt's path, `/var/run/tgtd/socket.<control_port>`, or under
+/// `$TGT_IPC_SOCKET` as with tgtd.
 #[derive(Debug, Clone)]
 pub struct Config {
     pub control_port: u16,
-    pub socket_dir: PathBuf,
     pub portals: Vec<SocketAddr>,
     pub debug: bool,
     pub io_threads: Option<usize>,
@@ -111,7 +112,7 @@ fn init_tracing(debug: bool) {
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     init_tracing(cfg.debug);
     let port = cfg.control_port;
-    let (mgmt_listener, _lock) = mgmt::socket::bind(port, &cfg.socket_dir)
+    let (mgmt_listener, _lock) = mgmt::socket::bind_prefix(&mgmt::socket::default_prefix(), port)
         .map_err(|source| DaemonError::Control { port, source })?;
     let mut bound = Vec::new();
     for &addr in &cfg.portals {

@@ -339,7 +339,13 @@ fn target_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) ->
 
 /// Parse tgt's portal list (`portal=ADDR[:PORT],...`, IPv6 in brackets;
 /// `nop_interval=` / `nop_count=` set the defaults for new targets).
-fn parse_portals(s: &str) -> Result<(Vec<SocketAddr>, Option<i32>, Option<i32>), TgtadmError> {
+struct PortalArgs {
+    addrs: Vec<SocketAddr>,
+    nop_interval: Option<i32>,
+    nop_count: Option<i32>,
+}
+
+fn parse_portals(s: &str) -> Result<PortalArgs, TgtadmError> {
     let mut out = Vec::new();
     let (mut ni, mut nc) = (None, None);
     for item in s.split(',').filter(|i| !i.is_empty()) {
@@ -368,7 +374,11 @@ fn parse_portals(s: &str) -> Result<(Vec<SocketAddr>, Option<i32>, Option<i32>),
             nc = Some(c_atoi(v));
         }
     }
-    Ok((out, ni, nc))
+    Ok(PortalArgs {
+        addrs: out,
+        nop_interval: ni,
+        nop_count: nc,
+    })
 }
 
 fn portal(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
@@ -379,7 +389,11 @@ fn portal(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
                 .params
                 .find("portal=")
                 .ok_or(TgtadmError::InvalidRequest)?;
-            let (addrs, ni, nc) = parse_portals(&req.params[at..])?;
+            let PortalArgs {
+                addrs,
+                nop_interval: ni,
+                nop_count: nc,
+            } = parse_portals(&req.params[at..])?;
             if req.op == Op::New {
                 for (i, a) in addrs.iter().enumerate() {
                     if table.portals.iter().any(|p| p.addr == *a) || addrs[..i].contains(a) {

@@ -116,6 +116,11 @@ pub const SESSION_KEYS: [KeyDef; NR_KEYS] = [
     k("MaxQueueCmd", 128, 1, 512, KeyKind::Number),
 ];
 
+/// A value refused for a key (malformed or out of range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("invalid value for {0}")]
+pub struct BadValue(pub &'static str);
+
 /// Index of a key by name, case-insensitively (tgt uses `strcasecmp`).
 pub fn key_index(name: &str) -> Option<usize> {
     SESSION_KEYS
@@ -150,7 +155,7 @@ impl SessionParams {
 
     /// Parse and range-check `text` for key `idx` and store it; a value
     /// out of range or malformed is refused (nothing changes).
-    pub fn set_text(&mut self, idx: usize, text: &str) -> Result<(), ()> {
+    pub fn set_text(&mut self, idx: usize, text: &str) -> Result<(), BadValue> {
         let v = parse_value(idx, text, self.0[idx])?;
         self.0[idx] = v;
         Ok(())
@@ -188,28 +193,29 @@ pub fn value_text(idx: usize, v: u32) -> String {
 
 /// Parse a value as tgt's `param_str_to_val` + `param_check_val` do.
 /// `current` is returned for marker keys, which tgt accepts without parsing.
-pub fn parse_value(idx: usize, text: &str, current: u32) -> Result<u32, ()> {
+pub fn parse_value(idx: usize, text: &str, current: u32) -> Result<u32, BadValue> {
     let key = &SESSION_KEYS[idx];
+    let bad = BadValue(key.name);
     match key.kind {
         KeyKind::Number => {
             // range_str_to_val: strtol(str, NULL, 0) into an unsigned int.
             let v = super::request::c_strtoul_u32(text);
             if v < key.min || v > key.max {
-                return Err(());
+                return Err(bad);
             }
             Ok(v)
         }
         KeyKind::NumberOrZero => {
             let v = super::request::c_strtoul_u32(text);
             if v != 0 && (v < key.min || v > key.max) {
-                return Err(());
+                return Err(bad);
             }
             Ok(v)
         }
         KeyKind::Bool => match text {
             "Yes" => Ok(1),
             "No" => Ok(0),
-            _ => Err(()),
+            _ => Err(bad),
         },
         KeyKind::Digest => {
             let mut v = DIGEST_NONE;
@@ -219,7 +225,7 @@ pub fn parse_value(idx: usize, text: &str, current: u32) -> Result<u32, ()> {
                 } else if part.starts_with("CRC32C") {
                     v |= DIGEST_CRC32C;
                 } else {
-                    return Err(());
+                    return Err(bad);
                 }
             }
             Ok(v)

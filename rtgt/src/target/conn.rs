@@ -53,6 +53,10 @@ struct CmdInfo {
     read: bool,
 }
 
+/// A command whose I/O runs on a worker: its LUN, and a flag set when it is
+/// aborted so its completion sends nothing.
+type Running = (LunId, Rc<Cell<bool>>);
+
 struct PendingWrite {
     info: CmdInfo,
     buf: Vec<u8>,
@@ -68,7 +72,7 @@ pub struct Conn {
     params: ConnParams,
     writes: RefCell<HashMap<u32, PendingWrite>>,
     /// Commands whose I/O is running, by ITT, with their "aborted" flag.
-    running: RefCell<HashMap<u32, (LunId, Rc<Cell<bool>>)>>,
+    running: RefCell<HashMap<u32, Running>>,
     next_ttt: Cell<u32>,
     closing: Notify,
     closed: Cell<bool>,
@@ -450,7 +454,7 @@ impl Conn {
         let len = p.data.len() as u32;
         if pw
             .xfer
-            .on_data_out(p.bhs.ttt(), offset, len, p.bhs.final_bit())
+            .on_data_out(p.bhs.ttt(), p.bhs.data_sn(), offset, len, p.bhs.final_bit())
             .is_err()
         {
             drop(writes);
