@@ -28,11 +28,16 @@ pub mod asc {
     pub const INVALID_FIELD_IN_CDB: Asc = (0x24, 0x00);
     pub const LOGICAL_UNIT_NOT_SUPPORTED: Asc = (0x25, 0x00);
     pub const INVALID_FIELD_IN_PARAMETER_LIST: Asc = (0x26, 0x00);
+    /// SPC-4 §5.13.11.2: RELEASE of a persistent reservation with the wrong type.
+    pub const INVALID_RELEASE_OF_PR: Asc = (0x26, 0x04);
     pub const WRITE_PROTECTED: Asc = (0x27, 0x00);
     pub const SOFTWARE_WRITE_PROTECTED: Asc = (0x27, 0x02);
     pub const POWER_ON_RESET: Asc = (0x29, 0x00);
     pub const BUS_DEVICE_RESET_FUNCTION: Asc = (0x29, 0x03);
     pub const MODE_PARAMETERS_CHANGED: Asc = (0x2a, 0x01);
+    pub const RESERVATIONS_PREEMPTED: Asc = (0x2a, 0x03);
+    pub const RESERVATIONS_RELEASED: Asc = (0x2a, 0x04);
+    pub const REGISTRATIONS_PREEMPTED: Asc = (0x2a, 0x05);
     pub const CAPACITY_DATA_HAS_CHANGED: Asc = (0x2a, 0x09);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = (0x39, 0x00);
     pub const MEDIUM_NOT_PRESENT: Asc = (0x3a, 0x00);
