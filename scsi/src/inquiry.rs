@@ -19,6 +19,10 @@ const STANDARD_LEN: usize = 66;
 /// one block, so this bounds worker time, not memory.
 pub(crate) const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
 
+/// MAXIMUM COMPARE AND WRITE LENGTH we announce in VPD B0 (SBC-3 §6.6.4):
+/// the largest NUMBER OF LOGICAL BLOCKS of COMPARE AND WRITE.
+pub(crate) const MAX_COMPARE_AND_WRITE_BLOCKS: u32 = 255;
+
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT we announce in VPD B0.
 pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 2048;
 
@@ -211,6 +215,7 @@ fn block_limits(cfg: &LunConfig, d: &mut Vec<u8>) {
     d.resize(base + 0x3c, 0);
     let p = &mut d[base..];
     // Byte offsets below are from the page start, minus the 4-byte header.
+    p[1] = MAX_COMPARE_AND_WRITE_BLOCKS as u8;
     p[2..4].copy_from_slice(&(cfg.optimal_xfer_gran.min(0xffff) as u16).to_be_bytes());
     let max_xfer = (MAX_TRANSFER_BYTES / cfg.bs()) as u32;
     p[4..8].copy_from_slice(&max_xfer.to_be_bytes());

@@ -2,6 +2,8 @@
 //! Every check that can be made without touching the medium has already
 //! been made by [`crate::LunSet::execute`]; here only I/O can fail.
 
+use std::sync::{Arc, RwLock};
+
 use crate::device::BlockDevice;
 use crate::sense::{asc, key, Sense, SenseFormat};
 use crate::{LunId, Response, Status};
@@ -52,6 +54,19 @@ pub(crate) enum IoOp {
     Unmap {
         ranges: Vec<(u64, u64)>,
     },
+    /// COMPARE AND WRITE (SBC-3 §5.2): Data-Out holds `len` bytes to
+    /// compare, then `len` bytes to write.
+    CompareAndWrite {
+        offset: u64,
+        len: u64,
+        flush: bool,
+    },
+    /// ORWRITE (SBC-3 §5.9): OR the `len` bytes of Data-Out into the medium.
+    OrWrite {
+        offset: u64,
+        len: u64,
+        flush: bool,
+    },
     Sync,
     GetLbaStatus {
         lba: u64,
@@ -69,6 +84,8 @@ pub struct IoTask {
     op: IoOp,
     format: SenseFormat,
     wanted: u64,
+    /// The LU's media lock (see `Lun::io_lock`).
+    lock: Option<Arc<RwLock<()>>>,
 }
 
 fn read_error() -> Sense {
@@ -82,12 +99,19 @@ fn miscompare(at: u64) -> Sense {
 }
 
 impl IoTask {
-    pub(crate) fn new(lun: LunId, op: IoOp, format: SenseFormat, wanted: u64) -> IoTask {
+    pub(crate) fn new(
+        lun: LunId,
+        op: IoOp,
+        format: SenseFormat,
+        wanted: u64,
+        lock: Option<Arc<RwLock<()>>>,
+    ) -> IoTask {
         IoTask {
             lun,
             op,
             format,
             wanted,
+            lock,
         }
     }
 
@@ -102,7 +126,23 @@ impl IoTask {
 
     /// Run against `dev`. `buf` holds the Data-Out on entry and the Data-In on exit.
     pub fn run(self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Response {
-        match self.perform(dev, buf) {
+        // Read-modify-write commands hold the LU's lock exclusively, all
+        // others shared, so no command sees or interleaves with half of a
+        // COMPARE AND WRITE or ORWRITE. A poisoned lock only means another
+        // task panicked; the medium is as consistent as it was.
+        let exclusive = matches!(self.op, IoOp::CompareAndWrite { .. } | IoOp::OrWrite { .. });
+        let result = match &self.lock {
+            Some(l) if exclusive => {
+                let _g = l.write().unwrap_or_else(|p| p.into_inner());
+                self.perform(dev, buf)
+            }
+            Some(l) => {
+                let _g = l.read().unwrap_or_else(|p| p.into_inner());
+                self.perform(dev, buf)
+            }
+            None => self.perform(dev, buf),
+        };
+        match result {
             Ok(()) => Response {
                 status: Status::Good,
                 sense: Vec::new(),
@@ -183,8 +223,10 @@ impl IoTask {
                 flush,
             } => {
                 let len = blocks.saturating_mul(block);
-                let zero = ndob || buf.iter().take(block as usize).all(|b| *b == 0);
-                if unmap && zero {
+                // SBC-3 §5.45: with UNMAP set the blocks may be deallocated
+                // whatever the Data-Out holds; with LBPRZ they then read as
+                // zeros, as libiscsi's WRITE SAME tests expect.
+                if unmap {
                     dev.punch_hole(offset, len).map_err(|_| write_error())?;
                 } else {
                     let pattern: &[u8] = if ndob {
@@ -203,6 +245,36 @@ impl IoTask {
             IoOp::Unmap { ranges } => {
                 for &(offset, len) in ranges {
                     dev.punch_hole(offset, len).map_err(|_| write_error())?;
+                }
+                buf.clear();
+                Ok(())
+            }
+            &IoOp::CompareAndWrite { offset, len, flush } => {
+                let n = len as usize;
+                if buf.len() < 2 * n {
+                    return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+                }
+                // MISCOMPARE carries the offset of the first differing
+                // byte from the start of the Data-Out (SBC-3 §5.2).
+                compare_range(dev, offset, &buf[..n])?;
+                dev.write_at(&buf[n..2 * n], offset)
+                    .map_err(|_| write_error())?;
+                if flush {
+                    dev.flush().map_err(|_| write_error())?;
+                }
+                buf.clear();
+                Ok(())
+            }
+            &IoOp::OrWrite { offset, len, flush } => {
+                let n = (len as usize).min(buf.len());
+                let mut cur = vec![0u8; n];
+                dev.read_at(&mut cur, offset).map_err(|_| read_error())?;
+                for (c, d) in cur.iter_mut().zip(&buf[..n]) {
+                    *c |= *d;
+                }
+                dev.write_at(&cur, offset).map_err(|_| write_error())?;
+                if flush {
+                    dev.flush().map_err(|_| write_error())?;
                 }
                 buf.clear();
                 Ok(())

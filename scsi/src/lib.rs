@@ -35,6 +35,7 @@ mod io;
 mod lunset;
 mod mode;
 mod opcodes;
+mod pr;
 mod sbc;
 pub mod sense;
 mod spc;
@@ -46,12 +47,15 @@ pub use config::{DeviceType, LunConfig, TargetPort};
 pub use device::{BlockDevice, MemDevice};
 pub use io::IoTask;
 pub use lunset::LunSet;
+pub use pr::iscsi_initiator_port_name;
 pub use sense::SenseFormat;
 
 /// The largest transfer one command may ask for (MAXIMUM TRANSFER LENGTH in
 /// VPD B0 is this divided by the block size); larger requests get ILLEGAL
 /// REQUEST, INVALID FIELD IN CDB. Bounds every buffer a CDB can size.
-pub const MAX_TRANSFER_BYTES: u64 = 16 << 20;
+/// 32 MiB: 65536 blocks of 512 bytes, the largest single WRITE libiscsi's
+/// WRITE SAME tests issue.
+pub const MAX_TRANSFER_BYTES: u64 = 32 << 20;
 
 /// Identifies one I_T nexus (an iSCSI session) for unit attentions and reservations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,14 +1,17 @@
 //! The logical units of one target and their per-I_T-nexus state: unit
-//! attentions (SAM-5 §5.14), SPC-2 reservations, medium-removal prevention.
+//! attentions (SAM-5 §5.14), SPC-2 reservations, persistent reservations
+//! (SPC-4 §5.13, in [`crate::pr`]), medium-removal prevention.
 //! [`LunSet::execute`] runs the checks every command goes through in the
 //! order SAM-5 §5.8 / SPC-4 give them, then hands off to a handler.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, RwLock};
 
 use crate::cdb::{self, op};
 use crate::config::{DeviceType, LunConfig, TargetPort};
 use crate::io::IoTask;
 use crate::opcodes;
+use crate::pr::{self, Names, PrState};
 use crate::sense::{asc, Asc, Sense, SenseFormat};
 use crate::{inquiry, mode, sbc, spc};
 use crate::{LunId, NexusId, Outcome, Request, Response, Status};
@@ -40,6 +43,14 @@ pub(crate) struct Lun {
     pub reserved_by: Option<NexusId>,
     /// Nexuses whose PREVENT ALLOW MEDIUM REMOVAL prevents removal.
     pub prevent: BTreeSet<NexusId>,
+    /// Persistent reservation state (SPC-4 §5.13); survives LU reset and
+    /// I_T nexus loss.
+    pub pr: PrState,
+    /// Orders media access: COMPARE AND WRITE and ORWRITE take it
+    /// exclusively, every other media command shared, so their
+    /// read-modify-write is atomic with respect to other commands
+    /// (SBC-3 §5.2) although tasks run on a worker pool.
+    pub io_lock: Arc<RwLock<()>>,
     /// Pending unit attentions per nexus.
     ua: BTreeMap<NexusId, VecDeque<Asc>>,
     /// LUN 0 that exists only because nothing was configured there.
@@ -53,6 +64,8 @@ impl Lun {
             swp: false,
             reserved_by: None,
             prevent: BTreeSet::new(),
+            pr: PrState::default(),
+            io_lock: Arc::new(RwLock::new(())),
             ua: BTreeMap::new(),
             implicit: false,
         }
@@ -113,7 +126,8 @@ pub struct LunSet {
     tid: u32,
     port: TargetPort,
     luns: BTreeMap<LunId, Lun>,
-    nexuses: BTreeSet<NexusId>,
+    /// The I_T nexuses and their SCSI initiator port names.
+    nexuses: Names,
 }
 
 /// What a command handler sees besides the LU.
@@ -123,6 +137,12 @@ pub(crate) struct Ctx<'a> {
     pub lun: LunId,
     pub tid: u32,
     pub port: &'a TargetPort,
+    /// The initiator's Expected Data Transfer Length.
+    pub expected_len: u32,
+    /// SCSI initiator port name of `nexus` (PR registrations are keyed by it).
+    pub initiator: &'a str,
+    /// Every I_T nexus with its port name (to route PR unit attentions).
+    pub names: &'a Names,
 }
 
 impl LunSet {
@@ -132,7 +152,7 @@ impl LunSet {
             tid,
             port,
             luns: BTreeMap::new(),
-            nexuses: BTreeSet::new(),
+            nexuses: Names::new(),
         };
         set.put_implicit_lun0();
         set
@@ -150,7 +170,7 @@ impl LunSet {
     pub fn insert(&mut self, id: LunId, cfg: LunConfig) {
         let replaced_real = self.luns.get(&id).is_some_and(|l| !l.implicit);
         let mut lun = Lun::new(cfg);
-        for &n in &self.nexuses {
+        for &n in self.nexuses.keys() {
             lun.add_ua(n, asc::POWER_ON_RESET);
         }
         self.luns.insert(id, lun);
@@ -160,7 +180,7 @@ impl LunSet {
     }
 
     fn raise_luns_changed(&mut self, except: LunId) {
-        let nexuses: Vec<NexusId> = self.nexuses.iter().copied().collect();
+        let nexuses: Vec<NexusId> = self.nexuses.keys().copied().collect();
         for (lid, lun) in self.luns.iter_mut() {
             if *lid != except {
                 for &n in &nexuses {
@@ -209,7 +229,7 @@ impl LunSet {
             || before.readonly != after.readonly
             || before.block_size != after.block_size
             || before.rotation_rate != after.rotation_rate;
-        let nexuses: Vec<NexusId> = self.nexuses.iter().copied().collect();
+        let nexuses: Vec<NexusId> = self.nexuses.keys().copied().collect();
         for n in nexuses {
             if size_changed {
                 lun.add_ua(n, asc::CAPACITY_DATA_HAS_CHANGED);
@@ -223,15 +243,28 @@ impl LunSet {
     }
 
     /// A new I_T nexus: POWER ON, RESET, OR BUS DEVICE RESET OCCURRED on every LU.
+    /// Its initiator port name is made up from `n`; transports that know
+    /// the real one call [`LunSet::add_nexus_named`] instead.
     pub fn add_nexus(&mut self, n: NexusId) {
-        self.nexuses.insert(n);
+        self.add_nexus_named(n, &pr::anonymous_port_name(n));
+    }
+
+    /// A new I_T nexus whose SCSI initiator port name is `port_name` (for
+    /// iSCSI `<InitiatorName>,i,0x<ISID>`, see
+    /// [`crate::iscsi_initiator_port_name`]). Persistent reservation
+    /// registrations belong to the port name, so a nexus that comes back
+    /// under the same name finds its registrations and reservation again
+    /// (SPC-4 §5.13.1). Otherwise as [`LunSet::add_nexus`].
+    pub fn add_nexus_named(&mut self, n: NexusId, port_name: &str) {
+        self.nexuses.insert(n, port_name.to_string());
         for lun in self.luns.values_mut() {
             lun.ua.remove(&n);
             lun.add_ua(n, asc::POWER_ON_RESET);
         }
     }
 
-    /// I_T nexus loss: its UAs go, its reservations and preventions are released.
+    /// I_T nexus loss: its UAs go, its SPC-2 reservations and preventions
+    /// are released; persistent reservations stay (SPC-4 §5.13.1).
     pub fn remove_nexus(&mut self, n: NexusId) {
         self.nexuses.remove(&n);
         for lun in self.luns.values_mut() {
@@ -243,10 +276,12 @@ impl LunSet {
         }
     }
 
-    /// LOGICAL UNIT RESET (SAM-5 §7.7): reservations and preventions are
-    /// cleared, and the other nexuses get BUS DEVICE RESET FUNCTION OCCURRED.
+    /// LOGICAL UNIT RESET (SAM-5 §7.7): SPC-2 reservations and preventions
+    /// are cleared (persistent reservations are kept, SPC-4 §5.13.1), and
+    /// every nexus, the one that asked included, gets BUS DEVICE RESET
+    /// FUNCTION OCCURRED (SAM-5 §6.3.3).
     pub fn lun_reset(&mut self, lun: LunId, by: NexusId) {
-        let nexuses: Vec<NexusId> = self.nexuses.iter().copied().collect();
+        let nexuses: Vec<NexusId> = self.nexuses.keys().copied().collect();
         if let Some(l) = self.luns.get_mut(&lun) {
             Self::reset_one(l, &nexuses, by);
         }
@@ -254,19 +289,17 @@ impl LunSet {
 
     /// TARGET RESET / I_T nexus-wide reset: a LUN reset of every LU.
     pub fn target_reset(&mut self, by: NexusId) {
-        let nexuses: Vec<NexusId> = self.nexuses.iter().copied().collect();
+        let nexuses: Vec<NexusId> = self.nexuses.keys().copied().collect();
         for l in self.luns.values_mut() {
             Self::reset_one(l, &nexuses, by);
         }
     }
 
-    fn reset_one(l: &mut Lun, nexuses: &[NexusId], by: NexusId) {
+    fn reset_one(l: &mut Lun, nexuses: &[NexusId], _by: NexusId) {
         l.reserved_by = None;
         l.prevent.clear();
         for &n in nexuses {
-            if n != by {
-                l.add_ua(n, asc::BUS_DEVICE_RESET_FUNCTION);
-            }
+            l.add_ua(n, asc::BUS_DEVICE_RESET_FUNCTION);
         }
     }
 
@@ -292,7 +325,8 @@ impl LunSet {
             }
             Ok(Reply::Io { op, wanted }) => {
                 *buf = dout;
-                Outcome::Io(IoTask::new(req.lun, op, format, wanted))
+                let lock = self.luns.get(&req.lun).map(|l| l.io_lock.clone());
+                Outcome::Io(IoTask::new(req.lun, op, format, wanted, lock))
             }
             Err(sense) => {
                 buf.clear();
@@ -321,12 +355,23 @@ impl LunSet {
         }
         let cdb = req.cdb;
         let opcode = cdb[0];
+        let anonymous;
+        let initiator: &str = match self.nexuses.get(&req.nexus) {
+            Some(name) => name,
+            None => {
+                anonymous = pr::anonymous_port_name(req.nexus);
+                &anonymous
+            }
+        };
         let ctx = Ctx {
             cdb,
             nexus: req.nexus,
             lun: req.lun,
             tid: self.tid,
             port: &self.port,
+            expected_len: req.expected_len,
+            initiator,
+            names: &self.nexuses,
         };
 
         if opcode == op::REPORT_LUNS {
@@ -367,7 +412,18 @@ impl LunSet {
             return (Ok(Reply::Conflict), format);
         }
 
+        // SPC-4 §5.13.1 table 46: persistent reservation conflicts.
+        if lun.pr.check_access(ctx.initiator, cdb).is_err() {
+            return (Ok(Reply::Conflict), format);
+        }
+
         let Some(info) = opcodes::lookup(&lun.cfg, opcode, cdb::service_action(cdb)) else {
+            // An operation code we support with a service action we do
+            // not: INVALID FIELD IN CDB (SPC-4 §4.5.2.4.2), not an
+            // unsupported operation code.
+            if opcodes::supports_opcode(&lun.cfg, opcode) {
+                return (Err(Sense::invalid_cdb(1, Some(4))), format);
+            }
             return (Err(Sense::invalid_opcode()), format);
         };
         let r = match info.handler {
@@ -375,13 +431,14 @@ impl LunSet {
             opcodes::Handler::Inquiry => inquiry::execute(lun, &ctx, din),
             opcodes::Handler::Mode => mode::execute(lun, &ctx, dout, din),
             opcodes::Handler::Sbc => sbc::execute(lun, &ctx, dout, din),
+            opcodes::Handler::Pr => pr::execute(lun, &ctx, dout, din),
         };
         let r = match r {
             Ok(Reply::Good { .. }) if mode::is_select(opcode) => {
                 // MODE PARAMETERS CHANGED for the other nexuses (SPC-4 §7.5.1).
                 let others: Vec<NexusId> = self
                     .nexuses
-                    .iter()
+                    .keys()
                     .copied()
                     .filter(|n| *n != req.nexus)
                     .collect();

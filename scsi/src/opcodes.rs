@@ -12,6 +12,8 @@ pub(crate) enum Handler {
     Inquiry,
     Mode,
     Sbc,
+    /// Persistent reservations (SPC-4 §6.15, §6.16).
+    Pr,
 }
 
 /// Who supports a command.
@@ -53,7 +55,7 @@ const fn c(
     }
 }
 
-use Handler::{Inquiry, Mode, Sbc, Spc};
+use Handler::{Inquiry, Mode, Pr, Sbc, Spc};
 use Scope::{All, Disk, Thin};
 
 const FF: u8 = 0xff;
@@ -200,6 +202,160 @@ static COMMANDS: &[CommandInfo] = &[
         Thin,
     ),
     c(
+        op::PERSISTENT_RESERVE_IN,
+        Some(0x00),
+        &[op::PERSISTENT_RESERVE_IN, 0x00, 0, 0, 0, 0, 0, FF, FF, 0],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_IN,
+        Some(0x01),
+        &[op::PERSISTENT_RESERVE_IN, 0x01, 0, 0, 0, 0, 0, FF, FF, 0],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_IN,
+        Some(0x02),
+        &[op::PERSISTENT_RESERVE_IN, 0x02, 0, 0, 0, 0, 0, FF, FF, 0],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_IN,
+        Some(0x03),
+        &[op::PERSISTENT_RESERVE_IN, 0x03, 0, 0, 0, 0, 0, FF, FF, 0],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_OUT,
+        Some(0x00),
+        &[
+            op::PERSISTENT_RESERVE_OUT,
+            0x00,
+            FF,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+        ],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_OUT,
+        Some(0x01),
+        &[
+            op::PERSISTENT_RESERVE_OUT,
+            0x01,
+            FF,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+        ],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_OUT,
+        Some(0x02),
+        &[
+            op::PERSISTENT_RESERVE_OUT,
+            0x02,
+            FF,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+        ],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_OUT,
+        Some(0x03),
+        &[
+            op::PERSISTENT_RESERVE_OUT,
+            0x03,
+            FF,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+        ],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_OUT,
+        Some(0x04),
+        &[
+            op::PERSISTENT_RESERVE_OUT,
+            0x04,
+            FF,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+        ],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_OUT,
+        Some(0x05),
+        &[
+            op::PERSISTENT_RESERVE_OUT,
+            0x05,
+            FF,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+        ],
+        Pr,
+        All,
+    ),
+    c(
+        op::PERSISTENT_RESERVE_OUT,
+        Some(0x06),
+        &[
+            op::PERSISTENT_RESERVE_OUT,
+            0x06,
+            FF,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+        ],
+        Pr,
+        All,
+    ),
+    c(
         op::MODE_SELECT_10,
         None,
         &[op::MODE_SELECT_10, 0x11, 0, 0, 0, 0, 0, FF, FF, 0],
@@ -252,10 +408,58 @@ static COMMANDS: &[CommandInfo] = &[
         Disk,
     ),
     c(
+        op::COMPARE_AND_WRITE,
+        None,
+        &[
+            op::COMPARE_AND_WRITE,
+            0xf8,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+            0,
+            0,
+            FF,
+            0,
+            0,
+        ],
+        Sbc,
+        Disk,
+    ),
+    c(
         op::WRITE_16,
         None,
         &[
             op::WRITE_16,
+            0xf8,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+            0,
+        ],
+        Sbc,
+        Disk,
+    ),
+    c(
+        op::ORWRITE_16,
+        None,
+        &[
+            op::ORWRITE_16,
             0xf8,
             FF,
             FF,
@@ -552,6 +756,12 @@ pub(crate) fn has_service_actions(opcode: u8) -> bool {
     COMMANDS
         .iter()
         .any(|c| c.opcode == opcode && c.sa.is_some())
+}
+
+/// Whether `cfg`'s LU supports `opcode` with at least one service action
+/// (so an unknown service action is an invalid field, not an invalid opcode).
+pub(crate) fn supports_opcode(cfg: &LunConfig, opcode: u8) -> bool {
+    supported(cfg).any(|c| c.opcode == opcode)
 }
 
 /// Find the entry for a CDB; `sa` is consulted only for opcodes with

@@ -101,12 +101,6 @@ pub(crate) struct PrState {
 }
 
 impl PrState {
-    /// Whether any I_T nexus is registered (SPC-4 §5.13.3 exceptions to
-    /// SPC-2 RESERVE/RELEASE).
-    pub(crate) fn has_registrations(&self) -> bool {
-        !self.regs.is_empty()
-    }
-
     fn key_of(&self, port: &str) -> Option<u64> {
         self.regs.iter().find(|(p, _)| p == port).map(|(_, k)| *k)
     }
@@ -128,7 +122,11 @@ impl PrState {
             cdb[0],
             op::RESERVE_6 | op::RESERVE_10 | op::RELEASE_6 | op::RELEASE_10
         ) {
-            return if self.regs.is_empty() { Ok(()) } else { Err(()) };
+            return if self.regs.is_empty() {
+                Ok(())
+            } else {
+                Err(())
+            };
         }
         let Some(res) = &self.res else {
             return Ok(());
@@ -170,9 +168,7 @@ fn access_class(cdb: &[u8]) -> Access {
         | op::PERSISTENT_RESERVE_OUT
         | op::MAINTENANCE_IN
         | op::READ_CAPACITY_10 => Access::Allowed,
-        op::SERVICE_ACTION_IN_16
-            if crate::cdb::service_action(cdb) == sa::READ_CAPACITY_16 =>
-        {
+        op::SERVICE_ACTION_IN_16 if crate::cdb::service_action(cdb) == sa::READ_CAPACITY_16 => {
             Access::Allowed
         }
         // PREVENT ALLOW MEDIUM REMOVAL with PREVENT 00b is allowed.
@@ -193,8 +189,9 @@ fn access_class(cdb: &[u8]) -> Access {
     }
 }
 
-/// What a PR handler needs besides the LU: the caller's port name and
-/// the port names of all I_T nexuses, for unit attentions.
+/// PERSISTENT RESERVE IN / OUT. `ctx.initiator` names the caller's
+/// registration; `ctx.names` routes unit attentions to the nexuses of the
+/// registrants they concern.
 pub(crate) fn execute(
     lun: &mut Lun,
     ctx: &Ctx<'_>,
@@ -241,7 +238,16 @@ fn pr_in(lun: &Lun, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
             // §5.13.3); SIP_C, ATP_C, PTPL_C 0; TMV with ALLOW COMMANDS 000b;
             // the six types in the type mask.
             din.clear();
-            din.extend_from_slice(&[0, 8, 0x10, 0x80, 0x80 | 0x40 | 0x20 | 0x08 | 0x02, 0x01, 0, 0]);
+            din.extend_from_slice(&[
+                0,
+                8,
+                0x10,
+                0x80,
+                0x80 | 0x40 | 0x20 | 0x08 | 0x02,
+                0x01,
+                0,
+                0,
+            ]);
         }
         in_sa::READ_FULL_STATUS => {
             let mut descs = Vec::new();
@@ -294,8 +300,7 @@ fn ua_to(lun: &mut Lun, ctx: &Ctx<'_>, ports: &[String], code: crate::sense::Asc
     }
 }
 
-/// The nexuses of `port` other than the caller's (several sessions may
-/// share a port name only transiently, during reinstatement).
+/// The registrants other than `me`.
 fn others(pr: &PrState, me: &str) -> Vec<String> {
     pr.regs
         .iter()
@@ -411,7 +416,10 @@ fn pr_out(lun: &mut Lun, ctx: &Ctx<'_>, dout: &[u8]) -> HandlerResult {
             ua_to(lun, ctx, &o, asc::RESERVATIONS_PREEMPTED);
             good
         }
-        _ => preempt(lun, ctx, sark, scope, type_code, wanted),
+        out_sa::PREEMPT | out_sa::PREEMPT_AND_ABORT => {
+            preempt(lun, ctx, sark, scope, type_code, wanted)
+        }
+        _ => Err(Sense::invalid_cdb(1, Some(4))),
     }
 }
 

@@ -1,9 +1,12 @@
 //! Block commands (SBC-3): READ CAPACITY, READ/WRITE/VERIFY/WRITE AND
 //! VERIFY in all sizes, SYNCHRONIZE CACHE, PRE-FETCH, WRITE SAME, UNMAP,
-//! GET LBA STATUS. Each validates its CDB here and becomes an [`IoOp`].
+//! GET LBA STATUS, COMPARE AND WRITE, ORWRITE. Each validates its CDB here
+//! and becomes an [`IoOp`].
 
 use crate::cdb::{be16, be32, be64, byte, lba_range, op, sa, service_action, LbaRange};
-use crate::inquiry::{max_write_same_blocks, MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT};
+use crate::inquiry::{
+    max_write_same_blocks, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT,
+};
 use crate::io::{Compare, IoOp};
 use crate::lunset::{not_ready, Ctx, HandlerResult, Lun, Reply};
 use crate::sense::{asc, Sense};
@@ -54,6 +57,8 @@ pub(crate) fn execute(
         }
         op::WRITE_SAME_10 | op::WRITE_SAME_16 => write_same(lun, cdb, dout),
         op::UNMAP => unmap(lun, cdb, dout),
+        op::COMPARE_AND_WRITE => compare_and_write(lun, ctx, dout),
+        op::ORWRITE_16 => orwrite(lun, cdb),
         _ => Err(Sense::invalid_opcode()),
     }
 }
@@ -334,5 +339,73 @@ fn unmap(lun: &Lun, cdb: &[u8], dout: &[u8]) -> HandlerResult {
     Ok(Reply::Io {
         op: IoOp::Unmap { ranges },
         wanted,
+    })
+}
+
+/// COMPARE AND WRITE (SBC-3 §5.2): NUMBER OF LOGICAL BLOCKS in byte 13,
+/// at most the MAXIMUM COMPARE AND WRITE LENGTH of VPD B0; the Data-Out
+/// is that many blocks of verify data followed by as many of write data,
+/// and must be exactly that long. The worker runs it under the LU's
+/// exclusive lock, so it is atomic with respect to other media commands.
+fn compare_and_write(lun: &Lun, ctx: &Ctx<'_>, dout: &[u8]) -> HandlerResult {
+    let cdb = ctx.cdb;
+    let flags = byte(cdb, 1);
+    if flags & PROTECT_MASK != 0 {
+        return Err(Sense::invalid_cdb(1, Some(7)));
+    }
+    let r = LbaRange {
+        lba: be64(cdb, 2),
+        blocks: u32::from(byte(cdb, 13)),
+        flags,
+    };
+    if r.blocks > MAX_COMPARE_AND_WRITE_BLOCKS {
+        return Err(Sense::invalid_cdb(13, None));
+    }
+    if let Some(s) = lun.write_protect() {
+        return Err(s);
+    }
+    check_range(lun, r)?;
+    let bs = lun.cfg.bs();
+    let len = u64::from(r.blocks) * bs;
+    let wanted = 2 * len;
+    if r.blocks == 0 {
+        // SBC-3 §5.2: zero blocks is not an error and touches nothing.
+        return Ok(Reply::Good { wanted: 0 });
+    }
+    // The initiator must send both halves, no more and no less.
+    if u64::from(ctx.expected_len) != wanted || (dout.len() as u64) != wanted {
+        return Err(Sense::invalid_cdb(13, None));
+    }
+    Ok(Reply::Io {
+        op: IoOp::CompareAndWrite {
+            offset: r.lba * bs,
+            len,
+            flush: flags & FUA != 0 || !lun.cfg.write_cache,
+        },
+        wanted,
+    })
+}
+
+/// ORWRITE (16) (SBC-3 §5.9): OR the Data-Out into the blocks, read and
+/// write under the LU's exclusive lock. ORPROTECT must be zero, BMOP and
+/// the generation numbers of the multi-command form are not used.
+fn orwrite(lun: &Lun, cdb: &[u8]) -> HandlerResult {
+    let r = lba_range(cdb);
+    check_protect(r)?;
+    if let Some(s) = lun.write_protect() {
+        return Err(s);
+    }
+    check_range(lun, r)?;
+    let len = transfer_bytes(lun, cdb, u64::from(r.blocks))?;
+    if len == 0 {
+        return Ok(Reply::Good { wanted: 0 });
+    }
+    Ok(Reply::Io {
+        op: IoOp::OrWrite {
+            offset: r.lba * lun.cfg.bs(),
+            len,
+            flush: r.flags & FUA != 0 || !lun.cfg.write_cache,
+        },
+        wanted: len,
     })
 }

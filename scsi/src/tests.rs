@@ -464,6 +464,9 @@ fn resets() {
     h.run(B, L1, &[0; 6], &[]);
     h.cmd(&[0x16, 0, 0, 0, 0, 0]).good();
     h.set.lun_reset(L1, A);
+    // SAM-5 §6.3.3: the nexus that asked for the reset gets the UA too.
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET_FUNCTION);
     h.cmd(&[0; 6]).good();
     h.run(B, L1, &[0; 6], &[])
         .check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET_FUNCTION);
@@ -1077,9 +1080,11 @@ fn write_same_limit_and_unmap() {
     assert_eq!(&d[24..32], &2u64.to_be_bytes());
     assert_eq!(&d[32..36], &4u32.to_be_bytes());
     assert_eq!(d[36], 1);
-    // UNMAP with non-zero data writes it instead.
+    // UNMAP deallocates whatever the Data-Out holds (as LIO and tgt do;
+    // libiscsi's WriteSame*.UnmapUntilEnd expects zeros back).
+    h.cmd_out(&rw10(0x2a, 0, 2, 1), &[7; 512]).good();
     h.cmd_out(&rw10(0x41, 0x08, 2, 1), &[5; 512]).good();
-    assert!(h.cmd(&rw10(0x28, 0, 2, 1)).data.iter().all(|b| *b == 5));
+    assert!(h.cmd(&rw10(0x28, 0, 2, 1)).data.iter().all(|b| *b == 0));
     // NDOB + UNMAP deallocates.
     h.cmd(&rw16(0x93, 0x09, 2, 1)).good();
     assert_eq!(h.cmd(&gls(2, 24)).data[20], 1);
@@ -1250,4 +1255,523 @@ fn fuzz_random_cdbs() {
             assert!(o.data.len() as u64 <= o.wanted.max(o.data.len() as u64));
         }
     }
+}
+
+// ------------------------------------------------- persistent reservations
+
+const C: NexusId = NexusId(3);
+
+fn prin(sa: u8, alloc: u16) -> [u8; 10] {
+    let a = alloc.to_be_bytes();
+    [0x5e, sa, 0, 0, 0, 0, 0, a[0], a[1], 0]
+}
+
+fn prout(sa: u8, typ: u8) -> [u8; 10] {
+    [0x5f, sa, typ, 0, 0, 0, 0, 0, 24, 0]
+}
+
+fn prout_params(key: u64, sark: u64) -> Vec<u8> {
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sark.to_be_bytes());
+    p
+}
+
+/// Three named nexuses on L1, their POWER ON UAs consumed.
+fn pr_h() -> H {
+    let mut h = H::new();
+    h.set.add_nexus_named(B, "iqn.b,i,0x000000000002");
+    h.set.add_nexus_named(C, "iqn.c,i,0x000000000003");
+    for n in [B, C] {
+        h.run(n, L1, &[0; 6], &[]);
+        h.run(n, L1, &[0; 6], &[]).good();
+    }
+    h
+}
+
+impl H {
+    fn register(&mut self, n: NexusId, key: u64) {
+        self.run(n, L1, &prout(6, 0), &prout_params(0, key)).good();
+    }
+    fn pr_out(&mut self, n: NexusId, sa: u8, typ: u8, key: u64, sark: u64) -> Out {
+        self.run(n, L1, &prout(sa, typ), &prout_params(key, sark))
+    }
+    fn keys(&mut self, n: NexusId) -> (u32, Vec<u64>) {
+        let o = self.run(n, L1, &prin(0, 1024), &[]);
+        let d = &o.good().data;
+        let gen = u32::from_be_bytes(d[0..4].try_into().unwrap());
+        let len = u32::from_be_bytes(d[4..8].try_into().unwrap()) as usize;
+        let keys = d[8..8 + len]
+            .chunks(8)
+            .map(|c| u64::from_be_bytes(c.try_into().unwrap()))
+            .collect();
+        (gen, keys)
+    }
+    /// (key, type) of the reservation, if any.
+    fn reservation(&mut self, n: NexusId) -> Option<(u64, u8)> {
+        let o = self.run(n, L1, &prin(1, 1024), &[]);
+        let d = &o.good().data;
+        if u32::from_be_bytes(d[4..8].try_into().unwrap()) == 0 {
+            return None;
+        }
+        Some((
+            u64::from_be_bytes(d[8..16].try_into().unwrap()),
+            d[21] & 0x0f,
+        ))
+    }
+    /// TEST UNIT READY until no unit attention is left; how many there were.
+    fn settle(&mut self, n: NexusId) -> usize {
+        (0..10)
+            .find(|_| self.run(n, L1, &[0; 6], &[]).status == Status::Good)
+            .unwrap()
+    }
+    fn status(&mut self, n: NexusId, cdb: &[u8], dout: &[u8]) -> Status {
+        self.run(n, L1, cdb, dout).status
+    }
+}
+
+#[test]
+fn pr_in_service_actions() {
+    let mut h = pr_h();
+    assert_eq!(h.keys(A), (0, vec![]));
+    assert_eq!(h.reservation(A), None);
+    let o = h.cmd(&prin(2, 100));
+    assert_eq!(
+        o.good().data,
+        vec![
+            0,
+            8,
+            0x10,
+            0x80,
+            0x80 | 0x40 | 0x20 | 0x08 | 0x02,
+            0x01,
+            0,
+            0
+        ]
+    );
+    for sa in 4..0x20 {
+        h.cmd(&prin(sa, 100))
+            .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    }
+    // READ KEYS truncated: ADDITIONAL LENGTH still counts every key.
+    h.register(A, 0xa);
+    let o = h.cmd(&prin(0, 8));
+    assert_eq!(o.good().data, vec![0, 0, 0, 1, 0, 0, 0, 8]);
+    // READ FULL STATUS: one descriptor with an iSCSI TransportID.
+    h.register(B, 0xb);
+    h.pr_out(B, 1, 1, 0xb, 0).good();
+    let o = h.cmd(&prin(3, 4096));
+    let d = o.good().data.clone();
+    assert_eq!(&d[0..4], &2u32.to_be_bytes());
+    // "nexus-1" + NUL padded to the 20-byte minimum, plus the 4-byte header.
+    let a_tid_len = 24;
+    let first = &d[8..];
+    assert_eq!(&first[0..8], &0xau64.to_be_bytes());
+    assert_eq!(first[12], 0); // not the holder
+    assert_eq!(&first[20..24], &(a_tid_len as u32).to_be_bytes());
+    assert_eq!(first[24], 0x05);
+    let second = &first[24 + a_tid_len..];
+    assert_eq!(&second[0..8], &0xbu64.to_be_bytes());
+    assert_eq!((second[12], second[13]), (1, 1));
+    assert_eq!(second[24], 0x45);
+    let name = b"iqn.b,i,0x000000000002";
+    assert_eq!(&second[28..28 + name.len()], name);
+    assert_eq!(second[28 + name.len()], 0);
+}
+
+#[test]
+fn pr_register_rules() {
+    let mut h = pr_h();
+    // REGISTER with a wrong key from an unregistered nexus conflicts.
+    assert_eq!(h.pr_out(A, 0, 0, 5, 6).status, Status::ReservationConflict);
+    // Unregistered, SARK 0: nothing happens, no generation bump.
+    h.pr_out(A, 0, 0, 0, 0).good();
+    assert_eq!(h.keys(A).0, 0);
+    h.pr_out(A, 0, 0, 0, 5).good();
+    assert_eq!(h.keys(A), (1, vec![5]));
+    // Registered: the key must match.
+    assert_eq!(h.pr_out(A, 0, 0, 4, 6).status, Status::ReservationConflict);
+    h.pr_out(A, 0, 0, 5, 6).good();
+    assert_eq!(h.keys(A), (2, vec![6]));
+    // REGISTER AND IGNORE EXISTING KEY replaces whatever is there.
+    h.pr_out(A, 6, 0, 99, 7).good();
+    assert_eq!(h.keys(A), (3, vec![7]));
+    // Unregister.
+    h.pr_out(A, 0, 0, 7, 0).good();
+    assert_eq!(h.keys(A), (4, vec![]));
+    // Bad parameter list length, APTPL, SPEC_I_PT, ALL_TG_PT, REGISTER AND MOVE.
+    let mut c = prout(6, 0);
+    c[8] = 23;
+    h.run(A, L1, &c, &[0; 24])
+        .check(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH_ERROR);
+    for bit in [0x01, 0x04, 0x08] {
+        let mut p = prout_params(0, 1);
+        p[20] = bit;
+        h.run(A, L1, &prout(6, 0), &p)
+            .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    }
+    h.pr_out(A, 7, 0, 0, 1)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    // Actions other than REGISTER need a registration with that key.
+    for sa in 1..=5 {
+        assert_eq!(h.pr_out(A, sa, 1, 0, 0).status, Status::ReservationConflict);
+    }
+}
+
+#[test]
+fn pr_reserve_release() {
+    let mut h = pr_h();
+    h.register(A, 0xa);
+    h.register(B, 0xb);
+    let gen = h.keys(A).0;
+    // Bad type, bad scope.
+    h.pr_out(A, 1, 2, 0xa, 0)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.pr_out(A, 1, 0x11, 0xa, 0)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.pr_out(A, 1, 3, 0xa, 0).good();
+    // RESERVE does not bump PRGENERATION.
+    assert_eq!(h.keys(A).0, gen);
+    assert_eq!(h.reservation(B), Some((0xa, 3)));
+    // Same type again: GOOD; another type or another nexus: conflict.
+    h.pr_out(A, 1, 3, 0xa, 0).good();
+    assert_eq!(
+        h.pr_out(A, 1, 1, 0xa, 0).status,
+        Status::ReservationConflict
+    );
+    assert_eq!(
+        h.pr_out(B, 1, 3, 0xb, 0).status,
+        Status::ReservationConflict
+    );
+    // RELEASE from a non-holder: GOOD, nothing changes.
+    h.pr_out(B, 2, 3, 0xb, 0).good();
+    assert_eq!(h.reservation(A), Some((0xa, 3)));
+    // RELEASE with the wrong type.
+    h.pr_out(A, 2, 1, 0xa, 0)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_RELEASE_OF_PR);
+    h.pr_out(A, 2, 3, 0xa, 0).good();
+    assert_eq!(h.reservation(A), None);
+    // An EA release raises no UA.
+    h.run(B, L1, &[0; 6], &[]).good();
+    // Registrants-only release tells the other registrants.
+    h.pr_out(A, 1, 5, 0xa, 0).good();
+    h.pr_out(A, 2, 5, 0xa, 0).good();
+    h.run(B, L1, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::RESERVATIONS_RELEASED);
+    h.run(C, L1, &[0; 6], &[]).good();
+    h.cmd(&[0; 6]).good();
+}
+
+/// (registered other can read, write; unregistered other can read, write)
+fn access_case(typ: u8, expect: [bool; 4]) {
+    let mut h = pr_h();
+    h.register(A, 0xa);
+    h.register(B, 0xb);
+    h.pr_out(A, 1, typ, 0xa, 0).good();
+    let all_reg = typ == 7 || typ == 8;
+    assert_eq!(h.reservation(C), Some((if all_reg { 0 } else { 0xa }, typ)));
+    let rd = rw10(0x28, 0, 0, 1);
+    let wr = rw10(0x2a, 0, 0, 1);
+    let ok = |s: Status| s == Status::Good;
+    assert!(ok(h.status(A, &rd, &[])));
+    assert!(ok(h.status(A, &wr, &[0; 512])));
+    let got = [
+        ok(h.status(B, &rd, &[])),
+        ok(h.status(B, &wr, &[0; 512])),
+        ok(h.status(C, &rd, &[])),
+        ok(h.status(C, &wr, &[0; 512])),
+    ];
+    assert_eq!(got, expect, "type {typ}");
+    for n in [B, C] {
+        // Always allowed: INQUIRY, TUR, READ CAPACITY, PRIN, REPORT LUNS.
+        h.run(n, L1, &inquiry(false, 0, 36), &[]).good();
+        h.run(n, L1, &[0; 6], &[]).good();
+        h.run(n, L1, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]).good();
+        h.run(n, L1, &prin(0, 100), &[]).good();
+        // Mode select/sync cache conflict unless registrants have access.
+        let s = h.status(n, &[0x35, 0, 0, 0, 0, 0, 0, 0, 0, 0], &[]);
+        assert_eq!(s == Status::Good, got[if n == B { 1 } else { 3 }]);
+    }
+    // SPC-2 RESERVE/RELEASE conflict while registrations exist.
+    assert_eq!(
+        h.status(A, &[0x16, 0, 0, 0, 0, 0], &[]),
+        Status::ReservationConflict
+    );
+    assert_eq!(
+        h.status(C, &[0x17, 0, 0, 0, 0, 0], &[]),
+        Status::ReservationConflict
+    );
+    h.pr_out(A, 2, typ, 0xa, 0).good();
+    h.pr_out(A, 0, 0, 0xa, 0).good();
+    h.settle(B);
+    h.pr_out(B, 0, 0, 0xb, 0).good();
+    h.cmd(&[0x16, 0, 0, 0, 0, 0]).good();
+}
+
+#[test]
+fn pr_access_per_type() {
+    access_case(1, [true, false, true, false]); // WE
+    access_case(3, [false, false, false, false]); // EA
+    access_case(5, [true, true, true, false]); // WERO
+    access_case(6, [true, true, false, false]); // EARO
+    access_case(7, [true, true, true, false]); // WEAR
+    access_case(8, [true, true, false, false]); // EAAR
+}
+
+#[test]
+fn pr_ownership_on_unregister() {
+    for typ in [1u8, 3, 5, 6, 7, 8] {
+        let mut h = pr_h();
+        h.register(A, 0xa);
+        h.register(B, 0xb);
+        h.pr_out(A, 1, typ, 0xa, 0).good();
+        // The holder unregisters.
+        h.pr_out(A, 0, 0, 0xa, 0).good();
+        let all_reg = typ == 7 || typ == 8;
+        if all_reg {
+            // Still held by the remaining registrant.
+            assert_eq!(h.reservation(B), Some((0, typ)));
+            h.pr_out(B, 0, 0, 0xb, 0).good();
+            assert_eq!(h.reservation(B), None);
+        } else {
+            let ua = h.run(B, L1, &[0; 6], &[]);
+            if typ == 5 || typ == 6 {
+                ua.check(key::UNIT_ATTENTION, asc::RESERVATIONS_RELEASED);
+            } else {
+                ua.good();
+            }
+            assert_eq!(h.reservation(B), None);
+        }
+    }
+}
+
+#[test]
+fn pr_clear_and_preempt() {
+    let mut h = pr_h();
+    h.register(A, 0xa);
+    h.register(B, 0xb);
+    h.register(C, 0xc);
+    h.pr_out(A, 1, 1, 0xa, 0).good();
+    let gen = h.keys(A).0;
+    h.pr_out(B, 3, 0, 0xb, 0).good();
+    assert_eq!(h.keys(B), (gen + 1, vec![]));
+    assert_eq!(h.reservation(B), None);
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::RESERVATIONS_PREEMPTED);
+    h.run(C, L1, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::RESERVATIONS_PREEMPTED);
+    h.run(B, L1, &[0; 6], &[]).good();
+
+    // PREEMPT without a reservation removes the registrations with SARK.
+    h.register(A, 0xa);
+    h.register(B, 0xb);
+    let gen = h.keys(A).0;
+    h.pr_out(B, 4, 3, 0xb, 0xa).good();
+    assert_eq!(h.keys(B), (gen + 1, vec![0xb]));
+    assert_eq!(h.reservation(B), None);
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::REGISTRATIONS_PREEMPTED);
+    // A key nobody has: conflict; SARK 0 without a reservation: invalid.
+    assert_eq!(
+        h.pr_out(B, 4, 3, 0xb, 0x77).status,
+        Status::ReservationConflict
+    );
+    h.pr_out(B, 4, 3, 0xb, 0)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+
+    // PREEMPT of the holder takes its reservation over with the new type.
+    h.register(A, 0xa);
+    h.register(C, 0xc);
+    h.pr_out(A, 1, 1, 0xa, 0).good();
+    h.pr_out(B, 5, 3, 0xb, 0xa).good(); // PREEMPT AND ABORT
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::REGISTRATIONS_PREEMPTED);
+    // Type changed: the remaining registrant hears RESERVATIONS RELEASED.
+    h.run(C, L1, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::RESERVATIONS_RELEASED);
+    assert_eq!(h.reservation(C), Some((0xb, 3)));
+    assert_eq!(h.keys(C).1, vec![0xb, 0xc]);
+    // A preempted nexus is unregistered: its PROUTs conflict.
+    assert_eq!(
+        h.pr_out(A, 1, 3, 0xa, 0).status,
+        Status::ReservationConflict
+    );
+
+    // PREEMPT of a non-holder's key leaves the reservation alone.
+    h.pr_out(B, 4, 3, 0xb, 0xc).good();
+    assert_eq!(h.reservation(A), Some((0xb, 3)));
+    assert_eq!(h.keys(B).1, vec![0xb]);
+
+    // All-registrants: SARK 0 preempts every other registrant.
+    h.pr_out(B, 2, 3, 0xb, 0).good();
+    h.run(C, L1, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::REGISTRATIONS_PREEMPTED);
+    h.register(A, 0xa);
+    h.register(C, 0xc);
+    h.pr_out(A, 1, 8, 0xa, 0).good();
+    h.pr_out(C, 4, 1, 0xc, 0).good();
+    h.cmd(&[0; 6])
+        .check(key::UNIT_ATTENTION, asc::REGISTRATIONS_PREEMPTED);
+    assert_eq!(h.keys(A).1, vec![0xc]);
+    assert_eq!(h.reservation(A), Some((0xc, 1)));
+}
+
+#[test]
+fn pr_survives_nexus_loss_and_lun_reset() {
+    let mut h = pr_h();
+    h.register(B, 0xb);
+    h.pr_out(B, 1, 3, 0xb, 0).good();
+    h.set.lun_reset(L1, A);
+    h.settle(A);
+    h.settle(C);
+    assert_eq!(h.reservation(A), Some((0xb, 3)));
+    // B's session goes; a new one with the same port name is the same
+    // I_T nexus as far as PR goes.
+    h.set.remove_nexus(B);
+    assert_eq!(
+        h.status(A, &rw10(0x28, 0, 0, 1), &[]),
+        Status::ReservationConflict
+    );
+    let b2 = NexusId(42);
+    h.set
+        .add_nexus_named(b2, &iscsi_initiator_port_name("iqn.b", [0, 0, 0, 0, 0, 2]));
+    h.run(b2, L1, &[0; 6], &[]);
+    h.run(b2, L1, &rw10(0x28, 0, 0, 1), &[]).good();
+    h.pr_out(b2, 2, 3, 0xb, 0).good();
+    h.run(A, L1, &rw10(0x28, 0, 0, 1), &[]).good();
+    // While an SPC-2 reservation is held, another nexus's PR commands conflict.
+    h.pr_out(b2, 0, 0, 0xb, 0).good();
+    h.cmd(&[0x16, 0, 0, 0, 0, 0]).good();
+    assert_eq!(h.status(C, &prin(0, 100), &[]), Status::ReservationConflict);
+    h.cmd(&prin(0, 100)).good();
+}
+
+#[test]
+fn port_name_format() {
+    assert_eq!(
+        iscsi_initiator_port_name("iqn.x", [0x80, 0x12, 0x34, 0x56, 0x78, 0x9a]),
+        "iqn.x,i,0x80123456789a"
+    );
+}
+
+// ------------------------------------------- COMPARE AND WRITE, ORWRITE
+
+fn caw(lba: u64, n: u8, flags: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x89;
+    c[1] = flags;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[13] = n;
+    c
+}
+
+#[test]
+fn compare_and_write() {
+    let mut h = H::new();
+    let old = pattern(1024, 1);
+    h.cmd_out(&rw10(0x2a, 0, 4, 2), &old).good();
+    // Match: the write half lands.
+    let new = pattern(1024, 9);
+    let mut d = old.clone();
+    d.extend_from_slice(&new);
+    h.cmd_out(&caw(4, 2, 0x18), &d).good();
+    assert_eq!(h.cmd(&rw10(0x28, 0, 4, 2)).data, new);
+    // Miscompare at byte 700: nothing written, INFORMATION = 700.
+    let mut d = new.clone();
+    d[700] ^= 1;
+    d.extend_from_slice(&old);
+    let o = h.cmd_out(&caw(4, 2, 0), &d);
+    o.check(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY);
+    assert_eq!(o.sense[0], 0xf0);
+    assert_eq!(&o.sense[3..7], &700u32.to_be_bytes());
+    assert_eq!(h.cmd(&rw10(0x28, 0, 4, 2)).data, new);
+    // Data-Out of the wrong size, too many blocks, out of range, WRPROTECT.
+    h.cmd_out(&caw(4, 1, 0), &d)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&caw(4, 3, 0), &d)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&caw(BLOCKS - 1, 2, 0), &d)
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd_out(&caw(0, 2, 0x20), &d)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd(&caw(0, 0, 0)).good();
+    // VPD B0 announces the limit.
+    let o = h.cmd(&inquiry(true, 0xb0, 64));
+    assert_eq!(o.good().data[5], 255);
+    // Listed in REPORT SUPPORTED OPERATION CODES.
+    let o = h.cmd(&rsoc(false, 1, 0x89, 0, 64));
+    assert_eq!(o.good().data[1] & 0x07, 0x03);
+}
+
+#[test]
+fn compare_and_write_is_atomic() {
+    use std::sync::Arc;
+    // Many threads race CAWs that each expect the block's current value
+    // and increment it; with the LU lock each success sees the previous
+    // one's result, so the final value equals the number of successes.
+    let mut set = LunSet::new(1, port());
+    set.insert(L1, disk(false));
+    set.add_nexus(A);
+    let mut buf = Vec::new();
+    let tur = Request {
+        cdb: &[0; 6],
+        nexus: A,
+        lun: L1,
+        expected_len: 0,
+    };
+    let _ = set.execute(&tur, &mut buf);
+    let dev = Arc::new(TestDev::new((BLOCKS * 512) as usize));
+    let successes = Arc::new(AtomicUsize::new(0));
+    let mut handles = Vec::new();
+    for t in 0..8u8 {
+        for round in 0..40u32 {
+            let dev = dev.clone();
+            let successes = successes.clone();
+            // Each task guesses a value; exactly one guess can match.
+            let guess = (u32::from(t) + round) % 16;
+            let mut d = vec![0u8; 1024];
+            d[0..4].copy_from_slice(&guess.to_be_bytes());
+            d[512..516].copy_from_slice(&(guess + 1).to_be_bytes());
+            let c = caw(0, 1, 0);
+            let req = Request {
+                cdb: &c,
+                nexus: A,
+                lun: L1,
+                expected_len: 1024,
+            };
+            let Outcome::Io(task) = set.execute(&req, &mut d) else {
+                panic!("CAW not queued");
+            };
+            handles.push(std::thread::spawn(move || {
+                let r = task.run(&*dev, &mut d);
+                if r.status == Status::Good {
+                    successes.fetch_add(1, Ordering::SeqCst);
+                }
+            }));
+        }
+    }
+    for j in handles {
+        j.join().unwrap();
+    }
+    let v = u32::from_be_bytes(dev.data.lock().unwrap()[0..4].try_into().unwrap());
+    assert_eq!(v as usize, successes.load(Ordering::SeqCst));
+    assert!(v >= 1);
+}
+
+#[test]
+fn orwrite() {
+    let mut h = H::new();
+    h.cmd_out(&rw10(0x2a, 0, 1, 1), &[0x0f; 512]).good();
+    h.cmd_out(&rw16(0x8b, 0x08, 1, 1), &[0xf0; 512]).good();
+    assert!(h.cmd(&rw10(0x28, 0, 1, 1)).data.iter().all(|b| *b == 0xff));
+    h.cmd(&rw16(0x8b, 0, 1, 0)).good();
+    h.cmd_out(&rw16(0x8b, 0x20, 1, 1), &[0; 512])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    h.cmd_out(&rw16(0x8b, 0, BLOCKS, 1), &[0; 512])
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    let mut ro = disk(false);
+    ro.readonly = true;
+    let mut h = H::with(ro);
+    h.cmd_out(&rw16(0x8b, 0, 1, 1), &[0; 512])
+        .check(key::DATA_PROTECT, asc::WRITE_PROTECTED);
 }
