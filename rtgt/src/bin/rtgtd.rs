@@ -46,8 +46,16 @@ struct Args {
     demo_size: u64,
 }
 
-fn parse_portals(opts: &[String]) -> Result<Vec<SocketAddr>, String> {
-    let mut out = Vec::new();
+/// What `--iscsi` options say.
+#[derive(Default)]
+struct IscsiOpts {
+    portals: Vec<SocketAddr>,
+    nop_interval: Option<i32>,
+    nop_count: Option<i32>,
+}
+
+fn parse_iscsi(opts: &[String]) -> Result<IscsiOpts, String> {
+    let mut out = IscsiOpts::default();
     for o in opts {
         for kv in o.split(',') {
             let (k, v) = kv
@@ -56,11 +64,11 @@ fn parse_portals(opts: &[String]) -> Result<Vec<SocketAddr>, String> {
             match k {
                 "portal" => {
                     let a = daemon::parse_portal(v).ok_or_else(|| format!("bad portal '{v}'"))?;
-                    out.push(a);
+                    out.portals.push(a);
                 }
-                // tgtd accepts these per-driver knobs; they have per-target
-                // equivalents here, so accepting them keeps unit files working.
-                "nop_interval" | "nop_count" => {}
+                // tgtd's defaults for new targets.
+                "nop_interval" => out.nop_interval = Some(v.parse().map_err(|_| format!("bad nop_interval '{v}'"))?),
+                "nop_count" => out.nop_count = Some(v.parse().map_err(|_| format!("bad nop_count '{v}'"))?),
                 _ => return Err(format!("unknown --iscsi option '{k}'")),
             }
         }
@@ -70,13 +78,14 @@ fn parse_portals(opts: &[String]) -> Result<Vec<SocketAddr>, String> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let mut portals = match parse_portals(&args.iscsi) {
+    let iscsi = match parse_iscsi(&args.iscsi) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("rtgtd: {e}");
             return ExitCode::from(1);
         }
     };
+    let mut portals = iscsi.portals;
     if portals.is_empty() {
         portals = if args.demo {
             vec!["127.0.0.1:3260".parse().unwrap()]
@@ -92,6 +101,8 @@ fn main() -> ExitCode {
         portals,
         debug: args.debug.unwrap_or(0) > 0,
         io_threads: args.nr_iothreads,
+        nop_interval: iscsi.nop_interval,
+        nop_count: iscsi.nop_count,
         demo: args.demo.then_some(Demo { data_dir: args.data_dir, size: args.demo_size }),
     };
     if !args.foreground {

@@ -36,6 +36,11 @@ pub struct Config {
     pub debug: bool,
     pub io_threads: Option<usize>,
     pub demo: Option<Demo>,
+    /// `--iscsi nop_interval=N`: tgtd's default NOP-In interval for new
+    /// targets (shown by `show`).
+    pub nop_interval: Option<i32>,
+    /// `--iscsi nop_count=N`.
+    pub nop_count: Option<i32>,
 }
 
 /// Errors that stop the daemon from starting.
@@ -137,9 +142,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         }
         {
             let mut t = state.table.borrow_mut();
-            // Unlike tgt (pings off), ping idle initiators and drop dead ones.
-            t.default_nop_interval = 30;
-            t.default_nop_count = 4;
+            t.default_nop_interval = cfg.nop_interval.unwrap_or(0);
+            t.default_nop_count = cfg.nop_count.unwrap_or(0);
             for a in state
                 .portals
                 .read()
