@@ -334,7 +334,7 @@ impl Connection {
                 let next = last.bhs.login_nsg();
                 if next == 3 {
                     return self
-                        .enter_full_feature(opts, got, responses, discovery)
+                        .enter_full_feature(opts, got, responses, discovery, &operational)
                         .map(|(c, n)| LoginAttempt {
                             class: 0,
                             detail: 0,
@@ -365,6 +365,7 @@ impl Connection {
         keys: Vec<(String, String)>,
         responses: Vec<Pdu>,
         discovery: bool,
+        sent_values: &[(String, String)],
     ) -> Result<(Connection, (Negotiated, Vec<Pdu>)), Error> {
         let get = |k: &str| {
             keys.iter()
@@ -388,18 +389,28 @@ impl Connection {
                 Some(v) => Err(Error::Negotiation(format!("{k}={v}"))),
             }
         };
-        let digest = |k: &str, offered: bool| -> Result<bool, Error> {
+        // The answer to a list key must be one of the values we offered
+        // (RFC 7143 §6.2.1); `offered` is what actually went on the wire.
+        let digest = |k: &str| -> Result<bool, Error> {
+            let offered = sent_values
+                .iter()
+                .rev()
+                .find(|(kk, _)| kk == k)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or("None");
             match get(k) {
-                None | Some("None") => Ok(false),
-                Some("CRC32C") if offered => Ok(true),
-                Some(v) => Err(Error::Negotiation(format!("{k}={v}"))),
+                None => Ok(false),
+                Some(v) if offered.split(',').any(|o| o == v) => Ok(v == "CRC32C"),
+                Some(v) => Err(Error::Negotiation(format!(
+                    "{k}={v}, but we offered {offered}"
+                ))),
             }
         };
         let d = SessionParams::default();
         let mut p = SessionParams {
             discovery,
-            header_digest: digest("HeaderDigest", opts.header_digest)?,
-            data_digest: digest("DataDigest", opts.data_digest)?,
+            header_digest: digest("HeaderDigest")?,
+            data_digest: digest("DataDigest")?,
             our_max_recv_data_segment_length: opts.max_recv_data_segment_length,
             target_max_recv_data_segment_length: num("MaxRecvDataSegmentLength", 8192)?,
             ..d.clone()

@@ -85,7 +85,6 @@ fn discovery_lists_the_target() {
         c.submit(0, &cdb::test_unit_ready(), &[], 0),
         Err(Error::Usage(_))
     ));
-    c.nop().expect("NOP on discovery session");
     assert_eq!(c.logout(logout_reason::CLOSE_SESSION).unwrap(), 0);
 }
 
@@ -156,6 +155,7 @@ fn header_and_data_digests() {
     let o = LoginOptions {
         header_digest: true,
         data_digest: true,
+        target_name: Some(t.digest_target.clone()),
         ..t.opts()
     };
     let (mut c, neg) = t.login_with(&o);

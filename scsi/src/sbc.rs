@@ -368,13 +368,16 @@ fn compare_and_write(lun: &Lun, ctx: &Ctx<'_>, dout: &[u8]) -> HandlerResult {
     let bs = lun.cfg.bs();
     let len = u64::from(r.blocks) * bs;
     let wanted = 2 * len;
+    // The initiator must send both halves, no more and no less (as LIO:
+    // a Data-Out overflow on a data CDB is an invalid field). This also
+    // catches NUMBER OF LOGICAL BLOCKS 0 sent with data, which is how
+    // libiscsi's 256-block COMPARE AND WRITE lands in the one-byte field.
+    if u64::from(ctx.expected_len) != wanted || (dout.len() as u64) != wanted {
+        return Err(Sense::invalid_cdb(13, None));
+    }
     if r.blocks == 0 {
         // SBC-3 §5.2: zero blocks is not an error and touches nothing.
         return Ok(Reply::Good { wanted: 0 });
-    }
-    // The initiator must send both halves, no more and no less.
-    if u64::from(ctx.expected_len) != wanted || (dout.len() as u64) != wanted {
-        return Err(Sense::invalid_cdb(13, None));
     }
     Ok(Reply::Io {
         op: IoOp::CompareAndWrite {

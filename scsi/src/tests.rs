@@ -1695,6 +1695,9 @@ fn compare_and_write() {
     h.cmd_out(&caw(0, 2, 0x20), &d)
         .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
     h.cmd(&caw(0, 0, 0)).good();
+    // Zero blocks with Data-Out (a 256-block request truncated to a byte).
+    h.cmd_out(&caw(0, 0, 0), &d)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
     // VPD B0 announces the limit.
     let o = h.cmd(&inquiry(true, 0xb0, 64));
     assert_eq!(o.good().data[5], 255);

@@ -138,7 +138,16 @@ fn run(a: &Args) -> Result<(), String> {
     for i in 0..a.sessions {
         let mut o = opts.clone();
         o.isid[5] = i as u8;
-        let (c, _) = Connection::login(a.portal, &o).map_err(|e| format!("login {i}: {e}"))?;
+        let (mut c, _) = Connection::login(a.portal, &o).map_err(|e| format!("login {i}: {e}"))?;
+        // A new I_T nexus may first see a unit attention (29/00); take it now.
+        for _ in 0..5 {
+            if c.test_unit_ready(a.lun)
+                .map_err(|e| format!("TEST UNIT READY: {e}"))?
+                .is_good()
+            {
+                break;
+            }
+        }
         sessions.push(c);
     }
     let (cap_blocks, block_size) = sessions[0]

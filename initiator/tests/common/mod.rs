@@ -22,6 +22,17 @@ use initiator::{Connection, LoginOptions, Negotiated};
 
 pub const TGTD: &str = "/usr/sbin/tgtd";
 pub const TGTADM: &str = "/usr/sbin/tgtadm";
+/// Target-side parameters the tests expect (set on a private tgtd; an
+/// external target should be configured the same way).
+/// tgt's defaults would force InitialR2T=Yes and MaxOutstandingR2T=1.
+pub const TARGET_PARAMS: &[(&str, &str)] = &[("InitialR2T", "No"), ("MaxOutstandingR2T", "8")];
+/// Parameters of the digest target (`<target>-digest`).
+pub const DIGEST_TARGET_PARAMS: &[(&str, &str)] = &[
+    ("HeaderDigest", "CRC32C"),
+    ("DataDigest", "CRC32C"),
+    ("InitialR2T", "No"),
+    ("MaxOutstandingR2T", "8"),
+];
 /// Size of the test LU.
 pub const DISK_MIB: u64 = 64;
 
@@ -30,6 +41,9 @@ pub struct TargetUnderTest {
     pub portal: SocketAddr,
     pub target: String,
     pub lun: u64,
+    /// A target on the same portal that accepts (or requires) CRC32C
+    /// digests; for an external target `RTGT_TEST_DIGEST_TARGET`, else `target`.
+    pub digest_target: String,
     /// Keeps a private tgtd alive; `None` for an external target.
     guard: Option<Tgtd>,
 }
@@ -47,6 +61,8 @@ impl TargetUnderTest {
                 .unwrap_or(1);
             return Some(TargetUnderTest {
                 portal: p.parse().expect("RTGT_TEST_PORTAL"),
+                digest_target: std::env::var("RTGT_TEST_DIGEST_TARGET")
+                    .unwrap_or_else(|_| t.clone()),
                 target: t,
                 lun,
                 guard: None,
@@ -61,6 +77,7 @@ impl TargetUnderTest {
                 Ok(g) => {
                     return Some(TargetUnderTest {
                         portal: g.portal,
+                        digest_target: format!("{target}-digest"),
                         target,
                         lun: 1,
                         guard: Some(g),
@@ -94,9 +111,22 @@ impl TargetUnderTest {
         self.login_with(&self.opts())
     }
 
+    /// Log in and, on a normal session, consume the unit attention a new
+    /// I_T nexus may see first (SPC-4 §6.37: POWER ON OCCURRED, 29/00).
     pub fn login_with(&self, o: &LoginOptions) -> (Connection, Negotiated) {
-        Connection::login(self.portal, o)
-            .unwrap_or_else(|e| panic!("login to {}: {e}", self.portal))
+        let (mut c, n) = Connection::login(self.portal, o)
+            .unwrap_or_else(|e| panic!("login to {}: {e}", self.portal));
+        if o.target_name.is_some() {
+            for _ in 0..5 {
+                if c.test_unit_ready(self.lun)
+                    .expect("TEST UNIT READY")
+                    .is_good()
+                {
+                    break;
+                }
+            }
+        }
+        (c, n)
     }
 
     /// tgtd's log so far (empty for an external target), for failure messages.
@@ -125,13 +155,11 @@ fn free_tcp_port() -> u16 {
 }
 
 /// A control port whose unix socket path is unused (tgtd's control "port"
-/// only names /var/run/tgtd/socket.N and its lock file).
-fn free_control_port(salt: u32) -> u16 {
-    let base = std::process::id()
-        .wrapping_mul(7919)
-        .wrapping_add(salt.wrapping_mul(104_729));
-    for i in 0..1000u32 {
-        let p = 20_000 + (base.wrapping_add(i * 31) % 40_000) as u16;
+/// only names /var/run/tgtd/socket.N and its lock file; tgtd refuses values
+/// above 32767).
+fn free_control_port() -> u16 {
+    for _ in 0..1000u32 {
+        let p: u16 = rand::random::<u16>() % 22_000 + 10_000;
         if !Path::new(&format!("/var/run/tgtd/socket.{p}")).exists()
             && !Path::new(&format!("/var/run/tgtd/socket.{p}.lock")).exists()
         {
@@ -173,7 +201,7 @@ impl Tgtd {
             .and_then(|f| f.set_len(DISK_MIB << 20))
             .map_err(|e| e.to_string())?;
         let port = free_tcp_port();
-        let control = free_control_port(seq * 17 + attempt);
+        let control = free_control_port();
         let portal: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::File::create(dir.join("tgtd.log")).map_err(|e| e.to_string())?;
         let child = Command::new(TGTD)
@@ -199,7 +227,8 @@ impl Tgtd {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(st)) = g.child.try_wait() {
-                return Err(format!("tgtd exited: {st}"));
+                let log = std::fs::read_to_string(g.dir.join("tgtd.log")).unwrap_or_default();
+                return Err(format!("tgtd exited: {st}: {log}"));
             }
             let sock = Path::new(&format!("/var/run/tgtd/socket.{control}")).exists();
             if sock && TcpStream::connect_timeout(&portal, Duration::from_millis(200)).is_ok() {
@@ -210,53 +239,71 @@ impl Tgtd {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        tgtadm(
-            control,
-            &[
-                "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", target,
-            ],
-        )?;
-        tgtadm(
-            control,
-            &[
-                "--lld",
-                "iscsi",
+        // tid 1: the plain target; tid 2: the same with digests required
+        // (tgt answers HeaderDigest=None to every offer unless the target's
+        // value is exactly CRC32C, and then it insists on CRC32C).
+        let digest_disk = g.dir.join("digest.img");
+        std::fs::File::create(&digest_disk)
+            .and_then(|f| f.set_len(DISK_MIB << 20))
+            .map_err(|e| e.to_string())?;
+        let digest_target = format!("{target}-digest");
+        for (tid, name, disk, params) in [
+            ("1", target, &disk, TARGET_PARAMS),
+            (
+                "2",
+                digest_target.as_str(),
+                &digest_disk,
+                DIGEST_TARGET_PARAMS,
+            ),
+        ] {
+            let iscsi = ["--lld", "iscsi", "--tid", tid];
+            tgtadm(
+                control,
+                &[&iscsi[..], &["--op", "new", "--mode", "target", "-T", name]].concat(),
+            )?;
+            let lu = [
                 "--op",
                 "new",
                 "--mode",
                 "logicalunit",
-                "--tid",
-                "1",
                 "--lun",
                 "1",
                 "-b",
                 disk.to_str().unwrap(),
-            ],
-        )?;
-        tgtadm(
-            control,
-            &[
-                "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-            ],
-        )?;
+            ];
+            tgtadm(control, &[&iscsi[..], &lu].concat())?;
+            tgtadm(
+                control,
+                &[
+                    &iscsi[..],
+                    &["--op", "bind", "--mode", "target", "-I", "ALL"],
+                ]
+                .concat(),
+            )?;
+            for (k, v) in params {
+                tgtadm(
+                    control,
+                    &[
+                        &iscsi[..],
+                        &["--op", "update", "--mode", "target", "-n", k, "-v", v],
+                    ]
+                    .concat(),
+                )?;
+            }
+        }
         Ok(g)
     }
 }
 
 impl Drop for Tgtd {
     fn drop(&mut self) {
-        // tgtd ignores SIGTERM while targets exist; delete everything first,
-        // then kill it for good.
-        let _ = tgtadm(self.control_port, &["--op", "delete", "--mode", "system"]);
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // tgtd ignores SIGTERM while targets exist (and this tgtadm refuses
+        // `--op delete --mode system`): SIGKILL is the dependable way.
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A killed tgtd leaves its control socket and lock file behind.
+        let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}", self.control_port));
+        let _ = std::fs::remove_file(format!("/var/run/tgtd/socket.{}.lock", self.control_port));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -182,7 +182,10 @@ impl TargetCtx {
                 Some(s) => s.clone(),
                 None => {
                     let s = Session::new(h.session.clone());
-                    self.luns.borrow_mut().add_nexus(s.setup.nexus);
+                    // PR registrations belong to the SCSI initiator port
+                    // (name + ISID), so they survive a reconnect.
+                    let port = scsi::iscsi_initiator_port_name(&s.setup.initiator, s.setup.isid);
+                    self.luns.borrow_mut().add_nexus_named(s.setup.nexus, &port);
                     sessions.insert(tsih, s.clone());
                     s
                 }
