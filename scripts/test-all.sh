@@ -10,4 +10,6 @@ cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --workspace --all-targets
 cargo test --workspace
+# The initiator's interoperability suite again, now against rtgtd.
+RTGT_TEST_DAEMON="$PWD/target/debug/rtgtd" cargo test -p initiator --test against_tgtd
 tests/conformance/run.sh target/debug/rtgtd target/conformance

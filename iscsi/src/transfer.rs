@@ -135,7 +135,10 @@ impl WriteTransfer {
                 return Err(TransferError::OutOfRange { offset, len });
             }
             if data_sn != self.unsolicited_sn {
-                return Err(TransferError::DataSn { got: data_sn, want: self.unsolicited_sn });
+                return Err(TransferError::DataSn {
+                    got: data_sn,
+                    want: self.unsolicited_sn,
+                });
             }
             self.unsolicited_sn += 1;
             self.unsolicited += len;
@@ -155,7 +158,10 @@ impl WriteTransfer {
             return Err(TransferError::OutOfRange { offset, len });
         }
         if data_sn != o.next_sn {
-            return Err(TransferError::DataSn { got: data_sn, want: o.next_sn });
+            return Err(TransferError::DataSn {
+                got: data_sn,
+                want: o.next_sn,
+            });
         }
         o.next_sn += 1;
         o.got += len;
@@ -236,10 +242,13 @@ mod tests {
         let mut t = WriteTransfer::new(100_000, 0, false, limits(false)).unwrap();
         assert!(t.next_r2ts(|| Ttt(1)).is_empty());
         t.on_data_out(Ttt(RESERVED_TAG), 0, 0, 65536, true).unwrap();
-        assert!(t.on_data_out(Ttt(RESERVED_TAG), 1, 65536, 10, true).is_err());
+        assert!(t
+            .on_data_out(Ttt(RESERVED_TAG), 1, 65536, 10, true)
+            .is_err());
         let r = t.next_r2ts(|| Ttt(5));
         assert_eq!((r[0].offset, r[0].len), (65536, 100_000 - 65536));
-        t.on_data_out(Ttt(5), 0, 65536, 100_000 - 65536, true).unwrap();
+        t.on_data_out(Ttt(5), 0, 65536, 100_000 - 65536, true)
+            .unwrap();
         assert!(t.complete());
     }
 
@@ -248,7 +257,10 @@ mod tests {
         let mut t = WriteTransfer::new(2048, 0, true, limits(true)).unwrap();
         t.next_r2ts(|| Ttt(7));
         // a DataSN other than 0 first, then a repeated one, then a gap in offsets
-        assert_eq!(t.on_data_out(Ttt(7), 27, 0, 512, false), Err(TransferError::DataSn { got: 27, want: 0 }));
+        assert_eq!(
+            t.on_data_out(Ttt(7), 27, 0, 512, false),
+            Err(TransferError::DataSn { got: 27, want: 0 })
+        );
         t.on_data_out(Ttt(7), 0, 0, 512, false).unwrap();
         assert!(t.on_data_out(Ttt(7), 0, 512, 512, false).is_err());
         assert!(t.on_data_out(Ttt(7), 1, 1024, 512, false).is_err());

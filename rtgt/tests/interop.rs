@@ -19,12 +19,24 @@ fn discovery_and_inquiry_through_libiscsi() {
     let d = Daemon::start("ls");
     let img = sparse_file(&d.dir, "disk.img", 64 << 20);
     d.file_target(1, IQN, &img, false);
-    let out = Command::new("iscsi-ls").args(["-s", &format!("iscsi://{}", d.portal)]).output().unwrap();
+    let out = Command::new("iscsi-ls")
+        .args(["-s", &format!("iscsi://{}", d.portal)])
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&format!("Target:{IQN} Portal:{},1", d.portal)), "{text}");
+    assert!(
+        text.contains(&format!("Target:{IQN} Portal:{},1", d.portal)),
+        "{text}"
+    );
     // iscsi-ls sizes from the last LBA, so 64 MiB shows as 63M (as with tgt).
-    assert!(text.contains("Lun:1    Type:DIRECT_ACCESS (Size:63M)"), "{text}");
-    let out = Command::new("iscsi-inq").arg(format!("iscsi://{}/{IQN}/1", d.portal)).output().unwrap();
+    assert!(
+        text.contains("Lun:1    Type:DIRECT_ACCESS (Size:63M)"),
+        "{text}"
+    );
+    let out = Command::new("iscsi-inq")
+        .arg(format!("iscsi://{}/{IQN}/1", d.portal))
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Product:VIRTUAL-DISK"), "{text}");
 }
@@ -61,12 +73,25 @@ fn qemu_img_writes_64mib_and_reads_back() {
     let src = d.dir.join("src.raw");
     std::fs::write(&src, &data).unwrap();
     let url = format!("iscsi://{}/{IQN}/1", d.portal);
-    let st = Command::new("qemu-img").args(["convert", "-n", "-f", "raw", "-O", "raw"]).arg(&src).arg(&url).status().unwrap();
+    let st = Command::new("qemu-img")
+        .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+        .arg(&src)
+        .arg(&url)
+        .status()
+        .unwrap();
     assert!(st.success(), "qemu-img write failed: {}", d.log());
     let back = d.dir.join("back.raw");
-    let st = Command::new("qemu-img").args(["convert", "-f", "raw", "-O", "raw"]).arg(&url).arg(&back).status().unwrap();
+    let st = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "raw"])
+        .arg(&url)
+        .arg(&back)
+        .status()
+        .unwrap();
     assert!(st.success(), "qemu-img read failed: {}", d.log());
-    assert!(std::fs::read(&back).unwrap() == data, "data read back differs");
+    assert!(
+        std::fs::read(&back).unwrap() == data,
+        "data read back differs"
+    );
     assert!(std::fs::read(&img).unwrap() == data, "backing file differs");
 }
 
@@ -82,23 +107,75 @@ fn stock_tgtadm_configures_and_shows() {
     let img = sparse_file(&d.dir, "disk.img", 32 << 20);
     let ok = |args: &[&str]| {
         let o = d.adm_with(tgtadm, args);
-        assert!(o.status.success(), "tgtadm {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "tgtadm {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     };
-    ok(&["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", IQN]);
-    ok(&["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", img.to_str().unwrap()]);
-    ok(&["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL"]);
+    ok(&[
+        "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", IQN,
+    ]);
+    ok(&[
+        "--lld",
+        "iscsi",
+        "--op",
+        "new",
+        "--mode",
+        "logicalunit",
+        "--tid",
+        "1",
+        "--lun",
+        "1",
+        "-b",
+        img.to_str().unwrap(),
+    ]);
+    ok(&[
+        "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+    ]);
     let show = ok(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
     assert!(show.contains(&format!("Target 1: {IQN}")), "{show}");
     assert!(show.contains("Size: 34 MB, Block size: 512"), "{show}");
     // A bad request gets tgt's message and exit code, and changes nothing.
-    let o = d.adm_with(tgtadm, &["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", "iqn.x:dup"]);
+    let o = d.adm_with(
+        tgtadm,
+        &[
+            "--lld",
+            "iscsi",
+            "--op",
+            "new",
+            "--mode",
+            "target",
+            "--tid",
+            "1",
+            "-T",
+            "iqn.x:dup",
+        ],
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("this target already exists"));
-    let o = d.adm_with(tgtadm, &["--lld", "iscsi", "--op", "delete", "--mode", "logicalunit", "--tid", "1", "--lun", "9"]);
+    let o = d.adm_with(
+        tgtadm,
+        &[
+            "--lld",
+            "iscsi",
+            "--op",
+            "delete",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "9",
+        ],
+    );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("can't find the logical unit"));
-    assert_eq!(ok(&["--lld", "iscsi", "--op", "show", "--mode", "target"]), show);
+    assert_eq!(
+        ok(&["--lld", "iscsi", "--op", "show", "--mode", "target"]),
+        show
+    );
 }
 
 /// A second daemon on a control port in use refuses to start.
@@ -106,11 +183,20 @@ fn stock_tgtadm_configures_and_shows() {
 fn second_daemon_on_same_control_port_refuses() {
     let d = Daemon::start("lock");
     let o = Command::new(env!("CARGO_BIN_EXE_rtgtd"))
-        .args(["-f", "-C", &d.control_port.to_string(), "--iscsi", &format!("portal=127.0.0.1:{}", common::free_port())])
+        .args([
+            "-f",
+            "-C",
+            &d.control_port.to_string(),
+            "--iscsi",
+            &format!("portal=127.0.0.1:{}", common::free_port()),
+        ])
         .env("TGT_IPC_SOCKET", d.dir.join("socket"))
         .output()
         .unwrap();
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
-    assert!(err.contains(&format!("control port {}", d.control_port)), "{err}");
+    assert!(
+        err.contains(&format!("control port {}", d.control_port)),
+        "{err}"
+    );
 }

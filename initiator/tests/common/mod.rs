@@ -4,8 +4,9 @@
 //! 1. an external target named by `RTGT_TEST_PORTAL` (IP:PORT) and
 //!    `RTGT_TEST_TARGET` (IQN), LUN `RTGT_TEST_LUN` (default 1), which must
 //!    have at least [`DISK_MIB`] MiB with 512-byte blocks, or
-//! 2. a private tgtd (`/usr/sbin/tgtd`) on a free loopback port and a free
-//!    control port, configured with tgtadm and killed on drop, or
+//! 2. a private tgtd (`/usr/sbin/tgtd`, or the tgtd-compatible daemon named
+//!    by `RTGT_TEST_DAEMON`, e.g. rtgtd) on a free loopback port and a free
+//!    control port, configured with the stock tgtadm and killed on drop, or
 //! 3. `None`: the caller prints "skipped: no tgtd" and returns.
 //!
 //! Only this setup differs between targets; the tests themselves only see a
@@ -21,6 +22,12 @@ use std::time::{Duration, Instant};
 use initiator::{Connection, LoginOptions, Negotiated};
 
 pub const TGTD: &str = "/usr/sbin/tgtd";
+
+/// The daemon the private target runs: `RTGT_TEST_DAEMON` (rtgtd takes
+/// tgtd's options and socket) or Debian's tgtd.
+pub fn daemon_binary() -> String {
+    std::env::var("RTGT_TEST_DAEMON").unwrap_or_else(|_| TGTD.to_string())
+}
 pub const TGTADM: &str = "/usr/sbin/tgtadm";
 /// Target-side parameters the tests expect (set on a private tgtd; an
 /// external target should be configured the same way).
@@ -68,7 +75,7 @@ impl TargetUnderTest {
                 guard: None,
             });
         }
-        if !Path::new(TGTD).exists() || !Path::new(TGTADM).exists() {
+        if !Path::new(&daemon_binary()).exists() || !Path::new(TGTADM).exists() {
             return None;
         }
         let target = format!("iqn.2026-11.rs.rtgt.test:{label}");
@@ -204,7 +211,7 @@ impl Tgtd {
         let control = free_control_port();
         let portal: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let log = std::fs::File::create(dir.join("tgtd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(TGTD)
+        let child = Command::new(daemon_binary())
             .args([
                 "-f",
                 "-C",

@@ -67,8 +67,13 @@ fn parse_iscsi(opts: &[String]) -> Result<IscsiOpts, String> {
                     out.portals.push(a);
                 }
                 // tgtd's defaults for new targets.
-                "nop_interval" => out.nop_interval = Some(v.parse().map_err(|_| format!("bad nop_interval '{v}'"))?),
-                "nop_count" => out.nop_count = Some(v.parse().map_err(|_| format!("bad nop_count '{v}'"))?),
+                "nop_interval" => {
+                    out.nop_interval =
+                        Some(v.parse().map_err(|_| format!("bad nop_interval '{v}'"))?)
+                }
+                "nop_count" => {
+                    out.nop_count = Some(v.parse().map_err(|_| format!("bad nop_count '{v}'"))?)
+                }
                 _ => return Err(format!("unknown --iscsi option '{k}'")),
             }
         }
@@ -103,7 +108,10 @@ fn main() -> ExitCode {
         io_threads: args.nr_iothreads,
         nop_interval: iscsi.nop_interval,
         nop_count: iscsi.nop_count,
-        demo: args.demo.then_some(Demo { data_dir: args.data_dir, size: args.demo_size }),
+        demo: args.demo.then_some(Demo {
+            data_dir: args.data_dir,
+            size: args.demo_size,
+        }),
     };
     if !args.foreground {
         // Detach like tgtd before any thread exists.

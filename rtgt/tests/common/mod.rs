@@ -15,7 +15,11 @@ pub struct Daemon {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A control port: tgtadm reads -C as a signed short, so stay below 32768.
@@ -27,7 +31,11 @@ fn control_port() -> u16 {
 }
 
 pub fn tempdir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("rtgt-it-{tag}-{}-{}", std::process::id(), free_port()));
+    let d = std::env::temp_dir().join(format!(
+        "rtgt-it-{tag}-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
     std::fs::create_dir_all(&d).unwrap();
     d
 }
@@ -39,13 +47,26 @@ impl Daemon {
             let control_port = control_port();
             let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
             let child = Command::new(env!("CARGO_BIN_EXE_rtgtd"))
-                .args(["-f", "-C", &control_port.to_string(), "--iscsi", &format!("portal={portal}")])
+                .args([
+                    "-f",
+                    "-C",
+                    &control_port.to_string(),
+                    "--iscsi",
+                    &format!("portal={portal}"),
+                ])
                 .env("TGT_IPC_SOCKET", dir.join("socket"))
                 .stdout(Stdio::null())
-                .stderr(Stdio::from(std::fs::File::create(dir.join("rtgtd.log")).unwrap()))
+                .stderr(Stdio::from(
+                    std::fs::File::create(dir.join("rtgtd.log")).unwrap(),
+                ))
                 .spawn()
                 .expect("spawn rtgtd");
-            let mut d = Daemon { child, dir, control_port, portal };
+            let mut d = Daemon {
+                child,
+                dir,
+                control_port,
+                portal,
+            };
             let sock = d.dir.join(format!("socket.{control_port}"));
             let t0 = Instant::now();
             while t0.elapsed() < Duration::from_secs(5) {
@@ -80,19 +101,53 @@ impl Daemon {
     /// Run rtgtadm, asserting success.
     pub fn must(&self, args: &[&str]) -> String {
         let o = self.adm(args);
-        assert!(o.status.success(), "rtgtadm {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        assert!(
+            o.status.success(),
+            "rtgtadm {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     /// A target with one file LUN, open to all initiators.
     pub fn file_target(&self, tid: u32, iqn: &str, path: &Path, thin: bool) {
         let t = tid.to_string();
-        self.must(&["--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", &t, "-T", iqn]);
-        self.must(&["--lld", "iscsi", "--op", "new", "--mode", "logicalunit", "--tid", &t, "--lun", "1", "-b", path.to_str().unwrap()]);
+        self.must(&[
+            "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", &t, "-T", iqn,
+        ]);
+        self.must(&[
+            "--lld",
+            "iscsi",
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            &t,
+            "--lun",
+            "1",
+            "-b",
+            path.to_str().unwrap(),
+        ]);
         if thin {
-            self.must(&["--lld", "iscsi", "--op", "update", "--mode", "logicalunit", "--tid", &t, "--lun", "1", "--params", "thin_provisioning=1"]);
+            self.must(&[
+                "--lld",
+                "iscsi",
+                "--op",
+                "update",
+                "--mode",
+                "logicalunit",
+                "--tid",
+                &t,
+                "--lun",
+                "1",
+                "--params",
+                "thin_provisioning=1",
+            ]);
         }
-        self.must(&["--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", &t, "-I", "ALL"]);
+        self.must(&[
+            "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", &t, "-I", "ALL",
+        ]);
     }
 
     pub fn alive(&mut self) -> bool {
@@ -121,5 +176,10 @@ pub fn sparse_file(dir: &Path, name: &str, size: u64) -> PathBuf {
 
 /// Whether a program is on PATH.
 pub fn have(prog: &str) -> bool {
-    Command::new("sh").arg("-c").arg(format!("command -v {prog}")).output().map(|o| o.status.success()).unwrap_or(false)
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {prog}"))
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
 }

@@ -1,0 +1,239 @@
+//! Session-level behaviour of rtgtd through the in-repo initiator: MC/S,
+//! reinstatement, management views of live sessions, forced deletion, and
+//! broken peers that must not disturb anyone else.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{sparse_file, Daemon};
+use initiator::{cdb, logout_reason, Connection, LoginOptions};
+
+const IQN: &str = "iqn.2026-11.io.rtgt.test:sessions";
+const BS: u32 = 512;
+
+fn opts(_d: &Daemon) -> LoginOptions {
+    LoginOptions {
+        initiator_name: "iqn.2026-11.io.rtgt:it".into(),
+        target_name: Some(IQN.into()),
+        timeout: Duration::from_secs(5),
+        isid: [0x80, 0, 0, 0x12, 0x34, 0x56],
+        ..Default::default()
+    }
+}
+
+fn setup(tag: &str) -> Daemon {
+    let d = Daemon::start(tag);
+    let img = sparse_file(&d.dir, "disk.img", 16 << 20);
+    d.file_target(1, IQN, &img, true);
+    d
+}
+
+/// Log in and clear the power-on unit attention.
+fn login(d: &Daemon, o: &LoginOptions) -> Connection {
+    let (mut c, _) = Connection::login(d.portal, o).expect("login");
+    for _ in 0..4 {
+        if c.test_unit_ready(1).unwrap().is_good() {
+            break;
+        }
+    }
+    c
+}
+
+#[test]
+fn mcs_second_connection_needs_max_connections() {
+    let d = setup("mcs");
+    let o = opts(&d);
+    let mut a = login(&d, &o);
+    a.write(1, 10, &[0x5a; 4096], BS).unwrap();
+    // tgt's default MaxConnections=1: a second connection is refused.
+    let join = LoginOptions {
+        tsih: a.tsih(),
+        cid: 1,
+        initial_cmd_sn: a.cmd_sn(),
+        ..o.clone()
+    };
+    let r = Connection::login_raw(d.portal, &join).unwrap();
+    assert_eq!((r.class, r.detail), (2, 6), "too many connections expected");
+    // Allow four, and a new session may join with up to four connections.
+    d.must(&[
+        "--lld",
+        "iscsi",
+        "--op",
+        "update",
+        "--mode",
+        "target",
+        "--tid",
+        "1",
+        "-n",
+        "MaxConnections",
+        "-v",
+        "4",
+    ]);
+    let o = LoginOptions {
+        isid: [0x80, 0, 0, 0, 0, 9],
+        max_connections: 4,
+        ..o
+    };
+    let mut a = login(&d, &o);
+    let join = LoginOptions {
+        tsih: a.tsih(),
+        cid: 1,
+        initial_cmd_sn: a.cmd_sn(),
+        ..o.clone()
+    };
+    let (mut b, nb) = Connection::login(d.portal, &join).expect("join session");
+    assert_eq!(nb.tsih, a.tsih());
+    // Commands on the new connection see the session's data.
+    let got = b.read(1, 10, 8, BS).unwrap();
+    assert_eq!(got, vec![0x5a; 4096]);
+    let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert_eq!(show.matches("Connection: ").count(), 2, "{show}");
+    // Logging the session out from one connection ends the other too.
+    assert_eq!(b.logout(logout_reason::CLOSE_SESSION).unwrap(), 0);
+    a.set_timeout(Duration::from_secs(2)).unwrap();
+    assert!(a.nop().is_err(), "the other connection should be closed");
+}
+
+#[test]
+fn same_isid_reinstates_the_session() {
+    let d = setup("reinst");
+    let o = opts(&d);
+    let mut first = login(&d, &o);
+    first.write(1, 0, &[1u8; 512], BS).unwrap();
+    let mut second = login(&d, &o);
+    assert_ne!(first.tsih(), second.tsih());
+    first.set_timeout(Duration::from_secs(2)).unwrap();
+    assert!(
+        first.nop().is_err(),
+        "reinstated session's connection must close"
+    );
+    assert_eq!(second.read(1, 0, 1, BS).unwrap(), vec![1u8; 512]);
+    let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert_eq!(show.matches("I_T nexus: ").count(), 1, "{show}");
+}
+
+#[test]
+fn busy_target_delete_needs_force() {
+    let d = setup("delete");
+    let mut c = login(&d, &opts(&d));
+    let o = d.adm(&[
+        "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1",
+    ]);
+    assert!(!o.status.success(), "deleting a busy target must fail");
+    assert!(c.nop().is_ok());
+    d.must(&[
+        "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force",
+    ]);
+    c.set_timeout(Duration::from_secs(2)).unwrap();
+    assert!(c.nop().is_err(), "forced delete closes the session");
+    let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert!(show.is_empty(), "{show}");
+}
+
+/// After each kind of garbage the daemon, a long-lived session and a fresh
+/// session all still work.
+#[test]
+fn broken_peers_leave_others_working() {
+    let mut d = setup("hostile");
+    let o = opts(&d);
+    let mut long = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 0, 1],
+            ..o.clone()
+        },
+    );
+    let cases: Vec<Vec<u8>> = vec![
+        vec![0xff; 48],                              // unknown opcode before login
+        vec![0x03, 0x87, 0, 0, 0, 0xff, 0xff, 0xff], // truncated login header with huge length
+        {
+            let mut b = vec![0u8; 48]; // a SCSI command before login
+            b[0] = 0x01;
+            b
+        },
+        {
+            let mut b = vec![0u8; 48]; // login request with a 16 MiB data segment
+            b[0] = 0x43;
+            b[5] = 0xff;
+            b[6] = 0xff;
+            b[7] = 0xff;
+            b
+        },
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect(),
+    ];
+    for (i, bytes) in cases.iter().enumerate() {
+        let mut s = TcpStream::connect(d.portal).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let _ = s.write_all(bytes);
+        let mut sink = [0u8; 512];
+        // The daemon answers or closes; either way it must not hang us.
+        let _ = s.read(&mut sink);
+        drop(s);
+        assert!(d.alive(), "daemon died on case {i}: {}", d.log());
+        long.nop()
+            .unwrap_or_else(|e| panic!("long-lived session broken after case {i}: {e}"));
+        let mut fresh = login(
+            &d,
+            &LoginOptions {
+                isid: [0x80, 0, 0, 0, 1, i as u8],
+                ..o.clone()
+            },
+        );
+        fresh.read(1, 0, 1, BS).unwrap();
+        fresh.logout(logout_reason::CLOSE_SESSION).unwrap();
+    }
+    // In the full feature phase: a Data-Out for an unknown task, a bogus
+    // opcode, a CmdSN far outside the window; then a client vanishing mid-write.
+    let mut bad = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 2, 0],
+            ..o.clone()
+        },
+    );
+    let mut dout = iscsi::Bhs::new(iscsi::Opcode::DataOut);
+    dout.set_flags(0x80);
+    dout.set_itt(iscsi::Itt(0xdead));
+    dout.set_u32_at(20, 0x1234);
+    bad.send_pdu(&iscsi::Pdu::with_data(dout, vec![0; 512]))
+        .unwrap();
+    let far = cdb::read16(0, 1);
+    let mut cmd = iscsi::Bhs::new(iscsi::Opcode::ScsiCommand);
+    cmd.set_flags(0xc0);
+    cmd.set_lun_raw(cdb::lun_to_raw(1));
+    cmd.set_itt(iscsi::Itt(77));
+    cmd.set_u32_at(20, 512);
+    cmd.set_u32_at(24, bad.cmd_sn().wrapping_add(100_000));
+    cmd.0[32..32 + far.len()].copy_from_slice(&far);
+    bad.send_pdu(&iscsi::Pdu::new(cmd)).unwrap();
+    drop(bad);
+    let mut w = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 3, 0],
+            initial_r2t: true,
+            immediate_data: false,
+            ..o.clone()
+        },
+    );
+    let itt = w.submit(1, &cdb::write16(0, 2048), &vec![7u8; 1 << 20], 0);
+    drop(itt);
+    drop(w);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(d.alive(), "{}", d.log());
+    long.nop().unwrap();
+    assert_eq!(long.read(1, 0, 1, BS).unwrap().len(), 512);
+    let mut fresh = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 4, 0],
+            ..o
+        },
+    );
+    fresh.read(1, 0, 8, BS).unwrap();
+}
