@@ -1,11 +1,13 @@
 //! The initiator side of login (RFC 7143 §6, §11.12, §11.13): the security
-//! stage with `AuthMethod=None`, then the operational stage, following the
-//! target's C-bit continuations, and the effective parameters that result.
+//! stage with `AuthMethod=None` or CHAP (one-way or mutual, §12.1.3), then
+//! the operational stage, following the target's C-bit continuations, and
+//! the effective parameters that result.
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use iscsi::chap::{self, ChapAlgorithm};
 use iscsi::pdu::Pdu;
 use iscsi::{Bhs, CmdSn, Digests, Itt, Opcode, StatSn};
 
@@ -40,9 +42,16 @@ pub struct LoginOptions {
     pub max_connections: u32,
     /// MaxOutstandingR2T we offer (RFC default 1).
     pub max_outstanding_r2t: u32,
-    /// CHAP (user, secret). Not implemented yet: login fails with
-    /// [`Error::Unsupported`] when set.
+    /// CHAP (user, secret): offer `AuthMethod=CHAP` (only CHAP, so a target
+    /// cannot talk us down to None) and answer the target's challenge.
     pub chap: Option<(String, String)>,
+    /// Mutual CHAP: the (user, secret) the target must prove it knows. We
+    /// send our own CHAP_I / CHAP_C and check the target's CHAP_N / CHAP_R;
+    /// a mismatch fails the login with [`Error::Negotiation`]. Needs `chap`.
+    pub chap_target: Option<(String, String)>,
+    /// The CHAP_A list we offer, in order of preference (IANA codes: 5 MD5,
+    /// 6 SHA-1, 7 SHA-256, 8 SHA3-256).
+    pub chap_algorithms: Vec<u8>,
     /// More keys for the operational stage; one named like a standard key
     /// replaces our value for it (to send odd values in tests).
     pub extra_keys: Vec<(String, String)>,
@@ -75,6 +84,8 @@ impl Default for LoginOptions {
             max_connections: 1,
             max_outstanding_r2t: 1,
             chap: None,
+            chap_target: None,
+            chap_algorithms: vec![7, 5],
             extra_keys: Vec::new(),
             timeout: Duration::from_secs(10),
             skip_security: false,
@@ -159,6 +170,101 @@ fn login_bhs(conn: &Connection, itt: u32, transit: bool, csg: u8, nsg: u8) -> Bh
     b
 }
 
+/// Where our side of CHAP stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum ChapState {
+    /// Nothing agreed yet (or AuthMethod=None).
+    Idle,
+    /// AuthMethod=CHAP agreed, CHAP_A sent: waiting for the challenge.
+    Algorithms(Vec<u8>),
+    /// Our response sent; for mutual CHAP, the identifier and challenge we
+    /// sent the target, to check its answer against.
+    Responded(Option<(ChapAlgorithm, u8, Vec<u8>)>),
+    /// Authenticated (both ways if mutual).
+    Done,
+}
+
+/// One security-stage step of CHAP: read the target's keys, push ours.
+fn chap_step(
+    opts: &LoginOptions,
+    state: ChapState,
+    pairs: &[(String, String)],
+    out: &mut Vec<(String, String)>,
+) -> Result<ChapState, Error> {
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(kk, _)| kk == k)
+            .map(|(_, v)| v.as_str())
+    };
+    let fail = |why: &str| Error::Negotiation(format!("CHAP: {why}"));
+    let mut state = state;
+    if let Some(m) = get("AuthMethod") {
+        match (m, &opts.chap) {
+            ("None", None) => return Ok(ChapState::Done),
+            ("CHAP", Some(_)) if state == ChapState::Idle => {
+                let list: Vec<String> =
+                    opts.chap_algorithms.iter().map(|a| a.to_string()).collect();
+                out.push(kv("CHAP_A", list.join(",")));
+                state = ChapState::Algorithms(opts.chap_algorithms.clone());
+            }
+            ("CHAP", None) => {
+                return Err(Error::Unsupported(
+                    "the target demands authentication (CHAP)",
+                ))
+            }
+            (m, _) => return Err(fail(&format!("target answered AuthMethod={m}"))),
+        }
+    }
+    let Some((user, secret)) = &opts.chap else {
+        return Ok(state);
+    };
+    match state {
+        ChapState::Algorithms(ref offered) if get("CHAP_C").is_some() => {
+            let a = get("CHAP_A")
+                .and_then(chap::parse_number)
+                .filter(|&a| offered.iter().any(|&o| o as u64 == a))
+                .and_then(ChapAlgorithm::from_code)
+                .ok_or_else(|| fail("target chose an algorithm we did not offer"))?;
+            let id = get("CHAP_I")
+                .and_then(chap::parse_number)
+                .and_then(|n| u8::try_from(n).ok())
+                .ok_or_else(|| fail("bad CHAP_I"))?;
+            let c = get("CHAP_C")
+                .and_then(chap::decode_binary)
+                .ok_or_else(|| fail("bad CHAP_C"))?;
+            out.push(kv("CHAP_N", user));
+            out.push(kv(
+                "CHAP_R",
+                chap::encode_hex(&a.response(id, secret.as_bytes(), &c)),
+            ));
+            if opts.chap_target.is_some() {
+                let my_id: u8 = rand::random();
+                let mut my_c = vec![0u8; a.challenge_len()];
+                rand::RngCore::fill_bytes(&mut rand::thread_rng(), &mut my_c);
+                out.push(kv("CHAP_I", my_id));
+                out.push(kv("CHAP_C", chap::encode_hex(&my_c)));
+                Ok(ChapState::Responded(Some((a, my_id, my_c))))
+            } else {
+                Ok(ChapState::Responded(None))
+            }
+        }
+        ChapState::Responded(None) => Ok(ChapState::Done),
+        ChapState::Responded(Some((a, id, c))) => {
+            let (want_user, want_secret) = opts.chap_target.as_ref().expect("mutual");
+            let n = get("CHAP_N").ok_or_else(|| fail("target sent no CHAP_N"))?;
+            let r = get("CHAP_R")
+                .and_then(chap::decode_binary)
+                .ok_or_else(|| fail("target sent no CHAP_R"))?;
+            if n != want_user || r != a.response(id, want_secret.as_bytes(), &c) {
+                return Err(fail("the target failed mutual authentication"));
+            }
+            Ok(ChapState::Done)
+        }
+        s => Ok(s),
+    }
+}
+
 impl Connection {
     /// Connect and log in; fails with [`Error::LoginFailed`] when the target
     /// refuses. Returns the connection in full feature phase and what was
@@ -181,8 +287,8 @@ impl Connection {
 
     /// Log in on an already connected (not yet logged in) connection.
     pub fn login_on(mut self, opts: &LoginOptions) -> Result<LoginAttempt, Error> {
-        if opts.chap.is_some() {
-            return Err(Error::Unsupported("CHAP authentication"));
+        if opts.chap_target.is_some() && opts.chap.is_none() {
+            return Err(Error::Usage("mutual CHAP (chap_target) needs chap"));
         }
         let discovery = opts.target_name.is_none();
         self.isid = opts.isid;
@@ -235,8 +341,12 @@ impl Connection {
 
         let mut stage: u8 = if opts.skip_security { 1 } else { 0 };
         let mut to_send = leading.clone();
+        let mut chap_state = ChapState::Idle;
         if stage == 0 {
-            to_send.push(kv("AuthMethod", "None"));
+            to_send.push(kv(
+                "AuthMethod",
+                if opts.chap.is_some() { "CHAP" } else { "None" },
+            ));
         } else {
             to_send.extend(operational.iter().cloned());
         }
@@ -305,24 +415,23 @@ impl Connection {
             };
             self.tsih = last.bhs.tsih();
             let pairs = text::parse(&data);
-            if let Some((_, m)) = pairs.iter().find(|(k, _)| k == "AuthMethod") {
-                if m != "None" {
-                    return Err(Error::Unsupported(
-                        "the target demands authentication (CHAP)",
-                    ));
-                }
+            let mut auth_keys = Vec::new();
+            if stage == 0 {
+                chap_state = chap_step(opts, chap_state, &pairs, &mut auth_keys)?;
             }
             // Keys the target offered on its own need an answer: accept its
             // first value (any of its values is acceptable to it).
-            let answers: Vec<(String, String)> = pairs
+            let mut answers: Vec<(String, String)> = pairs
                 .iter()
                 .filter(|(k, v)| {
                     !sent.contains(k)
+                        && !k.starts_with("CHAP_")
                         && !DECLARATIVE.contains(&k.as_str())
                         && !matches!(v.as_str(), "Irrelevant" | "NotUnderstood" | "Reject")
                 })
                 .map(|(k, v)| (k.clone(), v.split(',').next().unwrap_or("").to_string()))
                 .collect();
+            answers.extend(auth_keys);
             got.extend(pairs);
             let csg = last.bhs.login_csg();
             if csg != stage {
@@ -332,6 +441,11 @@ impl Connection {
             }
             if last.bhs.login_transit() {
                 let next = last.bhs.login_nsg();
+                if next == 3 && stage == 0 && opts.chap.is_some() && chap_state != ChapState::Done {
+                    return Err(Error::Negotiation(
+                        "the target left the security stage before CHAP finished".into(),
+                    ));
+                }
                 if next == 3 {
                     return self
                         .enter_full_feature(opts, got, responses, discovery, &operational)
@@ -346,6 +460,11 @@ impl Connection {
                     return Err(Error::Protocol(format!(
                         "Login transit from {stage} to {next}"
                     )));
+                }
+                if opts.chap.is_some() && chap_state != ChapState::Done {
+                    return Err(Error::Negotiation(
+                        "the target left the security stage before CHAP finished".into(),
+                    ));
                 }
                 stage = 1;
                 to_send = operational.clone();

@@ -22,3 +22,6 @@ pub use login::{
     TargetLoginInfo,
 };
 pub use params::{DigestPolicy, SessionParams, SessionType, TargetDefaults};
+pub mod chap;
+
+pub use chap::{ChapAccounts, ChapAlgorithm, ChapCredentials, ChapServer};

@@ -8,8 +8,9 @@
 
 use std::collections::VecDeque;
 
+use crate::chap::{ChapAccounts, ChapServer};
 use crate::params::{
-    NegStage, NegotiationError, Negotiator, SessionParams, SessionType, TargetDefaults,
+    Key, NegStage, NegotiationError, Negotiator, SessionParams, SessionType, TargetDefaults,
 };
 use crate::pdu::{Bhs, Itt, Opcode, Pdu};
 use crate::serial::{CmdSn, StatSn};
@@ -119,14 +120,15 @@ pub struct LoginRequestInfo {
 /// How the initiator must authenticate.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub enum AuthRequirement {
-    /// No authentication (AuthMethod=None).
+    /// No authentication (AuthMethod=None); an initiator offering only
+    /// CHAP gets `AuthMethod=Reject`, as from tgt with no account bound.
     #[default]
     None,
-    /// CHAP (RFC 7143 §12.1.3).
-    /// TODO(chap): carry the account lookup (incoming / outgoing users) and
-    /// drive `chap` state from the security stage. Until then a login to a
-    /// target requiring CHAP fails with authentication failure (0x0201).
-    Chap,
+    /// CHAP (RFC 7143 §12.1.3) against these accounts: the target offers
+    /// and accepts only `AuthMethod=CHAP` (never falls back to None), the
+    /// security stage cannot be skipped, and the login does not leave it
+    /// before the exchange succeeds. Every CHAP failure is 0x0201.
+    Chap(ChapAccounts),
 }
 
 /// The host's answer to [`LoginHost::admit`]: the per-target knobs.
@@ -277,6 +279,8 @@ pub struct Login {
     tx_end: Option<TxEnd>,
     declared_first: bool,
     pdus: u32,
+    /// The CHAP exchange, when the target requires CHAP.
+    chap: Option<ChapServer>,
 }
 
 impl Login {
@@ -298,6 +302,7 @@ impl Login {
             tx_end: None,
             declared_first: false,
             pdus: 0,
+            chap: None,
         }
     }
 
@@ -311,6 +316,13 @@ impl Login {
     /// The current login stage (CSG of the next expected request).
     pub fn stage(&self) -> u8 {
         self.stage
+    }
+
+    /// The CHAP exchange of this login, if the target requires CHAP: after
+    /// the full feature phase it names the authenticated user
+    /// ([`ChapServer::user`]) and whether the target proved itself too.
+    pub fn chap(&self) -> Option<&ChapServer> {
+        self.chap.as_ref()
     }
 
     /// Stamp the sequence numbers on a response and advance StatSN.
@@ -452,7 +464,6 @@ impl Login {
             self.admit(&pairs, host)?;
         }
         let info = self.info.as_ref().expect("admitted");
-        let auth = info.auth.clone();
         let neg = self.neg.as_mut().expect("admitted");
         let mut out = TextBuilder::new();
         let stage = if self.stage == STAGE_SECURITY {
@@ -461,13 +472,35 @@ impl Login {
             NegStage::Operational
         };
         let auth_keys = neg.process(&pairs, stage, &mut out)?;
-        if auth == AuthRequirement::Chap {
-            // TODO(chap): hand `auth_keys` to the CHAP exchange.
-            return Err(LoginError::Status(LoginStatus::AUTHENTICATION_FAILURE));
-        }
-        for kv in &auth_keys {
-            // AuthMethod=None: authentication keys do not apply.
-            out.push(&kv.key, "Irrelevant");
+        // Whether authentication still has to finish before we may leave
+        // the security stage.
+        let mut auth_pending = false;
+        match self.chap.as_mut() {
+            Some(chap) if self.stage == STAGE_SECURITY => {
+                let fail = LoginError::Status(LoginStatus::AUTHENTICATION_FAILURE);
+                if neg.value(Key::AuthMethod) == Some("CHAP") {
+                    chap.handle(&auth_keys, &mut rand::thread_rng(), &mut out)
+                        .map_err(|_| fail)?;
+                    auth_pending = !chap.is_done();
+                } else if pairs.iter().any(|kv| kv.key == "AuthMethod")
+                    || !auth_keys.is_empty()
+                    || transit
+                {
+                    // AuthMethod settled on anything but CHAP (we answered
+                    // Reject to an offer without it), CHAP keys before
+                    // AuthMethod=CHAP, or a transit with no authentication
+                    // at all: no fallback to None (§12.1).
+                    return Err(fail);
+                } else {
+                    auth_pending = true;
+                }
+            }
+            _ => {
+                for kv in &auth_keys {
+                    // AuthMethod=None: authentication keys do not apply.
+                    out.push(&kv.key, "Irrelevant");
+                }
+            }
         }
         if !self.declared_first {
             self.declared_first = true;
@@ -495,7 +528,9 @@ impl Login {
             tsih: self.tsih,
             params: None,
         };
-        if transit {
+        // While CHAP is under way we answer T=0 (§6.3: the target may
+        // refuse a transit; §12.1.3: the exchange ends the security stage).
+        if transit && !auth_pending {
             let nsg = b.login_nsg();
             let wants_ffp = nsg == STAGE_FULL_FEATURE;
             if self.stage == STAGE_SECURITY && wants_ffp {
@@ -591,9 +626,12 @@ impl Login {
         if info.auth != AuthRequirement::None && self.stage != STAGE_SECURITY {
             return Err(LoginError::Status(LoginStatus::AUTHENTICATION_FAILURE));
         }
-        let methods = match info.auth {
+        let methods = match &info.auth {
             AuthRequirement::None => "None",
-            AuthRequirement::Chap => "CHAP",
+            AuthRequirement::Chap(accounts) => {
+                self.chap = Some(ChapServer::new(accounts.clone()));
+                "CHAP"
+            }
         };
         self.neg = Some(Negotiator::new(
             info.defaults.clone(),
@@ -663,6 +701,7 @@ impl Login {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chap::{self, ChapAlgorithm, ChapCredentials};
     use crate::params::DigestPolicy;
     use crate::pdu::Digests;
 
@@ -1134,22 +1173,300 @@ DefaultTime2Wait=2\0"
         );
     }
 
-    #[test]
-    fn chap_required_fails_until_implemented() {
-        let good =
-            b"InitiatorName=iqn.i\0TargetName=iqn.2024-01.org.example:disk1\0AuthMethod=CHAP\0";
+    fn chap_accounts() -> ChapAccounts {
+        ChapAccounts {
+            incoming: vec![
+                ChapCredentials::new("alice", "alice-secret-1"),
+                ChapCredentials::new("bob", "bob-secret-123"),
+            ],
+            outgoing: Some(ChapCredentials::new("tgt-user", "target-secret-9")),
+        }
+    }
+
+    fn chap_host() -> Host {
         let mut host = Host::new();
-        host.auth = AuthRequirement::Chap;
+        host.auth = AuthRequirement::Chap(chap_accounts());
+        host
+    }
+
+    fn kvs(p: &Pdu) -> Vec<text::KeyValue> {
+        text::parse(&p.data).unwrap()
+    }
+
+    fn value<'a>(kv: &'a [text::KeyValue], k: &str) -> Option<&'a str> {
+        kv.iter().find(|x| x.key == k).map(|x| x.value.as_str())
+    }
+
+    const CHAP_FIRST: &[u8] =
+        b"InitiatorName=iqn.1994-05.com.redhat:client\0TargetName=iqn.2024-01.org.example:disk1\0AuthMethod=CHAP,None\0";
+
+    /// Security stage up to our challenge: returns (login, alg, id, challenge).
+    fn to_challenge(
+        host: &mut Host,
+        first: &[u8],
+        algs: &str,
+    ) -> (Login, ChapAlgorithm, u8, Vec<u8>) {
         let mut l = Login::new(LoginConfig::default());
+        // The initiator asks to move on at once; we hold it in security.
+        let r = cont(l.handle_pdu(&req(0, 1, true, false, first), host));
+        assert_eq!(r.bhs.flags(), 0x00, "T=0 while CHAP is pending");
+        let kv = kvs(&r);
+        assert_eq!(value(&kv, "AuthMethod"), Some("CHAP"));
+        let r = cont(l.handle_pdu(
+            &req(0, 1, true, false, format!("CHAP_A={algs}\0").as_bytes()),
+            host,
+        ));
+        assert_eq!(r.bhs.flags(), 0x00);
+        let kv = kvs(&r);
+        let alg = ChapAlgorithm::from_code(value(&kv, "CHAP_A").unwrap().parse().unwrap()).unwrap();
+        let id: u8 = value(&kv, "CHAP_I").unwrap().parse().unwrap();
+        let c = chap::decode_binary(value(&kv, "CHAP_C").unwrap()).unwrap();
+        assert!(c.len() >= 16);
+        (l, alg, id, c)
+    }
+
+    fn chap_answer(user: &str, r: &[u8]) -> Vec<u8> {
+        format!("CHAP_N={user}\0CHAP_R={}\0", chap::encode_hex(r)).into_bytes()
+    }
+
+    #[test]
+    fn chap_one_way_login_every_algorithm() {
+        for a in ChapAlgorithm::ALL {
+            let mut host = chap_host();
+            let (mut l, alg, id, c) =
+                to_challenge(&mut host, CHAP_FIRST, &format!("{},5", a.code()));
+            assert_eq!(alg, a, "the initiator's first supported choice");
+            let r = alg.response(id, b"bob-secret-123", &c);
+            let r = cont(l.handle_pdu(&req(0, 1, true, false, &chap_answer("bob", &r)), &mut host));
+            assert_eq!(r.bhs.flags(), 0x81, "transit to operational");
+            assert!(r.data.is_empty(), "no mutual keys: {:?}", kvs(&r));
+            match l.handle_pdu(&req(1, 3, true, false, OPERATIONAL_KEYS), &mut host) {
+                LoginStep::FullFeature { params, .. } => check_params(&params),
+                other => panic!("{other:?}"),
+            }
+            assert_eq!(l.chap().and_then(|c| c.user()), Some("bob"));
+        }
+    }
+
+    #[test]
+    fn chap_a_with_auth_method_and_base64_response() {
+        let mut host = chap_host();
+        let mut l = Login::new(LoginConfig::default());
+        let first = [CHAP_FIRST, b"CHAP_A=5\0"].concat();
+        let r = cont(l.handle_pdu(&req(0, 1, false, false, &first), &mut host));
+        let kv = kvs(&r);
+        assert_eq!(value(&kv, "AuthMethod"), Some("CHAP"));
+        assert_eq!(value(&kv, "CHAP_A"), Some("5"));
+        let id: u8 = value(&kv, "CHAP_I").unwrap().parse().unwrap();
+        let c = chap::decode_binary(value(&kv, "CHAP_C").unwrap()).unwrap();
+        let resp = ChapAlgorithm::Md5.response(id, b"alice-secret-1", &c);
+        let data = format!("CHAP_N=alice\0CHAP_R={}\0", chap::encode_base64(&resp));
+        // Straight to full feature from security: sent to operational first
+        // only if we have offers; with defaults we go to FFP.
+        match l.handle_pdu(&req(0, 3, true, false, data.as_bytes()), &mut host) {
+            LoginStep::FullFeature { responses, .. } => {
+                assert_eq!(responses[0].bhs.flags(), 0x83)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn chap_failures_are_authentication_failures() {
+        type Answer = fn(ChapAlgorithm, u8, &[u8]) -> Vec<u8>;
+        let cases: &[(&str, Answer)] = &[
+            ("wrong secret", |a, id, c| {
+                chap_answer("alice", &a.response(id, b"nope-nope-nope", c))
+            }),
+            ("unknown user", |a, id, c| {
+                chap_answer("mallory", &a.response(id, b"alice-secret-1", c))
+            }),
+            ("other user's secret", |a, id, c| {
+                chap_answer("alice", &a.response(id, b"bob-secret-123", c))
+            }),
+            ("no response", |_, _, _| b"CHAP_N=alice\0".to_vec()),
+            ("no name", |a, id, c| {
+                format!(
+                    "CHAP_R={}\0",
+                    chap::encode_hex(&a.response(id, b"alice-secret-1", c))
+                )
+                .into_bytes()
+            }),
+            ("reflected", |a, id, c| {
+                let mut v = chap_answer("alice", &a.response(id, b"alice-secret-1", c));
+                v.extend_from_slice(
+                    format!("CHAP_I={id}\0CHAP_C={}\0", chap::encode_hex(c)).as_bytes(),
+                );
+                v
+            }),
+        ];
+        for (what, f) in cases {
+            let mut host = chap_host();
+            let (mut l, a, id, c) = to_challenge(&mut host, CHAP_FIRST, "5");
+            let st = failed(l.handle_pdu(&req(0, 1, true, false, &f(a, id, &c)), &mut host));
+            assert_eq!(st, LoginStatus::AUTHENTICATION_FAILURE, "{what}");
+        }
+        // An empty request asking to move on while the challenge is open
+        // is held in the security stage (T=0): CHAP must finish first.
+        let mut host = chap_host();
+        let (mut l, _, _, _) = to_challenge(&mut host, CHAP_FIRST, "5");
+        let r = cont(l.handle_pdu(&req(0, 1, true, false, b""), &mut host));
+        assert_eq!(r.bhs.flags(), 0x00);
+        // No algorithm in common.
+        let mut host = chap_host();
+        let mut l = Login::new(LoginConfig::default());
+        cont(l.handle_pdu(&req(0, 1, false, false, CHAP_FIRST), &mut host));
         assert_eq!(
-            failed(l.handle_pdu(&req(0, 1, false, false, good), &mut host)),
+            failed(l.handle_pdu(&req(0, 1, false, false, b"CHAP_A=4,3\0"), &mut host)),
             LoginStatus::AUTHENTICATION_FAILURE
         );
-        // Skipping the security stage when authentication is required.
+    }
+
+    #[test]
+    fn chap_required_never_falls_back_to_none() {
+        let first = b"InitiatorName=iqn.i\0TargetName=iqn.2024-01.org.example:disk1\0";
+        let cases: Vec<(Pdu, &str)> = vec![
+            (
+                req(
+                    0,
+                    1,
+                    false,
+                    false,
+                    &[first.as_slice(), b"AuthMethod=None\0"].concat(),
+                ),
+                "None offered",
+            ),
+            (
+                req(
+                    0,
+                    1,
+                    true,
+                    false,
+                    &[first.as_slice(), b"AuthMethod=None\0"].concat(),
+                ),
+                "None with transit",
+            ),
+            (req(0, 1, true, false, first), "no AuthMethod, transit"),
+            (req(0, 3, true, false, first), "no AuthMethod, to FFP"),
+            (req(1, 3, true, false, first), "skipping security"),
+            (
+                req(
+                    0,
+                    1,
+                    false,
+                    false,
+                    &[first.as_slice(), b"CHAP_A=5\0"].concat(),
+                ),
+                "CHAP keys without AuthMethod",
+            ),
+        ];
+        for (p, what) in cases {
+            let mut host = chap_host();
+            let mut l = Login::new(LoginConfig::default());
+            assert_eq!(
+                failed(l.handle_pdu(&p, &mut host)),
+                LoginStatus::AUTHENTICATION_FAILURE,
+                "{what}"
+            );
+        }
+        // Even with no account at all, CHAP required means nobody gets in.
+        let mut host = Host::new();
+        host.auth = AuthRequirement::Chap(ChapAccounts::default());
+        let (mut l, a, id, c) = to_challenge(&mut host, CHAP_FIRST, "5");
+        let st = failed(l.handle_pdu(
+            &req(
+                0,
+                1,
+                true,
+                false,
+                &chap_answer("x", &a.response(id, b"", &c)),
+            ),
+            &mut host,
+        ));
+        assert_eq!(st, LoginStatus::AUTHENTICATION_FAILURE);
+    }
+
+    #[test]
+    fn no_chap_required_answers_none() {
+        let mut host = Host::new();
         let mut l = Login::new(LoginConfig::default());
-        let ops = b"InitiatorName=iqn.i\0TargetName=iqn.2024-01.org.example:disk1\0";
+        let r = cont(l.handle_pdu(&req(0, 1, true, false, CHAP_FIRST), &mut host));
+        assert_eq!(value(&kvs(&r), "AuthMethod"), Some("None"));
+        assert_eq!(r.bhs.flags(), 0x81);
+        let mut l = Login::new(LoginConfig::default());
+        let only = b"InitiatorName=i\0TargetName=iqn.2024-01.org.example:disk1\0AuthMethod=CHAP\0";
+        let r = cont(l.handle_pdu(&req(0, 1, false, false, only), &mut host));
+        assert_eq!(value(&kvs(&r), "AuthMethod"), Some("Reject"));
+    }
+
+    fn mutual_answer(a: ChapAlgorithm, id: u8, c: &[u8], my_id: u8, my_c: &[u8]) -> Vec<u8> {
+        let mut v = chap_answer("alice", &a.response(id, b"alice-secret-1", c));
+        v.extend_from_slice(
+            format!("CHAP_I={my_id}\0CHAP_C={}\0", chap::encode_base64(my_c)).as_bytes(),
+        );
+        v
+    }
+
+    #[test]
+    fn chap_mutual() {
+        let mut host = chap_host();
+        let (mut l, a, id, c) = to_challenge(&mut host, CHAP_FIRST, "7");
+        assert_eq!(a, ChapAlgorithm::Sha256);
+        let my_c = [0x42u8; 32];
+        let r = cont(l.handle_pdu(
+            &req(0, 1, true, false, &mutual_answer(a, id, &c, 9, &my_c)),
+            &mut host,
+        ));
+        assert_eq!(r.bhs.flags(), 0x81);
+        let kv = kvs(&r);
+        assert_eq!(value(&kv, "CHAP_N"), Some("tgt-user"));
         assert_eq!(
-            failed(l.handle_pdu(&req(1, 3, true, false, ops), &mut host)),
+            chap::decode_binary(value(&kv, "CHAP_R").unwrap()).unwrap(),
+            a.response(9, b"target-secret-9", &my_c)
+        );
+        assert!(l.chap().unwrap().mutual());
+
+        // Mutual asked for but no outgoing account bound.
+        let mut host = Host::new();
+        let mut acc = chap_accounts();
+        acc.outgoing = None;
+        host.auth = AuthRequirement::Chap(acc);
+        let (mut l, a, id, c) = to_challenge(&mut host, CHAP_FIRST, "7");
+        assert_eq!(
+            failed(l.handle_pdu(
+                &req(0, 1, true, false, &mutual_answer(a, id, &c, 9, &my_c)),
+                &mut host
+            )),
+            LoginStatus::AUTHENTICATION_FAILURE
+        );
+    }
+
+    #[test]
+    fn discovery_chap() {
+        let mut host = chap_host();
+        let first = b"InitiatorName=iqn.i\0SessionType=Discovery\0AuthMethod=CHAP\0";
+        let (mut l, a, id, c) = to_challenge(&mut host, first, "5");
+        let r = a.response(id, b"alice-secret-1", &c);
+        let r = cont(l.handle_pdu(
+            &req(0, 1, true, false, &chap_answer("alice", &r)),
+            &mut host,
+        ));
+        assert_eq!(r.bhs.flags(), 0x81);
+        match l.handle_pdu(&req(1, 3, true, false, b"HeaderDigest=None\0"), &mut host) {
+            LoginStep::FullFeature { params, .. } => {
+                assert_eq!(params.session_type, SessionType::Discovery)
+            }
+            other => panic!("{other:?}"),
+        }
+        // And a discovery login with the wrong secret stays out.
+        let mut host = chap_host();
+        let (mut l, a, id, c) = to_challenge(&mut host, first, "5");
+        let r = a.response(id, b"alice-secret-2", &c);
+        assert_eq!(
+            failed(l.handle_pdu(
+                &req(0, 1, true, false, &chap_answer("alice", &r)),
+                &mut host
+            )),
             LoginStatus::AUTHENTICATION_FAILURE
         );
     }

@@ -11,9 +11,9 @@ use iscsi::params::DigestPolicy;
 use iscsi::pdu::{self, Pdu, RejectReason, Ttt, RESERVED_TAG};
 use iscsi::transfer::BurstLimits;
 use iscsi::{
-    AuthRequirement, CmdSn, Digests, Login, LoginConfig, LoginHost, LoginRequestInfo, LoginStep,
-    Opcode, SessionParams, SessionType, StatSn, TargetDefaults, TargetEntry, TargetLoginInfo,
-    TextExchange, TextHost, TextStep,
+    AuthRequirement, ChapAccounts, ChapCredentials, CmdSn, Digests, Login, LoginConfig, LoginHost,
+    LoginRequestInfo, LoginStep, Opcode, SessionParams, SessionType, StatSn, TargetDefaults,
+    TargetEntry, TargetLoginInfo, TextExchange, TextHost, TextStep,
 };
 use scsi::NexusId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -21,6 +21,7 @@ use tokio::net::TcpStream;
 
 use super::DaemonState;
 use crate::mgmt::params::{DIGEST_CRC32C, DIGEST_NONE};
+use crate::mgmt::table::Account;
 use crate::mgmt::TargetTable;
 use crate::target::conn::ConnParams;
 use crate::target::session::SessionSetup;
@@ -73,6 +74,53 @@ fn target_defaults(table: &TargetTable, tid: u32) -> TargetDefaults {
     d
 }
 
+/// Secrets shorter than this draw a warning when first used (RFC 7143
+/// §12.1.3 asks for at least 96 bits; like tgt we accept shorter ones).
+const MIN_SECRET_LEN: usize = 12;
+
+/// The CHAP accounts a login is checked against: the incoming accounts
+/// bound to target `tid`, or the global (discovery) ones for `None`, and
+/// the matching outgoing account for mutual CHAP. `None` when no incoming
+/// account is bound: then no authentication is required (as in tgt).
+fn chap_accounts(table: &TargetTable, tid: Option<u32>) -> Option<ChapAccounts> {
+    let cred = |a: &Account| ChapCredentials::new(a.user.clone(), a.password.as_bytes());
+    let incoming: Vec<ChapCredentials> =
+        table.incoming_accounts(tid).into_iter().map(cred).collect();
+    if incoming.is_empty() {
+        return None;
+    }
+    Some(ChapAccounts {
+        incoming,
+        outgoing: table.outgoing_account(tid).map(cred),
+    })
+}
+
+/// Log a warning the first time an account with a short secret is used.
+fn warn_short_secret(user: &str, secret_len: usize, direction: &str) {
+    thread_local! {
+        static WARNED: std::cell::RefCell<std::collections::HashSet<String>> =
+            Default::default();
+    }
+    if secret_len >= MIN_SECRET_LEN {
+        return;
+    }
+    let first = WARNED.with(|w| {
+        let mut w = w.borrow_mut();
+        // Bounded: a handful of accounts exist; forget all past 1024.
+        if w.len() >= 1024 {
+            w.clear();
+        }
+        w.insert(format!("{direction}/{user}"))
+    });
+    if first {
+        tracing::warn!(
+            user,
+            direction,
+            "CHAP secret shorter than {MIN_SECRET_LEN} characters (RFC 7143 §12.1.3)"
+        );
+    }
+}
+
 impl LoginHost for Host<'_> {
     fn admit(&mut self, req: &LoginRequestInfo) -> Result<TargetLoginInfo, LoginStatus> {
         let table = self.state.table.borrow();
@@ -83,7 +131,13 @@ impl LoginHost for Host<'_> {
             return Err(LoginStatus::OUT_OF_RESOURCES);
         }
         if req.session_type == SessionType::Discovery {
-            return Ok(TargetLoginInfo::default());
+            // Discovery sessions authenticate against the global accounts
+            // (tgtadm `--op bind --mode account` without --tid).
+            return Ok(TargetLoginInfo {
+                auth: chap_accounts(&table, None)
+                    .map_or(AuthRequirement::None, AuthRequirement::Chap),
+                ..TargetLoginInfo::default()
+            });
         }
         let name = req.target_name.as_deref().unwrap_or("");
         let Some(t) = table.target_by_name(name) else {
@@ -113,11 +167,8 @@ impl LoginHost for Host<'_> {
                 _ => return Err(LoginStatus::SESSION_DOES_NOT_EXIST),
             }
         }
-        let auth = if table.incoming_accounts(Some(tid)).is_empty() {
-            AuthRequirement::None
-        } else {
-            AuthRequirement::Chap
-        };
+        let auth =
+            chap_accounts(&table, Some(tid)).map_or(AuthRequirement::None, AuthRequirement::Chap);
         self.tid = Some(tid);
         self.req = Some(req.clone());
         self.queue_depth = t.params.get("MaxQueueCmd").unwrap_or(128).max(1);
@@ -231,7 +282,10 @@ async fn login(
             }
             LoginStep::Failed { responses } => {
                 let _ = write_pdus(&mut stream, &responses, Digests::default()).await;
-                tracing::info!(%peer, "login refused");
+                let status = responses.first().map(|p| p.bhs.u16_at(36)).unwrap_or(0);
+                // The initiator learns only the status class and detail; the
+                // log says which CHAP step failed for the administrator.
+                tracing::info!(%peer, status = format_args!("{status:#06x}"), "login refused");
                 return None;
             }
             LoginStep::FullFeature {
@@ -240,6 +294,24 @@ async fn login(
                 next_stat_sn,
                 exp_cmd_sn,
             } => {
+                if let Some(chap) = machine.chap() {
+                    let user = chap.user().unwrap_or("");
+                    tracing::info!(%peer, user, mutual = chap.mutual(), "CHAP authenticated");
+                    let table = state.table.borrow();
+                    let tid = host.tid;
+                    if let Some(a) = table
+                        .incoming_accounts(tid)
+                        .into_iter()
+                        .find(|a| a.user == user)
+                    {
+                        warn_short_secret(user, a.password.len(), "incoming");
+                    }
+                    if chap.mutual() {
+                        if let Some(a) = table.outgoing_account(tid) {
+                            warn_short_secret(&a.user, a.password.len(), "outgoing");
+                        }
+                    }
+                }
                 let tid = host.tid.unwrap_or(0);
                 let joined = host.req.as_ref().is_some_and(|r| r.tsih != 0);
                 if params.session_type == SessionType::Normal

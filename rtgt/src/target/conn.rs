@@ -443,23 +443,30 @@ impl Conn {
         let itt = p.bhs.itt().0;
         let mut writes = self.writes.borrow_mut();
         let Some(pw) = writes.get_mut(&itt) else {
-            // Data for a command already answered (refused up front, or
-            // aborted): RFC 7143 §11.7 lets the target discard it.
-            if p.bhs.ttt().0 != RESERVED_TAG {
-                self.reject(RejectReason::InvalidPduField, &p.bhs);
-            }
+            // Data for a command already answered (refused up front, failed
+            // on bad Data-Out, or aborted): RFC 7143 §11.7 lets the target
+            // discard it.
             return Ok(());
         };
         let offset = p.bhs.buffer_offset();
         let len = p.data.len() as u32;
-        if pw
-            .xfer
-            .on_data_out(p.bhs.ttt(), p.bhs.data_sn(), offset, len, p.bhs.final_bit())
-            .is_err()
+        if let Err(e) =
+            pw.xfer
+                .on_data_out(p.bhs.ttt(), p.bhs.data_sn(), offset, len, p.bhs.final_bit())
         {
+            // A Data-Out out of sequence or outside what was solicited ends
+            // the command, not the connection: the task gets CHECK
+            // CONDITION, ABORTED COMMAND / DATA PHASE ERROR, and its
+            // bytes never reach the buffer (an unknown TTT is the
+            // initiator's bookkeeping error and gets a Reject too).
+            let pw = writes.remove(&itt).unwrap();
             drop(writes);
-            self.reject(RejectReason::ProtocolError, &p.bhs);
-            return Err(Close::Protocol("data-out outside the solicited range"));
+            tracing::debug!(peer = %self.peer, error = %e, "bad data-out");
+            if matches!(e, iscsi::transfer::TransferError::UnknownTtt) {
+                self.reject(RejectReason::InvalidPduField, &p.bhs);
+            }
+            self.finish_check(&pw.info, transport_sense(0x0b, 0x4b, 0x00));
+            return Ok(());
         }
         pw.buf[offset as usize..(offset + len) as usize].copy_from_slice(&p.data);
         if pw.xfer.complete() {
