@@ -6,6 +6,7 @@
 //! - [`mgmt`]: tgt's management IPC, target table and `show`.
 //! - [`registry`]: live sessions shared by login, loops and management.
 
+pub mod admin;
 pub mod backend;
 pub mod daemon;
 pub mod mgmt;

@@ -27,6 +27,11 @@ pub trait BlockDevice: Send + Sync {
         }
         Ok(())
     }
+    /// True when no call can block (null and memory stores): the daemon may
+    /// then run I/O on its event loop instead of handing it to a worker.
+    fn is_nonblocking(&self) -> bool {
+        false
+    }
     /// Whether `offset` is mapped, and how many bytes from `offset` share that
     /// state (GET LBA STATUS). Stores without holes are mapped throughout.
     fn map_status(&self, offset: u64) -> io::Result<(bool, u64)> {
@@ -62,6 +67,9 @@ fn range(len: usize, offset: u64, n: usize) -> io::Result<std::ops::Range<usize>
 }
 
 impl BlockDevice for MemDevice {
+    fn is_nonblocking(&self) -> bool {
+        true
+    }
     fn size(&self) -> u64 {
         self.data.lock().unwrap().len() as u64
     }

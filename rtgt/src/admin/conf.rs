@@ -536,7 +536,11 @@ fn block_start(t: &str) -> Option<(String, Option<String>)> {
         return None;
     }
     let inner = &t[1..t.len() - 1];
-    if inner.len() >= 2 && inner.starts_with('"') && inner.ends_with('"') && inner[1..inner.len() - 1].find('"').is_none() {
+    if inner.len() >= 2
+        && inner.starts_with('"')
+        && inner.ends_with('"')
+        && inner[1..inner.len() - 1].find('"').is_none()
+    {
         return Some((inner.replace('"', ""), None));
     }
     let unq = |s: &str| {
@@ -619,7 +623,10 @@ fn parse_lines(into: &mut Block, lines: &[(String, Loc)]) -> Result<(), ConfErro
                         })
                     });
                     let Value::Block(b) = slot else {
-                        return err(loc, format!("block <{name}>: '{name}' is already set as an option"));
+                        return err(
+                            loc,
+                            format!("block <{name}>: '{name}' is already set as an option"),
+                        );
                     };
                     parse_lines(b, body)?;
                 }

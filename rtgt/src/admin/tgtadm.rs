@@ -142,7 +142,11 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
             let l = LONG
                 .iter()
                 .find(|l| l.0 == name)
-                .or(if cands.len() == 1 { Some(cands[0]) } else { None })
+                .or(if cands.len() == 1 {
+                    Some(cands[0])
+                } else {
+                    None
+                })
                 .ok_or_else(|| format!("unrecognized option '--{name}'"))?;
             let v = if l.1 {
                 match inline {

@@ -97,7 +97,10 @@ pub fn validate(conf: &Block) -> Result<(), ConfError> {
             }
             "target" => {
                 let Value::Block(targets) = v else {
-                    return fail(v.loc(), "'target' must be a block: <target NAME> ... </target>");
+                    return fail(
+                        v.loc(),
+                        "'target' must be a block: <target NAME> ... </target>",
+                    );
                 };
                 for (name, t) in &targets.entries {
                     let Value::Block(t) = t else {
@@ -170,10 +173,11 @@ fn target(name: &str, t: &Block) -> Result<(), ConfError> {
             }
             "incominguser" | "outgoinguser" => need_user_pass(k, v, name)?,
             "initiator-address" | "initiator-name" => need_value(k, v, name)?,
-            "controller_tid" => {
-                if v.as_str().and_then(|s| s.parse::<u32>().ok()).is_none() {
-                    return fail(v.loc(), format!("controller_tid must be a number (target: {name})"));
-                }
+            "controller_tid" if v.as_str().and_then(|s| s.parse::<u32>().ok()).is_none() => {
+                return fail(
+                    v.loc(),
+                    format!("controller_tid must be a number (target: {name})"),
+                );
             }
             _ => {}
         }

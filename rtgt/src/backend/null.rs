@@ -16,6 +16,9 @@ impl NullDevice {
 }
 
 impl BlockDevice for NullDevice {
+    fn is_nonblocking(&self) -> bool {
+        true
+    }
     fn size(&self) -> u64 {
         self.size
     }

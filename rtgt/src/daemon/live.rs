@@ -168,6 +168,7 @@ impl mgmt::Live for DaemonLive {
                     name,
                     self.state.registry.clone(),
                     self.state.portals.clone(),
+                    self.state.io_threads,
                 ) {
                     Ok(h) => {
                         self.state.targets.borrow_mut().insert(tid, h);

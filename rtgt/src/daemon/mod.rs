@@ -19,6 +19,10 @@ use crate::target::TargetHandle;
 pub use live::DaemonLive;
 pub use portal::parse_portal;
 
+/// Workers per target for blocking disk I/O unless `-t` says otherwise:
+/// enough to keep a disk queue busy without thrashing a small machine.
+pub const DEFAULT_IO_THREADS: usize = 16;
+
 /// A ready-made target for trying rtgt out.
 #[derive(Debug, Clone)]
 pub struct Demo {
@@ -78,6 +82,8 @@ pub struct DaemonState {
     pub portals: Arc<RwLock<Vec<SocketAddr>>>,
     listeners: RefCell<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
     pub shutdown: tokio::sync::Notify,
+    /// Blocking-I/O workers per target loop.
+    pub io_threads: usize,
 }
 
 impl DaemonState {
@@ -136,6 +142,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             portals: Arc::new(RwLock::new(Vec::new())),
             listeners: RefCell::new(HashMap::new()),
             shutdown: tokio::sync::Notify::new(),
+            io_threads: cfg.io_threads.unwrap_or(DEFAULT_IO_THREADS).clamp(1, 1024),
         });
         for (addr, l) in bound {
             state.listen(addr, l);

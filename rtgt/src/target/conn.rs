@@ -496,6 +496,13 @@ impl Conn {
                     self.finish_check(&info, transport_sense(0x05, 0x25, 0x00));
                     return;
                 };
+                if dev.is_nonblocking() {
+                    // Nothing to wait for (null, memory): answer at once
+                    // rather than paying for a trip through a worker.
+                    let resp = task.run(&*dev, &mut buf);
+                    self.finish(&info, resp, buf);
+                    return;
+                }
                 let aborted = Rc::new(Cell::new(false));
                 self.running
                     .borrow_mut()

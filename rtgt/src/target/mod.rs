@@ -227,11 +227,14 @@ pub struct TargetHandle {
 
 impl TargetHandle {
     /// Start thread `tgt/<tid>`.
+    /// `io_threads` bounds the workers that run blocking disk I/O for this
+    /// target (tgtd's `-t`).
     pub fn spawn(
         tid: u32,
         name: String,
         registry: Arc<Registry>,
         portals: Arc<RwLock<Vec<SocketAddr>>>,
+        io_threads: usize,
     ) -> std::io::Result<TargetHandle> {
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
@@ -239,7 +242,7 @@ impl TargetHandle {
             .spawn(move || {
                 let rt = match tokio::runtime::Builder::new_current_thread()
                     .enable_all()
-                    .max_blocking_threads(64)
+                    .max_blocking_threads(io_threads)
                     .build()
                 {
                     Ok(rt) => rt,

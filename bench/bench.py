@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Side-by-side benchmark of Debian's tgtd and rtgtd on one machine.
+
+Both daemons serve identical LUNs (a file in tmpfs as LUN 1, a null store as
+LUN 2); the same clients load each in turn, alternating, for several rounds:
+libiscsi's iscsi-perf for 4K random reads and rtgt's load generator
+(rtgt-load) for the rest. For every run it records IOPS, MB/s, p50/p99
+latency (rtgt-load) and the target's CPU time per I/O (utime+stime of all its
+threads, from /proc). Prints a table of medians with rtgt/tgt ratios.
+
+usage: bench/bench.py [--rounds 3] [--seconds 5] [--quick] [--json FILE]
+Needs: tgt, libiscsi-bin, and a release build (cargo build --release).
+"""
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REL = os.path.join(ROOT, "target", "release")
+IQN = "iqn.2026-11.io.rtgt.bench:disk"
+TICK = os.sysconf("SC_CLK_TCK")
+
+# name, tool, lun, args
+WORKLOADS = [
+    ("4K randread QD64", "perf", 1, {}),
+    ("4K randread QD64 (load)", "load", 1, dict(rw="randread", bs=4096, qd=64)),
+    ("4K randwrite QD64", "load", 1, dict(rw="randwrite", bs=4096, qd=64)),
+    ("256K seq read QD16", "load", 1, dict(rw="read", bs=262144, qd=16)),
+    ("256K seq write QD16", "load", 1, dict(rw="write", bs=262144, qd=16)),
+    ("4K read QD1", "load", 1, dict(rw="randread", bs=4096, qd=1)),
+    ("4K randread QD32 x4 sessions", "load", 1, dict(rw="randread", bs=4096, qd=32, sessions=4)),
+    ("4K randread QD64 null", "load", 2, dict(rw="randread", bs=4096, qd=64)),
+]
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        parts = f.read().rsplit(")", 1)[1].split()
+    # fields 14,15 (utime, stime) are at 11,12 after the ")" split; threads included
+    return int(parts[11]) + int(parts[12])
+
+
+class Target:
+    def __init__(self, name, binary, work):
+        self.name = name
+        self.port = free_port()
+        self.ctl = 20000 + (os.getpid() + (0 if name == "tgt" else 1)) % 12000
+        self.env = dict(os.environ, TGT_IPC_SOCKET=os.path.join(work, f"{name}-sock"))
+        self.log = open(os.path.join(work, f"{name}.log"), "w")
+        self.proc = subprocess.Popen(
+            [binary, "-f", "-C", str(self.ctl), "--iscsi", f"portal=127.0.0.1:{self.port}"],
+            env=self.env, stdout=self.log, stderr=self.log)
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                if os.path.exists(self.env["TGT_IPC_SOCKET"] + f".{self.ctl}"):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.05)
+
+    def adm(self, *args):
+        subprocess.run(["tgtadm", "-C", str(self.ctl), "--lld", "iscsi", *args], env=self.env, check=True)
+
+    def setup(self, disk, null_size):
+        self.adm("--op", "new", "--mode", "target", "--tid", "1", "-T", IQN)
+        self.adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", disk)
+        self.adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "2", "-E", "null", "-b", "/dev/null")
+        # Let fast initiators go fast on both (tgt defaults are conservative).
+        for k, v in [("MaxRecvDataSegmentLength", "262144"), ("MaxBurstLength", "1048576"),
+                     ("FirstBurstLength", "262144"), ("InitialR2T", "No"), ("MaxOutstandingR2T", "8")]:
+            self.adm("--op", "update", "--mode", "target", "--tid", "1", "-n", k, "-v", v)
+        self.adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+
+def run_perf(t, lun, secs):
+    out = subprocess.run(["iscsi-perf", "-t", str(secs), "-m", "64", "-b", "8", "-r",
+                          f"iscsi://127.0.0.1:{t.port}/{IQN}/{lun}"],
+                         capture_output=True, text=True, timeout=secs + 30).stdout
+    m = re.findall(r"iops average (\d+) \((\d+) MB/s\)", out.replace("\r", "\n"))
+    if not m:
+        return None
+    iops, mbs = m[-1]
+    return dict(iops=float(iops), mbs=float(mbs), ios=float(iops) * secs)
+
+
+def run_load(t, lun, secs, args):
+    cmd = [os.path.join(REL, "rtgt-load"), "--portal", f"127.0.0.1:{t.port}", "--target", IQN,
+           "--lun", str(lun), "--seconds", str(secs), "--json", "--size-mib", "256"]
+    for k, v in args.items():
+        cmd += [f"--{k}", str(v)]
+    if args.get("sessions", 1) > 1:
+        cmd += ["--threads", str(args["sessions"])]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=secs + 60)
+    try:
+        j = json.loads(r.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"  {t.name}: load failed: {r.stdout[-300:]} {r.stderr[-300:]}", file=sys.stderr)
+        return None
+    return dict(iops=j["iops"], mbs=j.get("mb_per_s", j.get("MB/s", 0)), ios=j["ios"],
+                p50=j.get("p50_us"), p99=j.get("p99_us"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="first three workloads only")
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    for tool in ("tgtd", "tgtadm", "iscsi-perf"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} not installed (apt-get install tgt libiscsi-bin)")
+    for b in ("rtgtd", "rtgt-load"):
+        if not os.path.exists(os.path.join(REL, b)):
+            sys.exit("bench: build first: cargo build --release")
+    work = tempfile.mkdtemp(prefix="rtgt-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    disk = os.path.join(work, "disk.img")
+    with open(disk, "wb") as f:
+        chunk = os.urandom(1 << 20)
+        for _ in range(256):
+            f.write(chunk)
+    targets = [Target("tgt", shutil.which("tgtd"), work), Target("rtgt", os.path.join(REL, "rtgtd"), work)]
+    results = {}
+    try:
+        for t in targets:
+            t.setup(disk, 256 << 20)
+        loads = WORKLOADS[:3] if a.quick else WORKLOADS
+        for rnd in range(a.rounds):
+            for name, tool, lun, args in loads:
+                order = targets if rnd % 2 == 0 else targets[::-1]
+                for t in order:
+                    c0 = cpu_ticks(t.proc.pid)
+                    r = run_perf(t, lun, a.seconds) if tool == "perf" else run_load(t, lun, a.seconds, args)
+                    c1 = cpu_ticks(t.proc.pid)
+                    if r is None:
+                        continue
+                    r["cpu_us_per_io"] = (c1 - c0) / TICK * 1e6 / max(r["ios"], 1)
+                    results.setdefault(name, {}).setdefault(t.name, []).append(r)
+                    print(f"round {rnd + 1} {name:32} {t.name:5} iops={r['iops']:.0f} "
+                          f"cpu/io={r['cpu_us_per_io']:.1f}us", file=sys.stderr)
+    finally:
+        for t in targets:
+            t.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+    def med(name, who, key):
+        v = [r[key] for r in results.get(name, {}).get(who, []) if r.get(key) is not None]
+        return statistics.median(v) if v else None
+
+    def fmt(x, nd=0):
+        return "-" if x is None else f"{x:.{nd}f}"
+
+    print(f"\n{os.cpu_count()} CPUs, {a.rounds} rounds of {a.seconds} s, medians; "
+          "CPU = target's CPU time per I/O\n")
+    print("| workload | tgt IOPS | rtgt IOPS | IOPS rtgt/tgt | tgt MB/s | rtgt MB/s | "
+          "tgt p50/p99 us | rtgt p50/p99 us | tgt CPU us/IO | rtgt CPU us/IO | CPU tgt/rtgt |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name, _, _, _ in WORKLOADS:
+        if name not in results:
+            continue
+        ti, ri = med(name, "tgt", "iops"), med(name, "rtgt", "iops")
+        tc, rc = med(name, "tgt", "cpu_us_per_io"), med(name, "rtgt", "cpu_us_per_io")
+        lat = lambda who: f"{fmt(med(name, who, 'p50'))}/{fmt(med(name, who, 'p99'))}"
+        print(f"| {name} | {fmt(ti)} | {fmt(ri)} | {fmt(ri / ti if ti and ri else None, 2)} | "
+              f"{fmt(med(name, 'tgt', 'mbs'), 1)} | {fmt(med(name, 'rtgt', 'mbs'), 1)} | {lat('tgt')} | {lat('rtgt')} | "
+              f"{fmt(tc, 1)} | {fmt(rc, 1)} | {fmt(tc / rc if tc and rc else None, 2)} |")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
