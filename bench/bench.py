@@ -127,6 +127,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="first three workloads only")
+    ap.add_argument("--only", help="run workloads whose name contains this text")
     ap.add_argument("--json")
     a = ap.parse_args()
     for tool in ("tgtd", "tgtadm", "iscsi-perf"):
@@ -147,6 +148,8 @@ def main():
         for t in targets:
             t.setup(disk, 256 << 20)
         loads = WORKLOADS[:3] if a.quick else WORKLOADS
+        if a.only:
+            loads = [w for w in loads if a.only in w[0]]
         for rnd in range(a.rounds):
             for name, tool, lun, args in loads:
                 order = targets if rnd % 2 == 0 else targets[::-1]

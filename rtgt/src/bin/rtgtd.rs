@@ -24,7 +24,7 @@ struct Args {
     /// several `portal=` may also be joined with commas).
     #[arg(long = "iscsi")]
     iscsi: Vec<String>,
-    /// Worker threads for blocking disk I/O per target loop (tgtd's -t; default 16).
+    /// Worker threads for blocking disk I/O per target loop (tgtd's -t; default twice the cores, at least 4).
     #[arg(short = 't', long = "nr_iothreads")]
     nr_iothreads: Option<usize>,
     /// Directory of the management socket and its lock file.
