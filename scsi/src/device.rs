@@ -27,6 +27,12 @@ pub trait BlockDevice: Send + Sync {
         }
         Ok(())
     }
+    /// A file descriptor an asynchronous engine may read and write
+    /// directly (at the same offsets as `read_at`/`write_at`, and
+    /// `fdatasync` for `flush`); `None` for stores without one.
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
     /// True when no call can block (null and memory stores): the daemon may
     /// then run I/O on its event loop instead of handing it to a worker.
     fn is_nonblocking(&self) -> bool {

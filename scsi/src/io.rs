@@ -88,6 +88,23 @@ pub struct IoTask {
     lock: Option<Arc<RwLock<()>>>,
 }
 
+/// A plain transfer an asynchronous engine (io_uring) can submit itself,
+/// without the worker path: see [`IoTask::simple`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimpleIo {
+    /// Read `len` bytes at `offset` into the buffer (resized to `len`).
+    Read { offset: u64, len: usize },
+    /// Write the first `len` bytes of the buffer at `offset`; then make
+    /// them durable if `flush` (FUA, or write cache off).
+    Write {
+        offset: u64,
+        len: usize,
+        flush: bool,
+    },
+    /// Make everything written durable (SYNCHRONIZE CACHE).
+    Flush,
+}
+
 fn read_error() -> Sense {
     Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR)
 }
@@ -122,6 +139,71 @@ impl IoTask {
     /// Bytes the CDB asks to transfer (as in [`Response::wanted`]).
     pub fn wanted(&self) -> u64 {
         self.wanted
+    }
+
+    /// The transfer this task amounts to when it is a plain read, write or
+    /// flush, for engines that submit I/O themselves; `None` for everything
+    /// else (compare, verify, write same, unmap, ...), which must [`run`].
+    /// `buf` is the command buffer as `run` would get it.
+    ///
+    /// [`run`]: IoTask::run
+    pub fn simple(&self, buf: &[u8]) -> Option<SimpleIo> {
+        match self.op {
+            IoOp::Read { offset, len } => Some(SimpleIo::Read {
+                offset,
+                len: len as usize,
+            }),
+            IoOp::Write {
+                offset,
+                len,
+                flush,
+                verify: false,
+            } => Some(SimpleIo::Write {
+                offset,
+                len: (len as usize).min(buf.len()),
+                flush,
+            }),
+            IoOp::Sync => Some(SimpleIo::Flush),
+            _ => None,
+        }
+    }
+
+    /// Whether this task must not overlap any other I/O of its LU
+    /// (COMPARE AND WRITE, ORWRITE): an engine that bypasses [`run`] must
+    /// drain its own I/O first.
+    ///
+    /// [`run`]: IoTask::run
+    pub fn is_exclusive(&self) -> bool {
+        matches!(self.op, IoOp::CompareAndWrite { .. } | IoOp::OrWrite { .. })
+    }
+
+    /// The answer for a task whose [`simple`](IoTask::simple) transfer an
+    /// engine performed: `ok` says it fully succeeded. On success `buf`
+    /// holds the Data-In (for a read); on failure it is cleared.
+    pub fn complete(self, ok: bool, buf: &mut Vec<u8>) -> Response {
+        if ok {
+            if !matches!(self.op, IoOp::Read { .. }) {
+                buf.clear();
+            }
+            return Response {
+                status: Status::Good,
+                sense: Vec::new(),
+                data_len: buf.len(),
+                wanted: self.wanted,
+            };
+        }
+        buf.clear();
+        let sense = if matches!(self.op, IoOp::Read { .. }) {
+            read_error()
+        } else {
+            write_error()
+        };
+        Response {
+            status: Status::CheckCondition,
+            sense: sense.to_bytes(self.format),
+            data_len: 0,
+            wanted: 0,
+        }
     }
 
     /// Run against `dev`. `buf` holds the Data-Out on entry and the Data-In on exit.

@@ -45,7 +45,7 @@ mod tests;
 
 pub use config::{DeviceType, LunConfig, TargetPort};
 pub use device::{BlockDevice, MemDevice};
-pub use io::IoTask;
+pub use io::{IoTask, SimpleIo};
 pub use lunset::LunSet;
 pub use pr::iscsi_initiator_port_name;
 pub use sense::SenseFormat;

@@ -51,6 +51,10 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 }
 
 impl BlockDevice for FileDevice {
+    fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        Some(self.file.as_raw_fd())
+    }
+
     fn size(&self) -> u64 {
         if self.is_block {
             let mut size: u64 = 0;

@@ -24,7 +24,10 @@ pub use portal::parse_portal;
 /// with bench/bench.py on 2 cores: 4 workers gave 1.4x the IOPS of 16 and
 /// 64); io_uring (`-E aio`) needs none.
 pub fn default_io_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get() * 2).unwrap_or(4).max(4)
+    std::thread::available_parallelism()
+        .map(|n| n.get() * 2)
+        .unwrap_or(4)
+        .max(4)
 }
 
 /// A ready-made target for trying rtgt out.
@@ -146,7 +149,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             portals: Arc::new(RwLock::new(Vec::new())),
             listeners: RefCell::new(HashMap::new()),
             shutdown: tokio::sync::Notify::new(),
-            io_threads: cfg.io_threads.unwrap_or_else(default_io_threads).clamp(1, 1024),
+            io_threads: cfg
+                .io_threads
+                .unwrap_or_else(default_io_threads)
+                .clamp(1, 1024),
         });
         for (addr, l) in bound {
             state.listen(addr, l);

@@ -13,7 +13,7 @@ use iscsi::pdu::{
 };
 use iscsi::transfer::{BurstLimits, WriteTransfer};
 use iscsi::Digests;
-use scsi::{LunId, Outcome, Request, Response, Status};
+use scsi::{LunId, Outcome, Request, Response, SimpleIo, Status};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
@@ -508,12 +508,59 @@ impl Conn {
                     .borrow_mut()
                     .insert(info.itt.0, (info.lun, aborted.clone()));
                 let me = self.clone();
+                let target = self.target.clone();
+                // Plain reads, writes and flushes go through the loop's
+                // io_uring unless a read-modify-write command holds the LU.
+                let ring = target.uring.clone().zip(dev.raw_fd());
+                if let (Some((ring, fd)), Some(simple), 0) =
+                    (ring, task.simple(&buf), target.exclusive.get())
+                {
+                    tokio::task::spawn_local(async move {
+                        let (ok, mut buf) = match simple {
+                            SimpleIo::Read { offset, len } => ring.read(fd, offset, buf, len).await,
+                            SimpleIo::Write { offset, len, flush } => {
+                                ring.write(fd, offset, buf, len, flush).await
+                            }
+                            SimpleIo::Flush => ring.fsync(fd, buf).await,
+                        };
+                        // The store stays open until the kernel is done.
+                        drop(dev);
+                        if ring.inflight() == 0 {
+                            target.ring_idle.notify_waiters();
+                        }
+                        if aborted.get() {
+                            return;
+                        }
+                        me.running.borrow_mut().remove(&info.itt.0);
+                        let resp = task.complete(ok, &mut buf);
+                        me.finish(&info, resp, buf);
+                    });
+                    return;
+                }
+                let exclusive = task.is_exclusive();
+                if exclusive {
+                    target.exclusive.set(target.exclusive.get() + 1);
+                }
                 tokio::task::spawn_local(async move {
+                    if exclusive {
+                        // Let the ring's I/O finish so this command sees and
+                        // overlaps none of it (SBC-3 §5.2 atomicity).
+                        while target.uring.as_ref().is_some_and(|r| r.inflight() > 0) {
+                            let idle = target.ring_idle.notified();
+                            if target.uring.as_ref().is_some_and(|r| r.inflight() == 0) {
+                                break;
+                            }
+                            idle.await;
+                        }
+                    }
                     let joined = tokio::task::spawn_blocking(move || {
                         let r = task.run(&*dev, &mut buf);
                         (r, buf)
                     })
                     .await;
+                    if exclusive {
+                        target.exclusive.set(target.exclusive.get() - 1);
+                    }
                     if aborted.get() {
                         return;
                     }

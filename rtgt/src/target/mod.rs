@@ -6,6 +6,7 @@
 
 pub mod conn;
 pub mod session;
+pub mod uring;
 pub mod writer;
 
 use std::cell::{Cell, RefCell};
@@ -97,6 +98,13 @@ pub struct TargetCtx {
     pub registry: Arc<Registry>,
     pub portals: Arc<RwLock<Vec<SocketAddr>>>,
     pub knobs: Cell<Knobs>,
+    /// The loop's io_uring, when the kernel offers one (else workers).
+    pub uring: Option<Rc<uring::Uring>>,
+    /// COMPARE AND WRITE / ORWRITE tasks running on workers: while any
+    /// runs, plain I/O takes the worker path too, under the LU's lock.
+    pub exclusive: Cell<usize>,
+    /// Signalled when the ring drains, for an exclusive task to start.
+    pub ring_idle: tokio::sync::Notify,
 }
 
 impl TargetCtx {
@@ -218,6 +226,23 @@ impl TargetCtx {
     }
 }
 
+/// The loop's io_uring unless unavailable or `RTGT_IO_ENGINE=threads`
+/// (for comparisons), in which case data I/O goes to workers.
+fn ring_for_loop() -> Option<Rc<uring::Uring>> {
+    if std::env::var("RTGT_IO_ENGINE").is_ok_and(|v| v == "threads") {
+        return None;
+    }
+    // The ring's eventfd is registered with this thread's runtime, so it
+    // must be created inside it.
+    match uring::Uring::new() {
+        Ok(u) => Some(u),
+        Err(e) => {
+            tracing::info!(error = %e, "io_uring unavailable; disk I/O uses worker threads");
+            None
+        }
+    }
+}
+
 /// The management side's handle on a running target loop.
 pub struct TargetHandle {
     pub tid: u32,
@@ -256,6 +281,7 @@ impl TargetHandle {
                     tpgt: 1,
                     relative_port: 1,
                 };
+                let _in_rt = rt.enter();
                 let ctx = Rc::new(TargetCtx {
                     tid,
                     name: RefCell::new(name),
@@ -265,9 +291,17 @@ impl TargetHandle {
                     registry,
                     portals,
                     knobs: Cell::new(Knobs::default()),
+                    uring: ring_for_loop(),
+                    exclusive: Cell::new(0),
+                    ring_idle: tokio::sync::Notify::new(),
                 });
                 let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, run_loop(ctx, rx));
+                local.block_on(&rt, async move {
+                    if let Some(u) = &ctx.uring {
+                        tokio::task::spawn_local(u.clone().reap());
+                    }
+                    run_loop(ctx, rx).await
+                });
             })?;
         Ok(TargetHandle {
             tid,
