@@ -363,6 +363,38 @@ pub fn frame_len(bhs: &Bhs, dg: Digests, max_data: usize) -> Result<usize, PduEr
 /// Try to take one whole PDU off the front of `buf`. `Ok(None)`: need more bytes.
 /// On success returns the PDU and the number of bytes it took.
 pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, usize)>, PduError> {
+    Ok(decode_view(buf, dg, max_data)?.map(|(v, n)| (v.to_pdu(buf), n)))
+}
+
+/// A whole PDU found in a buffer, by position: lets the receiver copy a
+/// Data-Out segment straight into the command's buffer, once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PduView {
+    pub bhs: Bhs,
+    /// Where the AHS lies in the buffer given to [`decode_view`].
+    pub ahs: std::ops::Range<usize>,
+    /// Where the data segment lies (without padding and digest).
+    pub data: std::ops::Range<usize>,
+}
+
+impl PduView {
+    /// An owned copy, from the buffer the view was decoded from.
+    pub fn to_pdu(&self, buf: &[u8]) -> Pdu {
+        Pdu {
+            bhs: self.bhs,
+            ahs: buf[self.ahs.clone()].to_vec(),
+            data: buf[self.data.clone()].to_vec(),
+        }
+    }
+}
+
+/// Like [`decode`], without copying: the PDU's parts as ranges of `buf`.
+/// Digests are checked before the view is returned.
+pub fn decode_view(
+    buf: &[u8],
+    dg: Digests,
+    max_data: usize,
+) -> Result<Option<(PduView, usize)>, PduError> {
     if buf.len() < BHS_LEN {
         return Ok(None);
     }
@@ -381,7 +413,6 @@ pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, u
         at += 4;
     }
     let dlen = bhs.data_len();
-    let data = buf[at..at + dlen].to_vec();
     if dlen > 0 && dg.data {
         let padded = pad4(dlen);
         let want = u32::from_le_bytes(buf[at + padded..at + padded + 4].try_into().unwrap());
@@ -389,8 +420,14 @@ pub fn decode(buf: &[u8], dg: Digests, max_data: usize) -> Result<Option<(Pdu, u
             return Err(PduError::DataDigest);
         }
     }
-    let ahs = buf[BHS_LEN..BHS_LEN + ahs_len].to_vec();
-    Ok(Some((Pdu { bhs, ahs, data }, total)))
+    Ok(Some((
+        PduView {
+            bhs,
+            ahs: BHS_LEN..BHS_LEN + ahs_len,
+            data: at..at + dlen,
+        },
+        total,
+    )))
 }
 
 impl Pdu {

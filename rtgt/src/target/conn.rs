@@ -156,15 +156,23 @@ impl Conn {
         let reason = 'conn: loop {
             // Handle every whole PDU already buffered.
             loop {
-                match pdu::decode(
+                match pdu::decode_view(
                     &rbuf[start..],
                     self.params.digests,
                     self.params.max_recv as usize,
                 ) {
-                    Ok(Some((p, n))) => {
+                    Ok(Some((v, n))) => {
+                        let frame = &rbuf[start..start + n];
                         start += n;
                         self.rx_activity.set(true);
-                        if let Err(c) = self.handle(p) {
+                        // Data-Out goes from the receive buffer straight
+                        // into its command's buffer: one copy, no allocation.
+                        let r = if v.bhs.opcode() == Some(Opcode::DataOut) {
+                            self.data_out(&v.bhs, &frame[v.data.clone()])
+                        } else {
+                            self.handle(v.to_pdu(frame))
+                        };
+                        if let Err(c) = r {
                             break 'conn c;
                         }
                     }
@@ -196,7 +204,12 @@ impl Conn {
             if self.closed.get() {
                 break Close::Done;
             }
-            if start > 0 {
+            // Move a partial PDU to the front only when room runs out, so a
+            // large PDU arriving in pieces is not shifted on every read.
+            if start == rbuf.len() {
+                rbuf.clear();
+                start = 0;
+            } else if start > 0 && rbuf.capacity() - rbuf.len() < 64 * 1024 {
                 rbuf.drain(..start);
                 start = 0;
             }
@@ -277,7 +290,7 @@ impl Conn {
             }
         };
         match op {
-            Opcode::DataOut => self.data_out(p),
+            Opcode::DataOut => self.data_out(&p.bhs, &p.data),
             Opcode::ScsiCommand
             | Opcode::TaskMgmtRequest
             | Opcode::TextRequest
@@ -415,8 +428,10 @@ impl Conn {
                 return;
             }
         };
-        let mut buf = vec![0u8; info.edtl as usize];
-        buf[..imm as usize].copy_from_slice(&p.data);
+        // The immediate data becomes the start of the command's buffer
+        // (no copy when it is all the data); Data-Out appends the rest.
+        let mut buf = p.data;
+        buf.reserve_exact(info.edtl as usize - buf.len());
         let mut pw = PendingWrite { info, buf, xfer };
         if pw.xfer.complete() {
             self.execute(pw.info, pw.buf);
@@ -439,8 +454,8 @@ impl Conn {
         }
     }
 
-    fn data_out(self: &Rc<Self>, p: Pdu) -> Result<(), Close> {
-        let itt = p.bhs.itt().0;
+    fn data_out(self: &Rc<Self>, bhs: &Bhs, data: &[u8]) -> Result<(), Close> {
+        let itt = bhs.itt().0;
         let mut writes = self.writes.borrow_mut();
         let Some(pw) = writes.get_mut(&itt) else {
             // Data for a command already answered (refused up front, failed
@@ -448,11 +463,11 @@ impl Conn {
             // discard it.
             return Ok(());
         };
-        let offset = p.bhs.buffer_offset();
-        let len = p.data.len() as u32;
-        if let Err(e) =
-            pw.xfer
-                .on_data_out(p.bhs.ttt(), p.bhs.data_sn(), offset, len, p.bhs.final_bit())
+        let offset = bhs.buffer_offset();
+        let len = data.len() as u32;
+        if let Err(e) = pw
+            .xfer
+            .on_data_out(bhs.ttt(), bhs.data_sn(), offset, len, bhs.final_bit())
         {
             // A Data-Out out of sequence or outside what was solicited ends
             // the command, not the connection: the task gets CHECK
@@ -463,15 +478,26 @@ impl Conn {
             drop(writes);
             tracing::debug!(peer = %self.peer, error = %e, "bad data-out");
             if matches!(e, iscsi::transfer::TransferError::UnknownTtt) {
-                self.reject(RejectReason::InvalidPduField, &p.bhs);
+                self.reject(RejectReason::InvalidPduField, bhs);
             }
             self.finish_check(&pw.info, transport_sense(0x0b, 0x4b, 0x00));
             return Ok(());
         }
-        pw.buf[offset as usize..(offset + len) as usize].copy_from_slice(&p.data);
+        // Data arrives in offset order (DataPDUInOrder / DataSequenceInOrder
+        // = Yes), so the buffer mostly just grows; a gap is zero-filled.
+        let (off, end) = (offset as usize, (offset + len) as usize);
+        if off == pw.buf.len() {
+            pw.buf.extend_from_slice(data);
+        } else {
+            if pw.buf.len() < end {
+                pw.buf.resize(end, 0);
+            }
+            pw.buf[off..end].copy_from_slice(data);
+        }
         if pw.xfer.complete() {
-            let pw = writes.remove(&itt).unwrap();
+            let mut pw = writes.remove(&itt).unwrap();
             drop(writes);
+            pw.buf.resize(pw.info.edtl as usize, 0);
             self.execute(pw.info, pw.buf);
         } else {
             self.send_r2ts(pw);
