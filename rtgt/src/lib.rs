@@ -11,4 +11,5 @@ pub mod backend;
 pub mod daemon;
 pub mod mgmt;
 pub mod registry;
+pub mod stats;
 pub mod target;

@@ -169,6 +169,7 @@ impl mgmt::Live for DaemonLive {
                     self.state.registry.clone(),
                     self.state.portals.clone(),
                     self.state.io_threads,
+                    self.state.stats.target(tid),
                 ) {
                     Ok(h) => {
                         self.state.targets.borrow_mut().insert(tid, h);
@@ -186,6 +187,7 @@ impl mgmt::Live for DaemonLive {
                 for s in self.state.registry.sessions_of(tid) {
                     self.state.registry.remove_session(s.tsih);
                 }
+                self.state.stats.remove_target(tid);
             }
             Effect::LunAdded { tid, spec } => {
                 let dev = self.device_for(tid, &spec);
@@ -253,6 +255,10 @@ impl mgmt::Live for DaemonLive {
 
     fn lun_busy(&self, _tid: u32, _lun: u64) -> bool {
         false
+    }
+
+    fn stats(&self) -> Option<Arc<crate::stats::Stats>> {
+        Some(self.state.stats.clone())
     }
 }
 

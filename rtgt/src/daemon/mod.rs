@@ -91,6 +91,8 @@ pub struct DaemonState {
     pub shutdown: tokio::sync::Notify,
     /// Blocking-I/O workers per target loop.
     pub io_threads: usize,
+    /// I/O counters of every target (`tgtadm --op stat`).
+    pub stats: Arc<crate::stats::Stats>,
 }
 
 impl DaemonState {
@@ -153,6 +155,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 .io_threads
                 .unwrap_or_else(default_io_threads)
                 .clamp(1, 1024),
+            stats: crate::stats::Stats::new(),
         });
         for (addr, l) in bound {
             state.listen(addr, l);

@@ -157,6 +157,11 @@ pub trait Live {
         false
     }
 
+    /// The daemon's I/O counters, for `--op stat` (none in tests' fakes).
+    fn stats(&self) -> Option<std::sync::Arc<crate::stats::Stats>> {
+        None
+    }
+
     /// Whether an initiator holds PREVENT ALLOW MEDIUM REMOVAL on the unit
     /// (SBC-3 section 5.13); shown, and refuses taking it offline.
     fn prevent_removal(&self, tid: u32, lun: u64) -> bool {

@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use iscsi::pdu::{
@@ -21,6 +22,7 @@ use tokio::sync::Notify;
 use super::session::{Queued, Session};
 use super::writer::{OutData, OutPdu, Sender, Stamp};
 use super::TargetCtx;
+use crate::stats::Counters;
 
 /// Negotiated values of one connection.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +53,7 @@ struct CmdInfo {
     cdb: Vec<u8>,
     edtl: u32,
     read: bool,
+    write: bool,
 }
 
 /// A command whose I/O runs on a worker: its LUN, and a flag set when it is
@@ -78,6 +81,8 @@ pub struct Conn {
     closed: Cell<bool>,
     nop_outstanding: Cell<u32>,
     rx_activity: Cell<bool>,
+    /// This connection's and its session's counters (`tgtadm --op stat`).
+    stats: (Arc<Counters>, Arc<Counters>),
 }
 
 /// Decode the LUN field (SAM-5 §4.7: peripheral and flat addressing, as
@@ -114,7 +119,9 @@ impl Conn {
         tx: Sender,
         params: ConnParams,
     ) -> Rc<Conn> {
+        let stats = target.stats.conn(session.setup.tsih, cid);
         Rc::new(Conn {
+            stats,
             cid,
             peer,
             session,
@@ -393,6 +400,7 @@ impl Conn {
             cdb,
             edtl: b.expected_data_len(),
             read: b.cmd_read(),
+            write: b.cmd_write(),
         };
         if b.cmd_read() && b.cmd_write() {
             // Bidirectional commands are not supported by any LU type here.
@@ -626,6 +634,13 @@ impl Conn {
         } else {
             0
         };
+        let written = if info.write { edtl } else { 0 };
+        for c in [&self.stats.0, &self.stats.1, &self.target.stats.total] {
+            c.record(sent, written, !ok);
+        }
+        if let Some(c) = self.target.lun_stats.borrow().get(&info.lun) {
+            c.record(sent, written, !ok);
+        }
         let residual = if resp.wanted > edtl {
             Residual::Overflow((resp.wanted - edtl).min(u32::MAX as u64) as u32)
         } else if info.read {

@@ -22,6 +22,7 @@ use scsi::{BlockDevice, LunConfig, LunId, LunSet, NexusId, TargetPort};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::registry::Registry;
+use crate::stats::{Counters, TargetStats};
 use conn::{Conn, ConnParams};
 use session::{Session, SessionSetup};
 use writer::WriterState;
@@ -105,6 +106,10 @@ pub struct TargetCtx {
     pub exclusive: Cell<usize>,
     /// Signalled when the ring drains, for an exclusive task to start.
     pub ring_idle: tokio::sync::Notify,
+    /// Counters for `tgtadm --op stat`.
+    pub stats: Arc<TargetStats>,
+    /// Each LUN's counters, so a command bumps them without a lookup lock.
+    pub lun_stats: RefCell<HashMap<LunId, Arc<Counters>>>,
 }
 
 impl TargetCtx {
@@ -113,6 +118,7 @@ impl TargetCtx {
     pub fn conn_closed(&self, c: &Rc<Conn>) {
         let tsih = c.session.setup.tsih;
         self.registry.remove_conn(tsih, c.cid);
+        self.stats.remove_conn(tsih, c.cid);
         let empty = {
             let mut conns = c.session.conns.borrow_mut();
             conns.retain(|x| !Rc::ptr_eq(x, c));
@@ -126,6 +132,7 @@ impl TargetCtx {
             {
                 sessions.remove(&tsih);
                 self.registry.remove_session(tsih);
+                self.stats.remove_session(tsih);
             }
             drop(sessions);
             self.luns.borrow_mut().remove_nexus(c.session.setup.nexus);
@@ -260,6 +267,7 @@ impl TargetHandle {
         registry: Arc<Registry>,
         portals: Arc<RwLock<Vec<SocketAddr>>>,
         io_threads: usize,
+        stats: Arc<TargetStats>,
     ) -> std::io::Result<TargetHandle> {
         let (tx, rx) = mpsc::unbounded_channel();
         let thread = std::thread::Builder::new()
@@ -294,6 +302,8 @@ impl TargetHandle {
                     uring: ring_for_loop(),
                     exclusive: Cell::new(0),
                     ring_idle: tokio::sync::Notify::new(),
+                    stats,
+                    lun_stats: RefCell::new(HashMap::new()),
                 });
                 let local = tokio::task::LocalSet::new();
                 local.block_on(&rt, async move {
@@ -330,6 +340,7 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
         match m {
             TargetMsg::Connection(h) => ctx.accept(*h),
             TargetMsg::AddLun { id, cfg, dev } => {
+                ctx.lun_stats.borrow_mut().insert(id, ctx.stats.lun(id.0));
                 ctx.devices.borrow_mut().insert(id, dev);
                 ctx.luns.borrow_mut().insert(id, *cfg);
             }
@@ -337,6 +348,8 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
                 ctx.abort_everywhere(Some(id));
                 ctx.luns.borrow_mut().remove(id);
                 ctx.devices.borrow_mut().remove(&id);
+                ctx.lun_stats.borrow_mut().remove(&id);
+                ctx.stats.remove_lun(id.0);
             }
             TargetMsg::UpdateLun { id, cfg, dev } => {
                 if let Some(d) = dev {
