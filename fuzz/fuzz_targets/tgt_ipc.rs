@@ -1,7 +1,12 @@
 //! tgt management requests: decoded, then handled against a table with a
 //! daemon stand-in; a bad request must fail cleanly.
+//!
+//! The input is a sequence of requests (each header's `len` says where the
+//! next one starts), handled in turn against one table, so that later
+//! requests find the targets, LUNs, accounts and ACLs earlier ones made.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
+use rtgt::mgmt::ipc::{RequestHeader, REQ_HDR_LEN};
 use rtgt::mgmt::{self, BackingInfo, Effect, Live, LunSpec, SessionInfo, TargetTable, TgtadmError};
 
 struct Fake;
@@ -16,9 +21,19 @@ impl Live for Fake {
 }
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(req) = mgmt::ipc::decode_request(data) {
-        let mut table = TargetTable::new();
+    let mut table = TargetTable::new();
+    let mut rest = data;
+    // A bounded number of requests keeps one input's run time small.
+    for _ in 0..16 {
+        let Ok(req) = mgmt::ipc::decode_request(rest) else {
+            return;
+        };
         let _ = mgmt::handle(&mut table, &req, &mut Fake);
         let _ = mgmt::handle(&mut table, &req, &mut Fake);
+        let mut hdr = [0u8; REQ_HDR_LEN];
+        hdr.copy_from_slice(&rest[..REQ_HDR_LEN]);
+        // decode_request succeeded, so `len` is within the input.
+        let len = RequestHeader::decode(&hdr).len as usize;
+        rest = &rest[len..];
     }
 });

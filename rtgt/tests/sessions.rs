@@ -237,3 +237,77 @@ fn broken_peers_leave_others_working() {
     );
     fresh.read(1, 0, 8, BS).unwrap();
 }
+
+#[test]
+fn text_in_a_normal_session_lists_this_target() {
+    let d = setup("text");
+    let mut c = login(&d, &opts(&d));
+    let t = c.send_targets(IQN).expect("SendTargets");
+    assert_eq!(t.len(), 1, "{t:?}");
+    assert_eq!(t[0].0, IQN);
+    assert!(
+        t[0].1.iter().any(|a| a.starts_with(&d.portal.to_string())),
+        "{t:?}"
+    );
+    // The session still works after the exchange.
+    c.read(1, 0, 1, BS).unwrap();
+}
+
+/// Per-thread CPU time (utime + stime ticks) of every thread named `name`.
+fn thread_cpu(pid: u32, name: &str) -> Option<u64> {
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = e.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
+        if comm.trim() == name {
+            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+            let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            return Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?);
+        }
+    }
+    None
+}
+
+/// Two targets loaded at once burn CPU on their own threads, tgt/1 and tgt/2.
+#[test]
+fn two_targets_run_on_their_own_threads() {
+    let d = Daemon::start("threads");
+    let iqn2 = "iqn.2026-11.io.rtgt.test:second";
+    d.file_target(1, IQN, &sparse_file(&d.dir, "a.img", 8 << 20), false);
+    d.file_target(2, iqn2, &sparse_file(&d.dir, "b.img", 8 << 20), false);
+    let pid = d.child.id();
+    let before = (
+        thread_cpu(pid, "tgt/1").expect("thread tgt/1"),
+        thread_cpu(pid, "tgt/2").expect("thread tgt/2"),
+    );
+    let mut workers = Vec::new();
+    for iqn in [IQN, iqn2] {
+        let o = LoginOptions {
+            target_name: Some(iqn.into()),
+            ..opts(&d)
+        };
+        let portal = d.portal;
+        workers.push(std::thread::spawn(move || {
+            let (mut c, _) = Connection::login(portal, &o).unwrap();
+            let _ = c.test_unit_ready(1);
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_millis(1500) {
+                c.read(1, 0, 8, BS).unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let after = (
+        thread_cpu(pid, "tgt/1").unwrap(),
+        thread_cpu(pid, "tgt/2").unwrap(),
+    );
+    assert!(
+        after.0 > before.0,
+        "tgt/1 burned no CPU: {before:?} -> {after:?}"
+    );
+    assert!(
+        after.1 > before.1,
+        "tgt/2 burned no CPU: {before:?} -> {after:?}"
+    );
+}

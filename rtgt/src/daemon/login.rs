@@ -404,6 +404,7 @@ fn handoff(
             time2wait: params.default_time2wait.min(u16::MAX as u32) as u16,
             time2retain: params.default_time2retain.min(u16::MAX as u32) as u16,
         },
+        negotiated: Box::new(params.clone()),
     };
     match state.targets.borrow().get(&tid) {
         Some(t) => t.send(TargetMsg::Connection(Box::new(h))),

@@ -13,7 +13,7 @@ use iscsi::pdu::{
     self, Bhs, Itt, Opcode, Pdu, PduError, RejectReason, Residual, Ttt, RESERVED_TAG,
 };
 use iscsi::transfer::{BurstLimits, WriteTransfer};
-use iscsi::Digests;
+use iscsi::{Digests, TextExchange, TextHost, TextStep};
 use scsi::{LunId, Outcome, Request, Response, SimpleIo, Status};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
@@ -34,6 +34,10 @@ pub struct ConnParams {
     pub max_xmit: u32,
     pub limits: BurstLimits,
 }
+
+/// Most bytes of write commands still collecting Data-Out on one
+/// connection (four maximum-size commands).
+const WRITE_BUDGET: u64 = 4 * scsi::MAX_TRANSFER_BYTES;
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -83,6 +87,19 @@ pub struct Conn {
     rx_activity: Cell<bool>,
     /// This connection's and its session's counters (`tgtadm --op stat`).
     stats: (Arc<Counters>, Arc<Counters>),
+    /// The address the initiator reached us on.
+    local: SocketAddr,
+    /// Text Request / Response exchanges (SendTargets, continuation).
+    text: RefCell<TextExchange>,
+}
+
+/// What a Text exchange in a normal session may list: this target.
+struct ThisTarget<'a>(&'a TargetCtx, SocketAddr);
+
+impl TextHost for ThisTarget<'_> {
+    fn targets(&mut self) -> Vec<iscsi::TargetEntry> {
+        self.0.listing(self.1)
+    }
 }
 
 /// Decode the LUN field (SAM-5 §4.7: peripheral and flat addressing, as
@@ -111,17 +128,22 @@ fn transport_sense(key: u8, asc: u8, ascq: u8) -> Vec<u8> {
 }
 
 impl Conn {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cid: u16,
         peer: SocketAddr,
+        local: SocketAddr,
         session: Rc<Session>,
         target: Rc<TargetCtx>,
         tx: Sender,
         params: ConnParams,
+        negotiated: &iscsi::SessionParams,
     ) -> Rc<Conn> {
         let stats = target.stats.conn(session.setup.tsih, cid);
         Rc::new(Conn {
             stats,
+            local,
+            text: RefCell::new(TextExchange::new(negotiated)),
             cid,
             peer,
             session,
@@ -436,6 +458,25 @@ impl Conn {
                 return;
             }
         };
+        // Bound the memory one connection can pin in half-received writes:
+        // past the budget a new write waits its turn (SAM-5 TASK SET FULL,
+        // the initiator retries), unless it is the only one.
+        let pending: u64 = self
+            .writes
+            .borrow()
+            .values()
+            .map(|w| w.info.edtl as u64)
+            .sum();
+        if pending > 0 && pending + info.edtl as u64 > WRITE_BUDGET {
+            let full = Response {
+                status: Status::TaskSetFull,
+                sense: Vec::new(),
+                data_len: 0,
+                wanted: 0,
+            };
+            self.finish(&info, full, Vec::new());
+            return;
+        }
         // The immediate data becomes the start of the command's buffer
         // (no copy when it is all the data); Data-Out appends the rest.
         let mut buf = p.data;
@@ -807,16 +848,14 @@ impl Conn {
     }
 
     fn text(&self, p: &Pdu) {
-        let data = self.target.text_in_session(p);
+        let step = self
+            .text
+            .borrow_mut()
+            .handle_request(p, &mut ThisTarget(&self.target, self.local));
         self.session.complete();
-        self.send(pdu::text_response(
-            p.bhs.itt(),
-            Ttt(RESERVED_TAG),
-            true,
-            false,
-            p.bhs.lun_raw(),
-            data,
-        ));
+        match step {
+            TextStep::Respond(r) | TextStep::Reject(r) => self.send(r),
+        }
     }
 
     /// Logout (RFC 7143 §11.14, §11.15): 0 closes the session, 1 a

@@ -16,7 +16,6 @@ use std::rc::Rc;
 use std::sync::{Arc, RwLock};
 use std::thread::JoinHandle;
 
-use iscsi::pdu::Pdu;
 use iscsi::StatSn;
 use scsi::{BlockDevice, LunConfig, LunId, LunSet, NexusId, TargetPort};
 use tokio::sync::{mpsc, oneshot};
@@ -56,6 +55,8 @@ pub struct Handoff {
     pub stat_sn: StatSn,
     /// The session: new, or the one this connection joins (MC/S).
     pub session: SessionSetup,
+    /// Everything the login negotiated (for Text exchanges).
+    pub negotiated: Box<iscsi::SessionParams>,
 }
 
 /// Requests to a target loop.
@@ -149,35 +150,26 @@ impl TargetCtx {
         }
     }
 
-    /// Text Request in the full feature phase: SendTargets lists this
-    /// target (RFC 7143 §13.3: in a normal session only the current target).
-    pub fn text_in_session(&self, p: &Pdu) -> Vec<u8> {
-        let mut out = Vec::new();
-        for kv in p.data.split(|&b| b == 0).filter(|s| !s.is_empty()) {
-            let kv = String::from_utf8_lossy(kv);
-            let (k, v) = kv.split_once('=').unwrap_or((&kv, ""));
-            if k == "SendTargets" {
-                let name = self.name.borrow().clone();
-                if v == "All" || v.is_empty() || v == name {
-                    out.extend_from_slice(format!("TargetName={name}\0").as_bytes());
-                    for a in self
-                        .portals
-                        .read()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .iter()
-                    {
-                        let addr = match a {
-                            SocketAddr::V4(v4) => format!("{}:{}", v4.ip(), v4.port()),
-                            SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
-                        };
-                        out.extend_from_slice(format!("TargetAddress={addr},1\0").as_bytes());
-                    }
-                }
-            } else {
-                out.extend_from_slice(format!("{k}=NotUnderstood\0").as_bytes());
-            }
-        }
-        out
+    /// This target with every portal, wildcards replaced by the address
+    /// the connection arrived on (what SendTargets in a normal session
+    /// lists, RFC 7143 §13.3 / Appendix C).
+    pub fn listing(&self, local: SocketAddr) -> Vec<iscsi::TargetEntry> {
+        let portals = self
+            .portals
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|a| a.is_ipv4() == local.is_ipv4() || !a.ip().is_unspecified())
+            .map(|a| {
+                let a = if a.ip().is_unspecified() {
+                    SocketAddr::new(local.ip(), a.port())
+                } else {
+                    *a
+                };
+                (a, 1)
+            })
+            .collect();
+        vec![(self.name.borrow().clone(), portals)]
     }
 
     fn accept(self: &Rc<Self>, h: Handoff) {
@@ -211,7 +203,17 @@ impl TargetCtx {
             old.close();
         }
         let (tx, rx) = writer::channel();
-        let conn = Conn::new(h.cid, h.peer, session.clone(), self.clone(), tx, h.params);
+        let local = stream.local_addr().unwrap_or(h.peer);
+        let conn = Conn::new(
+            h.cid,
+            h.peer,
+            local,
+            session.clone(),
+            self.clone(),
+            tx,
+            h.params,
+            &h.negotiated,
+        );
         session.conns.borrow_mut().push(conn.clone());
         let (rd, wr) = stream.into_split();
         let wstate = Rc::new(RefCell::new(WriterState {
