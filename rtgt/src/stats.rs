@@ -62,6 +62,9 @@ pub struct TargetStats {
     pub sessions: Mutex<BTreeMap<u16, SessionStats>>,
 }
 
+/// A session's TSIH and counters, with each connection's (CID, counters).
+pub type SessionSnapshot = (u16, Snapshot, Vec<(u16, Snapshot)>);
+
 /// Counters of one session and its connections.
 #[derive(Debug, Default, Clone)]
 pub struct SessionStats {
@@ -111,7 +114,7 @@ impl TargetStats {
     }
 
     /// Session counters with their connections', by TSIH.
-    pub fn session_snapshots(&self) -> Vec<(u16, Snapshot, Vec<(u16, Snapshot)>)> {
+    pub fn session_snapshots(&self) -> Vec<SessionSnapshot> {
         lock(&self.sessions)
             .iter()
             .map(|(t, s)| {
