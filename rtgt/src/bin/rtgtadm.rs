@@ -2,6 +2,11 @@
 //! `usr/tgtadm.c`): the same options (parsed the way glibc's `getopt_long`
 //! parses them), the same checks and messages, the same request bytes on
 //! the management socket, the same output and exit codes.
+//!
+//! Two options of its own, beyond tgtadm: `--json` (show and stat answer
+//! a JSON document) and `--counters` (stat answers rtgt's per-object
+//! counter table). They travel as the parameter items `json=1` /
+//! `counters=1`, which the stock tgtadm never sends with show or stat.
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
@@ -324,6 +329,17 @@ fn fail(msg: &str) -> ! {
 fn main() {
     let argv0 = std::env::args().next().unwrap_or_else(|| PROG.to_string());
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // rtgtadm's own flags are taken out before tgtadm's parsing, so that
+    // tgtadm's option checks (verify_mode_params) stay as they are.
+    let end = args.iter().position(|a| a == "--").unwrap_or(args.len());
+    let own = |name: &str| args[..end].iter().any(|a| a == name);
+    let (want_json, want_counters) = (own("--json"), own("--counters"));
+    let args: Vec<String> = args
+        .iter()
+        .enumerate()
+        .filter(|(i, a)| *i >= end || (a.as_str() != "--json" && a.as_str() != "--counters"))
+        .map(|(_, a)| a.clone())
+        .collect();
     let (opts, rest) = getopt(&args);
 
     let mut req = Request::default();
@@ -626,6 +642,12 @@ fn main() {
     }
     if let Some(v) = &portal_ops {
         add("portalOps ", &format!("{v},"));
+    }
+    // (`--help` stays tgtadm's text byte for byte; README documents these.)
+    if want_json && matches!(op, Op::Show | Op::Stats) {
+        add("json=", "1");
+    } else if want_counters && op == Op::Stats {
+        add("counters=", "1");
     }
     req.params = b;
 

@@ -260,6 +260,47 @@ impl mgmt::Live for DaemonLive {
     fn stats(&self) -> Option<Arc<crate::stats::Stats>> {
         Some(self.state.stats.clone())
     }
+
+    fn counters(&self, tid: u32) -> Option<mgmt::TargetCounters> {
+        let t = self.state.stats.get(tid)?;
+        // The data path keys sessions by TSIH; management names them by
+        // I_T nexus id. Counters of a session that has just gone are
+        // dropped with it.
+        let records = self.state.registry.sessions_of(tid);
+        let sessions = t
+            .session_snapshots()
+            .into_iter()
+            .filter_map(|(tsih, total, conns)| {
+                let r = records.iter().find(|r| r.tsih == tsih)?;
+                let conns = conns.into_iter().map(|(c, s)| (c as u32, s)).collect();
+                Some((r.nexus, total, conns))
+            })
+            .collect();
+        Some(mgmt::TargetCounters {
+            total: t.total.snapshot(),
+            luns: t.lun_snapshots(),
+            sessions,
+        })
+    }
+
+    fn backing_size(&mut self, tid: u32, spec: &LunSpec) -> Result<u64, TgtadmError> {
+        // Open read-only and drop it again: the target loop keeps using the
+        // store it has (file stores read their size with fstat or
+        // BLKGETSIZE64 on each call, so it sees the new end too).
+        let kind = BackendKind::parse(&spec.bstype).map_err(|_| TgtadmError::InvalidRequest)?;
+        let flags = OpenFlags {
+            sync: false,
+            direct: false,
+            readonly: true,
+        };
+        match backend::open(kind, spec.path.as_deref(), flags, spec.size_bytes) {
+            Ok(d) => Ok(d.size()),
+            Err(e) => {
+                tracing::warn!(tid, lun = spec.lun, error = %e, "backing store size");
+                Err(TgtadmError::InvalidRequest)
+            }
+        }
+    }
 }
 
 fn knobs_of(table: &mgmt::TargetTable, tid: u32) -> Knobs {

@@ -12,11 +12,12 @@ use super::ipc::{TgtadmError, GLOBAL_TID};
 use super::live::{Effect, Live};
 use super::params::key_index;
 use super::request::{c_atoi, c_strtoul_u32, c_strtoull, Mode, Op, Request, ACCOUNT_OUTGOING};
-use super::show;
+use super::stat::wants;
 use super::table::{
     Account, DeviceType, LunSpec, ModePage, OpenFlags, Portal, SystemState, Target, TargetState,
     TargetTable, ISCSI_LISTEN_PORT,
 };
+use super::{json, show, stat};
 
 type Res = Result<String, TgtadmError>;
 
@@ -51,6 +52,8 @@ pub fn handle(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
         Mode::Portal => portal(table, req, live),
         Mode::Device => device(table, req, live),
         Mode::Account => account(table, req, live),
+        // tgt's session_mgmt: only stat is served for sessions.
+        Mode::Session if req.op == Op::Stats => stat::stat(table, req, live),
         Mode::Session => Err(TgtadmError::InvalidRequest),
         Mode::Connection => connection(table, req, live),
         Mode::Lld => lld(table, req),
@@ -70,7 +73,9 @@ fn tid_of(req: &Request) -> Option<u32> {
 
 fn system(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
     match req.op {
+        Op::Show if wants(req, "json") => Ok(json::system(table)),
         Op::Show => Ok(show::system(table)),
+        Op::Stats => stat::stat(table, req, live),
         Op::Update => {
             if let Some(v) = req.params.strip_prefix("debug=") {
                 // tgt compares prefixes: "on..." / "off...".
@@ -167,6 +172,18 @@ fn target(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
         }
         Op::Bind | Op::Unbind => acl(table, req, live),
         Op::Update => target_update(table, req, live),
+        Op::Show if wants(req, "json") => {
+            let only = if req.tid < 0 {
+                None
+            } else {
+                Some(
+                    tid_of(req)
+                        .and_then(|tid| table.target(tid))
+                        .ok_or(TgtadmError::NoTarget)?,
+                )
+            };
+            Ok(json::targets(table, only, live))
+        }
         Op::Show => {
             if req.tid < 0 {
                 Ok(show::targets(table, live))
@@ -177,7 +194,7 @@ fn target(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
                 Ok(show::target_params(t))
             }
         }
-        Op::Stats => Err(TgtadmError::UnsupportedOperation),
+        Op::Stats => stat::stat(table, req, live),
         _ => Err(TgtadmError::InvalidRequest),
     }
 }
@@ -383,6 +400,7 @@ fn parse_portals(s: &str) -> Result<PortalArgs, TgtadmError> {
 
 fn portal(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
     match req.op {
+        Op::Show if wants(req, "json") => Ok(json::portals(table)),
         Op::Show => Ok(show::portals(table)),
         Op::New | Op::Delete => {
             let at = req
@@ -451,7 +469,7 @@ fn device(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
             Ok(String::new())
         }
         Op::Update => lun_update(table, req, live),
-        Op::Stats => Err(TgtadmError::UnsupportedOperation),
+        Op::Stats => stat::stat(table, req, live),
         _ => Err(TgtadmError::UnsupportedOperation),
     }
 }
@@ -608,6 +626,7 @@ fn lun_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
         s
     };
     let mut new_path = None;
+    let mut disksize = None;
     for item in params.split(',').filter(|i| !i.is_empty()) {
         let (k, v) = item.split_once('=').ok_or(TgtadmError::InvalidRequest)?;
         match k {
@@ -644,6 +663,9 @@ fn lun_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
                     .retain(|p| !(p.pcode == pg.pcode && p.subpcode == pg.subpcode));
                 spec.mode_pages.push(pg);
             }
+            // rtgt extension (tgt 1.0.85 refuses it): re-read the backing
+            // store's size (`auto`) or expose a given size in bytes.
+            "disksize" => disksize = Some(parse_disksize(v)?),
             "path" => {
                 // Changing the medium needs the unit offline first.
                 if spec.path.is_some() && spec.online {
@@ -665,6 +687,9 @@ fn lun_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
         spec.size_bytes = 0;
         attach_medium(live, tid, &mut spec, needs_file)?;
     }
+    if let Some(d) = disksize {
+        resize(table, live, tid, &mut spec, d)?;
+    }
     if spec != *old {
         table
             .targets
@@ -677,10 +702,72 @@ fn lun_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
     Ok(String::new())
 }
 
+/// `--params disksize=auto|<bytes>`.
+#[derive(Debug, Clone, Copy)]
+enum DiskSize {
+    /// The backing store's current size.
+    Auto,
+    /// This many bytes.
+    Bytes(u64),
+}
+
+fn parse_disksize(v: &str) -> Result<DiskSize, TgtadmError> {
+    if v == "auto" {
+        return Ok(DiskSize::Auto);
+    }
+    if v.is_empty() || !v.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    v.parse()
+        .map(DiskSize::Bytes)
+        .map_err(|_| TgtadmError::InvalidRequest)
+}
+
+/// Change the capacity of a unit with a medium. The target loop then
+/// reports CAPACITY DATA HAS CHANGED to every I_T nexus (SBC-3 section
+/// 4.10, SPC-4 section 6.43 ASC 2Ah ASCQ 09h). A file-backed unit cannot
+/// be made larger than its store (reads past its end would fail); grow the
+/// file or volume first, then ask for `auto`.
+fn resize(
+    table: &TargetTable,
+    live: &mut dyn Live,
+    tid: u32,
+    spec: &mut LunSpec,
+    want: DiskSize,
+) -> Result<(), TgtadmError> {
+    if spec.path.is_none() || spec.device_type == DeviceType::Controller {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    let needs_file = table
+        .info
+        .backing_stores
+        .iter()
+        .find(|b| b.name == spec.bstype)
+        .is_none_or(|b| b.needs_file);
+    let store = if needs_file {
+        Some(live.backing_size(tid, spec)?)
+    } else {
+        None
+    };
+    let size = match (want, store) {
+        (DiskSize::Auto, Some(s)) => s,
+        (DiskSize::Auto, None) => NULL_BS_SIZE,
+        (DiskSize::Bytes(n), Some(s)) if n > s => return Err(TgtadmError::InvalidRequest),
+        (DiskSize::Bytes(n), _) => n,
+    };
+    // At least one whole block (READ CAPACITY reports the last LBA).
+    if size < spec.block_size as u64 {
+        return Err(TgtadmError::InvalidRequest);
+    }
+    spec.size_bytes = size;
+    Ok(())
+}
+
 // ---------------------------------------------------------------- accounts
 
 fn account(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
     match req.op {
+        Op::Show if wants(req, "json") => Ok(json::accounts(table)),
         Op::Show => Ok(show::accounts(table)),
         Op::New => {
             let rest = req.find_rest("user").ok_or(TgtadmError::InvalidRequest)?;
@@ -779,10 +866,15 @@ fn account(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
 // ---------------------------------------------------------------- connections, llds
 
 fn connection(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
+    // tgt finds the session of a connection stat by its id alone.
+    if req.op == Op::Stats {
+        return stat::stat(table, req, live);
+    }
     let tid = tid_of(req)
         .filter(|t| table.targets.contains_key(t))
         .ok_or(TgtadmError::NoTarget)?;
     match req.op {
+        Op::Show if wants(req, "json") => Ok(json::connections(&live.sessions(tid))),
         Op::Show => Ok(show::connections(&live.sessions(tid))),
         Op::Delete => {
             let sessions = live.sessions(tid);
@@ -806,6 +898,7 @@ fn connection(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
 
 fn lld(table: &mut TargetTable, req: &Request) -> Res {
     match req.op {
+        Op::Show if wants(req, "json") => Ok(json::llds(table)),
         Op::Show => Ok(show::llds(table)),
         Op::Start => {
             let name = if req.lld.is_empty() {

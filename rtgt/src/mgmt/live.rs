@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 
 use super::ipc::TgtadmError;
 use super::table::LunSpec;
+pub use crate::stats::Snapshot;
 
 /// One connection of a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,22 @@ pub struct BackingInfo {
     /// derive LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT.
     pub physical_block_size: u32,
 }
+
+/// A target's I/O counters as management names things: sessions by I_T
+/// nexus id (`--sid`), connections by CID. Counted since the object
+/// appeared (a LUN since it was added, a session since login).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetCounters {
+    /// All commands of the target.
+    pub total: Snapshot,
+    /// By LUN.
+    pub luns: Vec<(u64, Snapshot)>,
+    /// By nexus id: the session's totals and its connections' (by CID).
+    pub sessions: Vec<SessionCounters>,
+}
+
+/// A session's counters: (nexus id, its totals, its connections' by CID).
+pub type SessionCounters = (u64, Snapshot, Vec<(u32, Snapshot)>);
 
 /// A committed configuration change, handed to the daemon after the table
 /// was updated. `LunSpec`s are complete: the daemon needs no other lookup.
@@ -160,6 +177,21 @@ pub trait Live {
     /// The daemon's I/O counters, for `--op stat` (none in tests' fakes).
     fn stats(&self) -> Option<std::sync::Arc<crate::stats::Stats>> {
         None
+    }
+
+    /// A target's I/O counters for `--op stat`; `None` when the daemon
+    /// keeps none (stat then shows zeros).
+    fn counters(&self, tid: u32) -> Option<TargetCounters> {
+        let _ = tid;
+        None
+    }
+
+    /// The current size of a unit's backing store (`spec.path` is set, a
+    /// file-backed type), for `--params disksize=auto`. The store stays
+    /// in use as it is; only its size is read. The default opens it as
+    /// [`Live::open_backing`] does.
+    fn backing_size(&mut self, tid: u32, spec: &LunSpec) -> Result<u64, TgtadmError> {
+        self.open_backing(tid, spec).map(|i| i.size_bytes)
     }
 
     /// Whether an initiator holds PREVENT ALLOW MEDIUM REMOVAL on the unit

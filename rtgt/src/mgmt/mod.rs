@@ -6,16 +6,20 @@
 //! - [`table`]: the configuration state and the queries the login path uses.
 //! - [`handler`]: executing a request with tgt's validation.
 //! - [`show`]: `--op show` texts, identical to tgt's.
+//! - [`stat`]: `--op stat`, in tgt's layout or rtgt's own (`--counters`).
+//! - [`json`]: `rtgtadm --json` documents for show (and the JSON writer).
 //! - [`live`]: what the management plane needs from the running daemon.
 //! - [`socket`]: the socket and its lock file at tgt's path.
 
 pub mod handler;
 pub mod ipc;
+pub mod json;
 pub mod live;
 pub mod params;
 pub mod request;
 pub mod show;
 pub mod socket;
+pub mod stat;
 pub mod table;
 
 use std::cell::{Cell, RefCell};
@@ -27,7 +31,7 @@ use tokio::net::{UnixListener, UnixStream};
 
 pub use handler::handle;
 pub use ipc::TgtadmError;
-pub use live::{BackingInfo, ConnInfo, Effect, Live, SessionInfo};
+pub use live::{BackingInfo, ConnInfo, Effect, Live, SessionInfo, TargetCounters};
 pub use request::{Mode, Op, Request};
 pub use table::{LunSpec, TargetTable};
 
