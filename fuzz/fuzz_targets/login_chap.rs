@@ -80,10 +80,21 @@ fuzz_target!(|data: &[u8]| {
         let step = login.handle_pdu(&pdu, &mut Host);
         sent.extend_from_slice(&pdu.data);
         let continued = pdu.bhs.0[1] & 0x40 != 0;
-        let out: Vec<u8> = responses(&step).iter().flat_map(|p| p.data.iter().copied()).collect();
-        if let (Some(a), Some(i), Some(c)) = (get(&out, "CHAP_A"), get(&out, "CHAP_I"), get(&out, "CHAP_C")) {
-            let alg = parse_number(a).and_then(ChapAlgorithm::from_code).expect("target CHAP_A");
-            let id = parse_number(i).and_then(|n| u8::try_from(n).ok()).expect("target CHAP_I");
+        let out: Vec<u8> = responses(&step)
+            .iter()
+            .flat_map(|p| p.data.iter().copied())
+            .collect();
+        if let (Some(a), Some(i), Some(c)) = (
+            get(&out, "CHAP_A"),
+            get(&out, "CHAP_I"),
+            get(&out, "CHAP_C"),
+        ) {
+            let alg = parse_number(a)
+                .and_then(ChapAlgorithm::from_code)
+                .expect("target CHAP_A");
+            let id = parse_number(i)
+                .and_then(|n| u8::try_from(n).ok())
+                .expect("target CHAP_I");
             let c = decode_binary(c).expect("target CHAP_C");
             assert_eq!(c.len(), alg.challenge_len());
             challenge = Some((alg, id, c));
@@ -92,8 +103,12 @@ fuzz_target!(|data: &[u8]| {
             // Mutual CHAP: the target proves the outgoing secret against the
             // CHAP_I / CHAP_C we sent (parsed as the target parses them).
             let (alg, _, _) = challenge.as_ref().expect("CHAP_R before CHAP_A");
-            let i = get(&sent, "CHAP_I").and_then(parse_number).expect("our CHAP_I");
-            let c = get(&sent, "CHAP_C").and_then(decode_binary).expect("our CHAP_C");
+            let i = get(&sent, "CHAP_I")
+                .and_then(parse_number)
+                .expect("our CHAP_I");
+            let c = get(&sent, "CHAP_C")
+                .and_then(decode_binary)
+                .expect("our CHAP_C");
             let want = alg.response(i as u8, TARGET_SECRET.as_bytes(), &c);
             assert_eq!(decode_binary(r).expect("target CHAP_R"), want);
             assert_eq!(get(&out, "CHAP_N"), Some("tgt-user"));

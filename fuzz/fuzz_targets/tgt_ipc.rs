@@ -12,7 +12,11 @@ use rtgt::mgmt::{self, BackingInfo, Effect, Live, LunSpec, SessionInfo, TargetTa
 struct Fake;
 impl Live for Fake {
     fn open_backing(&mut self, _tid: u32, _spec: &LunSpec) -> Result<BackingInfo, TgtadmError> {
-        Ok(BackingInfo { size_bytes: 1 << 30, readonly: false, physical_block_size: 0 })
+        Ok(BackingInfo {
+            size_bytes: 1 << 30,
+            readonly: false,
+            physical_block_size: 0,
+        })
     }
     fn sessions(&self, _tid: u32) -> Vec<SessionInfo> {
         Vec::new()

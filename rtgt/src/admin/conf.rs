@@ -152,7 +152,7 @@ pub fn parse_file(path: &Path) -> Result<Block, ConfError> {
         entries: BTreeMap::new(),
         loc: top,
     };
-    parse_lines(&mut root, &r.lines)?;
+    parse_lines(&mut root, &r.lines, 0)?;
     Ok(root)
 }
 
@@ -172,7 +172,7 @@ pub fn parse_str(text: &str, name: &str) -> Result<Block, ConfError> {
             line: 0,
         },
     };
-    parse_lines(&mut root, &r.lines)?;
+    parse_lines(&mut root, &r.lines, 0)?;
     Ok(root)
 }
 
@@ -559,8 +559,17 @@ fn block_start(t: &str) -> Option<(String, Option<String>)> {
     }
 }
 
-/// Config::General's `_parse`, into `into` (merging).
-fn parse_lines(into: &mut Block, lines: &[(String, Loc)]) -> Result<(), ConfError> {
+/// How deeply blocks may nest. tgt-admin's files use two levels
+/// (`<target>` holding `<backing-store>` / `<direct-store>`). Config::General
+/// has no limit, but each level here is a recursive call that scans the
+/// rest of the file for its end, so an unbounded depth means a stack
+/// overflow and quadratic time on a file of nothing but `<a>` lines
+/// (found by the `targets_conf` fuzz target).
+const MAX_BLOCK_DEPTH: usize = 32;
+
+/// Config::General's `_parse`, into `into` (merging); `depth` counts the
+/// blocks around `lines`.
+fn parse_lines(into: &mut Block, lines: &[(String, Loc)], depth: usize) -> Result<(), ConfError> {
     let mut i = 0;
     while i < lines.len() {
         let (raw, loc) = &lines[i];
@@ -570,6 +579,12 @@ fn parse_lines(into: &mut Block, lines: &[(String, Loc)]) -> Result<(), ConfErro
             return err(loc, format!("{t} has no start block"));
         }
         if let Some((name, arg)) = block_start(t) {
+            if depth >= MAX_BLOCK_DEPTH {
+                return err(
+                    loc,
+                    format!("block <{name}> is nested more than {MAX_BLOCK_DEPTH} deep"),
+                );
+            }
             // Find the matching end, counting nested blocks.
             let mut depth = 0;
             let mut end = None;
@@ -613,7 +628,7 @@ fn parse_lines(into: &mut Block, lines: &[(String, Loc)]) -> Result<(), ConfErro
                     let Value::Block(inner) = inner else {
                         return err(loc, format!("block <{name} {arg}> clashes with an option"));
                     };
-                    parse_lines(inner, body)?;
+                    parse_lines(inner, body, depth + 1)?;
                 }
                 None => {
                     let slot = into.entries.entry(name.clone()).or_insert_with(|| {
@@ -628,7 +643,7 @@ fn parse_lines(into: &mut Block, lines: &[(String, Loc)]) -> Result<(), ConfErro
                             format!("block <{name}>: '{name}' is already set as an option"),
                         );
                     };
-                    parse_lines(b, body)?;
+                    parse_lines(b, body, depth + 1)?;
                 }
             }
             continue;
@@ -648,4 +663,38 @@ fn parse_lines(into: &mut Block, lines: &[(String, Loc)]) -> Result<(), ConfErro
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (targets_conf fuzz target): thousands of nested blocks
+    /// overflowed the stack and took quadratic time; now refused at
+    /// [`MAX_BLOCK_DEPTH`].
+    #[test]
+    fn deep_nesting_is_refused() {
+        let n = 20_000;
+        let text = "<a>\n".repeat(n) + &"</a>\n".repeat(n);
+        let e = parse_str(&text, "deep.conf").unwrap_err();
+        assert_eq!(e.loc.line, MAX_BLOCK_DEPTH + 1);
+        assert!(e.msg.contains("nested more than"), "{}", e.msg);
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_parses() {
+        let n = MAX_BLOCK_DEPTH;
+        let text = "<a x>\n".repeat(n) + "k v\n" + &"</a>\n".repeat(n);
+        let mut b = &parse_str(&text, "ok.conf").unwrap();
+        for _ in 0..n {
+            let Some(Value::Block(outer)) = b.get("a") else {
+                panic!("no block a");
+            };
+            let Some(Value::Block(inner)) = outer.get("x") else {
+                panic!("no block x");
+            };
+            b = inner;
+        }
+        assert_eq!(b.str("k"), Some("v"));
+    }
 }
