@@ -255,14 +255,20 @@ fn text_in_a_normal_session_lists_this_target() {
 
 /// Per-thread CPU time (utime + stime ticks) of every thread named `name`.
 fn thread_cpu(pid: u32, name: &str) -> Option<u64> {
-    for e in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let dir = e.ok()?.path();
-        let comm = std::fs::read_to_string(dir.join("comm")).ok()?;
-        if comm.trim() == name {
-            let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
-            let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            return Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?);
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .ok()?
+        .flatten()
+    {
+        // Worker threads come and go: skip any that vanish mid-read.
+        let Ok(comm) = std::fs::read_to_string(e.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim() != name {
+            continue;
         }
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let f: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        return Some(f[11].parse::<u64>().ok()? + f[12].parse::<u64>().ok()?);
     }
     None
 }
@@ -275,6 +281,7 @@ fn two_targets_run_on_their_own_threads() {
     d.file_target(1, IQN, &sparse_file(&d.dir, "a.img", 8 << 20), false);
     d.file_target(2, iqn2, &sparse_file(&d.dir, "b.img", 8 << 20), false);
     let pid = d.child.id();
+    std::thread::sleep(Duration::from_millis(200));
     let before = (
         thread_cpu(pid, "tgt/1").expect("thread tgt/1"),
         thread_cpu(pid, "tgt/2").expect("thread tgt/2"),
@@ -309,5 +316,47 @@ fn two_targets_run_on_their_own_threads() {
     assert!(
         after.1 > before.1,
         "tgt/2 burned no CPU: {before:?} -> {after:?}"
+    );
+}
+
+/// With several loops per target, its sessions spread over them: two
+/// sessions of one target burn CPU on tgt/1 and tgt/1.1.
+#[test]
+fn one_target_spreads_sessions_over_its_loops() {
+    let d = Daemon::start_with("loops", &["--target-loops", "2"]);
+    d.file_target(1, IQN, &sparse_file(&d.dir, "a.img", 8 << 20), false);
+    let pid = d.child.id();
+    // A new thread names itself once it runs: give it a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let before = (
+        thread_cpu(pid, "tgt/1").expect("tgt/1"),
+        thread_cpu(pid, "tgt/1.1").expect("tgt/1.1"),
+    );
+    let mut workers = Vec::new();
+    for i in 0..2u8 {
+        let o = LoginOptions {
+            isid: [0x80, 0, 0, 0, 7, i],
+            ..opts(&d)
+        };
+        let portal = d.portal;
+        workers.push(std::thread::spawn(move || {
+            let (mut c, _) = Connection::login(portal, &o).unwrap();
+            let _ = c.test_unit_ready(1);
+            let t0 = std::time::Instant::now();
+            while t0.elapsed() < Duration::from_millis(1500) {
+                c.read(1, 0, 8, BS).unwrap();
+            }
+        }));
+    }
+    for w in workers {
+        w.join().unwrap();
+    }
+    let after = (
+        thread_cpu(pid, "tgt/1").unwrap(),
+        thread_cpu(pid, "tgt/1.1").unwrap(),
+    );
+    assert!(
+        after.0 > before.0 && after.1 > before.1,
+        "both loops must work: {before:?} -> {after:?}"
     );
 }

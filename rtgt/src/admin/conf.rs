@@ -567,9 +567,9 @@ fn block_start(t: &str) -> Option<(String, Option<String>)> {
 /// (found by the `targets_conf` fuzz target).
 const MAX_BLOCK_DEPTH: usize = 32;
 
-/// Config::General's `_parse`, into `into` (merging); `depth` counts the
+/// Config::General's `_parse`, into `into` (merging); `level` counts the
 /// blocks around `lines`.
-fn parse_lines(into: &mut Block, lines: &[(String, Loc)], depth: usize) -> Result<(), ConfError> {
+fn parse_lines(into: &mut Block, lines: &[(String, Loc)], level: usize) -> Result<(), ConfError> {
     let mut i = 0;
     while i < lines.len() {
         let (raw, loc) = &lines[i];
@@ -579,7 +579,7 @@ fn parse_lines(into: &mut Block, lines: &[(String, Loc)], depth: usize) -> Resul
             return err(loc, format!("{t} has no start block"));
         }
         if let Some((name, arg)) = block_start(t) {
-            if depth >= MAX_BLOCK_DEPTH {
+            if level >= MAX_BLOCK_DEPTH {
                 return err(
                     loc,
                     format!("block <{name}> is nested more than {MAX_BLOCK_DEPTH} deep"),
@@ -628,7 +628,7 @@ fn parse_lines(into: &mut Block, lines: &[(String, Loc)], depth: usize) -> Resul
                     let Value::Block(inner) = inner else {
                         return err(loc, format!("block <{name} {arg}> clashes with an option"));
                     };
-                    parse_lines(inner, body, depth + 1)?;
+                    parse_lines(inner, body, level + 1)?;
                 }
                 None => {
                     let slot = into.entries.entry(name.clone()).or_insert_with(|| {
@@ -643,7 +643,7 @@ fn parse_lines(into: &mut Block, lines: &[(String, Loc)], depth: usize) -> Resul
                             format!("block <{name}>: '{name}' is already set as an option"),
                         );
                     };
-                    parse_lines(b, body, depth + 1)?;
+                    parse_lines(b, body, level + 1)?;
                 }
             }
             continue;

@@ -27,6 +27,10 @@ struct Args {
     /// Worker threads for blocking disk I/O per target loop (tgtd's -t; default twice the cores, at least 4).
     #[arg(short = 't', long = "nr_iothreads")]
     nr_iothreads: Option<usize>,
+    /// Event-loop threads per target; a target's sessions are spread over
+    /// them (default: one per four cores, at least one).
+    #[arg(long = "target-loops")]
+    target_loops: Option<usize>,
     /// Directory of the management socket and its lock file.
     #[arg(
         long = "socket-dir",
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         portals,
         debug: args.debug.unwrap_or(0) > 0,
         io_threads: args.nr_iothreads,
+        target_loops: args.target_loops,
         nop_interval: iscsi.nop_interval,
         nop_count: iscsi.nop_count,
         demo: args.demo.then_some(Demo {

@@ -11,7 +11,7 @@ use scsi::{BlockDevice, LunConfig, LunId, SenseFormat};
 use super::{DaemonState, Demo};
 use crate::backend::{self, BackendKind, OpenFlags};
 use crate::mgmt::{self, BackingInfo, ConnInfo, Effect, LunSpec, SessionInfo, TgtadmError};
-use crate::target::{Knobs, TargetHandle, TargetMsg};
+use crate::target::{Knobs, LoopConfig, TargetHandle, TargetMsg};
 
 pub struct DaemonLive {
     state: Rc<DaemonState>,
@@ -28,9 +28,10 @@ impl DaemonLive {
         }
     }
 
-    fn send(&self, tid: u32, m: TargetMsg) {
+    /// Run `f` on a target's shared state, if the target runs.
+    fn with_target(&self, tid: u32, f: impl FnOnce(&TargetHandle)) {
         if let Some(h) = self.state.targets.borrow().get(&tid) {
-            h.send(m);
+            f(h);
         }
     }
 
@@ -41,7 +42,7 @@ impl DaemonLive {
         tokio::task::spawn_local(async move {
             let knobs = knobs_of(&state.table.borrow(), tid);
             if let Some(h) = state.targets.borrow().get(&tid) {
-                h.send(TargetMsg::SetKnobs(knobs));
+                h.shared.set_knobs(knobs);
             }
         });
     }
@@ -168,7 +169,10 @@ impl mgmt::Live for DaemonLive {
                     name,
                     self.state.registry.clone(),
                     self.state.portals.clone(),
-                    self.state.io_threads,
+                    LoopConfig {
+                        loops: self.state.target_loops,
+                        io_threads: self.state.io_threads,
+                    },
                     self.state.stats.target(tid),
                 ) {
                     Ok(h) => {
@@ -192,27 +196,15 @@ impl mgmt::Live for DaemonLive {
             Effect::LunAdded { tid, spec } => {
                 let dev = self.device_for(tid, &spec);
                 let cfg = lun_config(tid, &spec);
-                self.send(
-                    tid,
-                    TargetMsg::AddLun {
-                        id: LunId(spec.lun),
-                        cfg: Box::new(cfg),
-                        dev,
-                    },
-                );
+                self.with_target(tid, |h| h.shared.add_lun(LunId(spec.lun), cfg, dev));
             }
-            Effect::LunDeleted { tid, lun } => self.send(tid, TargetMsg::RemoveLun(LunId(lun))),
+            Effect::LunDeleted { tid, lun } => {
+                self.with_target(tid, |h| h.shared.remove_lun(LunId(lun)))
+            }
             Effect::LunUpdated { tid, spec } => {
                 let dev = self.take_opened(tid, spec.lun);
                 let cfg = lun_config(tid, &spec);
-                self.send(
-                    tid,
-                    TargetMsg::UpdateLun {
-                        id: LunId(spec.lun),
-                        cfg: Box::new(cfg),
-                        dev,
-                    },
-                );
+                self.with_target(tid, |h| h.shared.update_lun(LunId(spec.lun), cfg, dev));
             }
             Effect::TargetParamsChanged { tid } => self.push_knobs(tid),
             Effect::ConnectionClose { tid, sid, cid } => {
@@ -223,13 +215,10 @@ impl mgmt::Live for DaemonLive {
                     .into_iter()
                     .find(|s| s.nexus == sid)
                 {
-                    self.send(
-                        tid,
-                        TargetMsg::CloseConnection {
-                            tsih: s.tsih,
-                            cid: cid as u16,
-                        },
-                    );
+                    let (tsih, cid) = (s.tsih, cid as u16);
+                    self.with_target(tid, |h| {
+                        h.broadcast(|| TargetMsg::CloseConnection { tsih, cid })
+                    });
                 }
             }
             Effect::PortalAdded(_) => {}

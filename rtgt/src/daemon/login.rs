@@ -191,10 +191,8 @@ impl LoginHost for Host<'_> {
             .find_by_isid(tid, &req.initiator_name, req.isid)
         {
             if let Some(h) = self.state.targets.borrow().get(&tid) {
-                h.send(TargetMsg::CloseSession {
-                    tsih: old.tsih,
-                    done: None,
-                });
+                let tsih = old.tsih;
+                h.broadcast(|| TargetMsg::CloseSession { tsih, done: None });
             }
             self.state.registry.remove_session(old.tsih);
         }
@@ -407,7 +405,7 @@ fn handoff(
         negotiated: Box::new(params.clone()),
     };
     match state.targets.borrow().get(&tid) {
-        Some(t) => t.send(TargetMsg::Connection(Box::new(h))),
+        Some(t) => t.connect(h),
         None => state.registry.remove_session(params.tsih),
     }
 }

@@ -46,6 +46,8 @@ pub struct Config {
     pub portals: Vec<SocketAddr>,
     pub debug: bool,
     pub io_threads: Option<usize>,
+    /// Event-loop threads per target (`--target-loops`).
+    pub target_loops: Option<usize>,
     pub demo: Option<Demo>,
     /// `--iscsi nop_interval=N`: tgtd's default NOP-In interval for new
     /// targets (shown by `show`).
@@ -91,6 +93,8 @@ pub struct DaemonState {
     pub shutdown: tokio::sync::Notify,
     /// Blocking-I/O workers per target loop.
     pub io_threads: usize,
+    /// Event loops per target.
+    pub target_loops: usize,
     /// I/O counters of every target (`tgtadm --op stat`).
     pub stats: Arc<crate::stats::Stats>,
 }
@@ -156,6 +160,10 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 .unwrap_or_else(default_io_threads)
                 .clamp(1, 1024),
             stats: crate::stats::Stats::new(),
+            target_loops: cfg
+                .target_loops
+                .unwrap_or_else(crate::target::default_loops)
+                .clamp(1, 64),
         });
         for (addr, l) in bound {
             state.listen(addr, l);

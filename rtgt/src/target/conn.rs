@@ -6,6 +6,7 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,7 +99,7 @@ struct ThisTarget<'a>(&'a TargetCtx, SocketAddr);
 
 impl TextHost for ThisTarget<'_> {
     fn targets(&mut self) -> Vec<iscsi::TargetEntry> {
-        self.0.listing(self.1)
+        self.0.shared.listing(self.1)
     }
 }
 
@@ -113,6 +114,13 @@ pub fn decode_lun(raw: u64) -> LunId {
         0 if b[0] == 0 => LunId(b[1] as u64),
         1 => LunId((((b[0] & 0x3f) as u64) << 8) | b[1] as u64),
         _ => LunId(u64::MAX),
+    }
+}
+
+/// One io_uring operation of the target ended (or was not started).
+fn ring_done(sh: &super::TargetShared) {
+    if sh.ring_inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        sh.ring_idle.notify_waiters();
     }
 }
 
@@ -139,7 +147,7 @@ impl Conn {
         params: ConnParams,
         negotiated: &iscsi::SessionParams,
     ) -> Rc<Conn> {
-        let stats = target.stats.conn(session.setup.tsih, cid);
+        let stats = target.shared.stats.conn(session.setup.tsih, cid);
         Rc::new(Conn {
             stats,
             local,
@@ -178,7 +186,7 @@ impl Conn {
     /// Read and handle PDUs until the connection ends.
     pub async fn run(self: &Rc<Self>, mut rd: OwnedReadHalf, mut rbuf: Vec<u8>) {
         let mut start = 0usize;
-        let knobs = self.target.knobs.get();
+        let knobs = self.target.shared.knobs();
         let nop_every = Duration::from_secs(knobs.nop_interval.max(1) as u64);
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + nop_every, nop_every);
@@ -561,11 +569,11 @@ impl Conn {
             lun: info.lun,
             expected_len: info.edtl,
         };
-        let outcome = self.target.luns.borrow_mut().execute(&req, &mut buf);
+        let outcome = self.target.shared.luns().execute(&req, &mut buf);
         match outcome {
             Outcome::Done(resp) => self.finish(&info, resp, buf),
             Outcome::Io(task) => {
-                let dev = self.target.devices.borrow().get(&task.lun()).cloned();
+                let dev = self.target.shared.device(task.lun()).map(|d| d.0);
                 let Some(dev) = dev else {
                     // The LU vanished between emulation and I/O.
                     self.finish_check(&info, transport_sense(0x05, 0x25, 0x00));
@@ -583,13 +591,27 @@ impl Conn {
                     .borrow_mut()
                     .insert(info.itt.0, (info.lun, aborted.clone()));
                 let me = self.clone();
-                let target = self.target.clone();
+                let ring = self.target.uring.clone();
+                let sh = self.target.shared.clone();
                 // Plain reads, writes and flushes go through the loop's
                 // io_uring unless a read-modify-write command holds the LU.
-                let ring = target.uring.clone().zip(dev.raw_fd());
-                if let (Some((ring, fd)), Some(simple), 0) =
-                    (ring, task.simple(&buf), target.exclusive.get())
-                {
+                // Count ourselves in before looking at `exclusive`, and an
+                // exclusive task counts itself in before waiting for the
+                // rings to drain: whichever comes second sees the other
+                // (SeqCst), so the two never overlap.
+                let simple = match (ring.zip(dev.raw_fd()), task.simple(&buf)) {
+                    (Some(rf), Some(simple)) => {
+                        sh.ring_inflight.fetch_add(1, Ordering::SeqCst);
+                        if sh.exclusive.load(Ordering::SeqCst) == 0 {
+                            Some((rf, simple))
+                        } else {
+                            ring_done(&sh);
+                            None
+                        }
+                    }
+                    _ => None,
+                };
+                if let Some(((ring, fd), simple)) = simple {
                     tokio::task::spawn_local(async move {
                         let (ok, mut buf) = match simple {
                             SimpleIo::Read { offset, len } => ring.read(fd, offset, buf, len).await,
@@ -600,9 +622,7 @@ impl Conn {
                         };
                         // The store stays open until the kernel is done.
                         drop(dev);
-                        if ring.inflight() == 0 {
-                            target.ring_idle.notify_waiters();
-                        }
+                        ring_done(&sh);
                         if aborted.get() {
                             return;
                         }
@@ -614,15 +634,15 @@ impl Conn {
                 }
                 let exclusive = task.is_exclusive();
                 if exclusive {
-                    target.exclusive.set(target.exclusive.get() + 1);
+                    sh.exclusive.fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::task::spawn_local(async move {
                     if exclusive {
-                        // Let the ring's I/O finish so this command sees and
-                        // overlaps none of it (SBC-3 §5.2 atomicity).
-                        while target.uring.as_ref().is_some_and(|r| r.inflight() > 0) {
-                            let idle = target.ring_idle.notified();
-                            if target.uring.as_ref().is_some_and(|r| r.inflight() == 0) {
+                        // Let every loop's ring I/O finish so this command
+                        // sees and overlaps none of it (SBC-3 §5.2).
+                        loop {
+                            let idle = sh.ring_idle.notified();
+                            if sh.ring_inflight.load(Ordering::SeqCst) == 0 {
                                 break;
                             }
                             idle.await;
@@ -634,7 +654,7 @@ impl Conn {
                     })
                     .await;
                     if exclusive {
-                        target.exclusive.set(target.exclusive.get() - 1);
+                        sh.exclusive.fetch_sub(1, Ordering::SeqCst);
                     }
                     if aborted.get() {
                         return;
@@ -676,10 +696,14 @@ impl Conn {
             0
         };
         let written = if info.write { edtl } else { 0 };
-        for c in [&self.stats.0, &self.stats.1, &self.target.stats.total] {
+        for c in [
+            &self.stats.0,
+            &self.stats.1,
+            &self.target.shared.stats.total,
+        ] {
             c.record(sent, written, !ok);
         }
-        if let Some(c) = self.target.lun_stats.borrow().get(&info.lun) {
+        if let Some((_, c)) = self.target.shared.device(info.lun) {
             c.record(sent, written, !ok);
         }
         let residual = if resp.wanted > edtl {
@@ -750,7 +774,7 @@ impl Conn {
         let b = &p.bhs;
         let lun = decode_lun(b.lun_raw());
         let func = b.tmf_function();
-        let lun_known = self.target.luns.borrow().config(lun).is_some();
+        let lun_known = self.target.shared.luns().config(lun).is_some();
         let response = match func {
             1 => {
                 // ABORT TASK
@@ -781,8 +805,8 @@ impl Conn {
                 } else {
                     self.target.abort_everywhere(Some(lun));
                     self.target
-                        .luns
-                        .borrow_mut()
+                        .shared
+                        .luns()
                         .lun_reset(lun, self.session.setup.nexus);
                     0
                 }
@@ -791,8 +815,8 @@ impl Conn {
                 // TARGET WARM RESET
                 self.target.abort_everywhere(None);
                 self.target
-                    .luns
-                    .borrow_mut()
+                    .shared
+                    .luns()
                     .target_reset(self.session.setup.nexus);
                 0
             }

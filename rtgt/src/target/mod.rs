@@ -1,8 +1,12 @@
-//! A target's event loop: thread `tgt/<tid>`, a current-thread runtime that
-//! owns the target's LUNs, sessions and connections, so the data path takes
-//! no lock. The management thread talks to it only through [`TargetMsg`].
-//! Disk I/O runs on the runtime's blocking pool and completes back into the
-//! loop, which therefore never waits on a disk.
+//! A target's event loops: threads `tgt/<tid>` (and `tgt/<tid>.<n>` when a
+//! target has several), each a current-thread runtime that owns its
+//! sessions and connections outright. A new session goes to the next loop
+//! in turn; a connection joining a session (MC/S) goes to that session's
+//! loop. What the loops of one target share is only the SCSI state of its
+//! LUNs, under the target's own mutex held for the length of one
+//! `LunSet::execute`, as Curve's tgt fork does. Disk I/O goes through each
+//! loop's io_uring or its worker pool, so a loop never waits on a disk.
+//! The management thread reaches loops only through [`TargetMsg`].
 
 pub mod conn;
 pub mod session;
@@ -13,7 +17,8 @@ use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
 use iscsi::StatSn;
@@ -62,18 +67,9 @@ pub struct Handoff {
 /// Requests to a target loop.
 pub enum TargetMsg {
     Connection(Box<Handoff>),
-    AddLun {
-        id: LunId,
-        cfg: Box<LunConfig>,
-        dev: Arc<dyn BlockDevice>,
-    },
-    RemoveLun(LunId),
-    /// New LU settings, and a new store when the path changed.
-    UpdateLun {
-        id: LunId,
-        cfg: Box<LunConfig>,
-        dev: Option<Arc<dyn BlockDevice>>,
-    },
+    /// Abort this loop's tasks on a LUN (all LUNs with `None`): a LUN
+    /// removed, or a reset received on a sibling loop.
+    AbortTasks(Option<LunId>),
     /// End a session (reinstatement, forced delete).
     CloseSession {
         tsih: u16,
@@ -84,70 +80,102 @@ pub enum TargetMsg {
         tsih: u16,
         cid: u16,
     },
-    SetKnobs(Knobs),
-    Rename(String),
     /// Close everything and end the thread.
     Stop,
 }
 
-/// What the target's loop owns.
-pub struct TargetCtx {
+/// What the loops of one target share.
+pub struct TargetShared {
     pub tid: u32,
-    pub name: RefCell<String>,
-    pub luns: RefCell<LunSet>,
-    pub devices: RefCell<HashMap<LunId, Arc<dyn BlockDevice>>>,
-    pub sessions: RefCell<HashMap<u16, Rc<Session>>>,
+    pub name: RwLock<String>,
+    /// The LUNs' SCSI state: the target's own mutex, held for one
+    /// `execute` (or a management change) at a time.
+    pub luns: Mutex<LunSet>,
+    /// Each LUN's store and counters.
+    pub devices: RwLock<HashMap<LunId, (Arc<dyn BlockDevice>, Arc<Counters>)>>,
     pub registry: Arc<Registry>,
     pub portals: Arc<RwLock<Vec<SocketAddr>>>,
-    pub knobs: Cell<Knobs>,
-    /// The loop's io_uring, when the kernel offers one (else workers).
-    pub uring: Option<Rc<uring::Uring>>,
-    /// COMPARE AND WRITE / ORWRITE tasks running on workers: while any
-    /// runs, plain I/O takes the worker path too, under the LU's lock.
-    pub exclusive: Cell<usize>,
-    /// Signalled when the ring drains, for an exclusive task to start.
-    pub ring_idle: tokio::sync::Notify,
+    pub knobs: Mutex<Knobs>,
     /// Counters for `tgtadm --op stat`.
     pub stats: Arc<TargetStats>,
-    /// Each LUN's counters, so a command bumps them without a lookup lock.
-    pub lun_stats: RefCell<HashMap<LunId, Arc<Counters>>>,
+    /// COMPARE AND WRITE / ORWRITE tasks running: while any runs, plain
+    /// I/O on every loop takes the worker path, under the LU's lock.
+    pub exclusive: AtomicUsize,
+    /// io_uring operations in flight on all loops of the target.
+    pub ring_inflight: AtomicUsize,
+    /// Signalled when `ring_inflight` drops to zero.
+    pub ring_idle: tokio::sync::Notify,
+    /// Every loop's mailbox, for resets that must reach all of them.
+    pub loops: OnceLock<Vec<mpsc::UnboundedSender<TargetMsg>>>,
 }
 
-impl TargetCtx {
-    /// A connection ended: leave its session, and end the session with its
-    /// last connection.
-    pub fn conn_closed(&self, c: &Rc<Conn>) {
-        let tsih = c.session.setup.tsih;
-        self.registry.remove_conn(tsih, c.cid);
-        self.stats.remove_conn(tsih, c.cid);
-        let empty = {
-            let mut conns = c.session.conns.borrow_mut();
-            conns.retain(|x| !Rc::ptr_eq(x, c));
-            conns.is_empty()
-        };
-        if empty {
-            let mut sessions = self.sessions.borrow_mut();
-            if sessions
-                .get(&tsih)
-                .is_some_and(|s| Rc::ptr_eq(s, &c.session))
-            {
-                sessions.remove(&tsih);
-                self.registry.remove_session(tsih);
-                self.stats.remove_session(tsih);
-            }
-            drop(sessions);
-            self.luns.borrow_mut().remove_nexus(c.session.setup.nexus);
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere leaves SCSI state as consistent as the last
+    // completed command made it; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TargetShared {
+    pub fn luns(&self) -> std::sync::MutexGuard<'_, LunSet> {
+        lock(&self.luns)
+    }
+
+    pub fn knobs(&self) -> Knobs {
+        *lock(&self.knobs)
+    }
+
+    pub fn device(&self, id: LunId) -> Option<(Arc<dyn BlockDevice>, Arc<Counters>)> {
+        self.devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Ask every loop to abort its tasks on `lun` (or all LUNs).
+    pub fn abort_on_all_loops(&self, lun: Option<LunId>) {
+        for l in self.loops.get().map(|v| v.as_slice()).unwrap_or(&[]) {
+            let _ = l.send(TargetMsg::AbortTasks(lun));
         }
     }
 
-    /// Abort tasks on a LUN (or all LUNs) on every connection of the target.
-    pub fn abort_everywhere(&self, lun: Option<LunId>) {
-        let sessions: Vec<_> = self.sessions.borrow().values().cloned().collect();
-        for s in sessions {
-            for c in s.conns.borrow().iter() {
-                c.abort_lun(lun);
-            }
+    pub fn add_lun(&self, id: LunId, cfg: LunConfig, dev: Arc<dyn BlockDevice>) {
+        let counters = self.stats.lun(id.0);
+        self.devices
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, (dev, counters));
+        self.luns().insert(id, cfg);
+    }
+
+    pub fn remove_lun(&self, id: LunId) {
+        self.abort_on_all_loops(Some(id));
+        self.luns().remove(id);
+        self.devices
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+        self.stats.remove_lun(id.0);
+    }
+
+    /// New LU settings, and a new store when the medium changed.
+    pub fn update_lun(&self, id: LunId, cfg: LunConfig, dev: Option<Arc<dyn BlockDevice>>) {
+        if let Some(d) = dev {
+            let counters = self.stats.lun(id.0);
+            self.devices
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, (d, counters));
         }
+        self.luns().update(id, |c| *c = cfg);
+    }
+
+    pub fn set_knobs(&self, k: Knobs) {
+        *lock(&self.knobs) = k;
+    }
+
+    pub fn rename(&self, n: String) {
+        *self.name.write().unwrap_or_else(|p| p.into_inner()) = n;
     }
 
     /// This target with every portal, wildcards replaced by the address
@@ -169,7 +197,63 @@ impl TargetCtx {
                 (a, 1)
             })
             .collect();
-        vec![(self.name.borrow().clone(), portals)]
+        vec![(
+            self.name.read().unwrap_or_else(|p| p.into_inner()).clone(),
+            portals,
+        )]
+    }
+}
+
+/// What one loop of a target owns.
+pub struct TargetCtx {
+    pub shared: Arc<TargetShared>,
+    pub sessions: RefCell<HashMap<u16, Rc<Session>>>,
+    /// The loop's io_uring, when the kernel offers one (else workers).
+    pub uring: Option<Rc<uring::Uring>>,
+}
+
+impl TargetCtx {
+    /// A connection ended: leave its session, and end the session with its
+    /// last connection.
+    pub fn conn_closed(&self, c: &Rc<Conn>) {
+        let sh = &self.shared;
+        let tsih = c.session.setup.tsih;
+        sh.registry.remove_conn(tsih, c.cid);
+        sh.stats.remove_conn(tsih, c.cid);
+        let empty = {
+            let mut conns = c.session.conns.borrow_mut();
+            conns.retain(|x| !Rc::ptr_eq(x, c));
+            conns.is_empty()
+        };
+        if empty {
+            let mut sessions = self.sessions.borrow_mut();
+            if sessions
+                .get(&tsih)
+                .is_some_and(|s| Rc::ptr_eq(s, &c.session))
+            {
+                sessions.remove(&tsih);
+                sh.registry.remove_session(tsih);
+                sh.stats.remove_session(tsih);
+            }
+            drop(sessions);
+            sh.luns().remove_nexus(c.session.setup.nexus);
+        }
+    }
+
+    /// Abort tasks on a LUN (or all LUNs) on every connection of this loop.
+    pub fn abort_here(&self, lun: Option<LunId>) {
+        let sessions: Vec<_> = self.sessions.borrow().values().cloned().collect();
+        for s in sessions {
+            for c in s.conns.borrow().iter() {
+                c.abort_lun(lun);
+            }
+        }
+    }
+
+    /// Abort on this loop now and ask the target's other loops to.
+    pub fn abort_everywhere(&self, lun: Option<LunId>) {
+        self.abort_here(lun);
+        self.shared.abort_on_all_loops(lun);
     }
 
     fn accept(self: &Rc<Self>, h: Handoff) {
@@ -177,7 +261,7 @@ impl TargetCtx {
             Ok(s) => s,
             Err(e) => {
                 tracing::warn!(error = %e, "handoff failed");
-                self.registry.remove_conn(h.session.tsih, h.cid);
+                self.shared.registry.remove_conn(h.session.tsih, h.cid);
                 return;
             }
         };
@@ -192,7 +276,7 @@ impl TargetCtx {
                     // PR registrations belong to the SCSI initiator port
                     // (name + ISID), so they survive a reconnect.
                     let port = scsi::iscsi_initiator_port_name(&s.setup.initiator, s.setup.isid);
-                    self.luns.borrow_mut().add_nexus_named(s.setup.nexus, &port);
+                    self.shared.luns().add_nexus_named(s.setup.nexus, &port);
                     sessions.insert(tsih, s.clone());
                     s
                 }
@@ -252,86 +336,168 @@ fn ring_for_loop() -> Option<Rc<uring::Uring>> {
     }
 }
 
-/// The management side's handle on a running target loop.
+/// Event loops per target unless `--target-loops` says otherwise: one per
+/// four cores (a target's sessions spread over them), at least one.
+pub fn default_loops() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get() / 4)
+        .unwrap_or(1)
+        .clamp(1, 8)
+}
+
+/// The management side's handle on a target's running loops.
 pub struct TargetHandle {
     pub tid: u32,
-    tx: mpsc::UnboundedSender<TargetMsg>,
-    thread: Option<JoinHandle<()>>,
+    pub shared: Arc<TargetShared>,
+    loops: Vec<mpsc::UnboundedSender<TargetMsg>>,
+    threads: Vec<JoinHandle<()>>,
+    /// Which loop serves each session, so MC/S connections join it.
+    session_loop: RefCell<HashMap<u16, usize>>,
+    next: Cell<usize>,
+}
+
+/// Settings for a target's loops.
+#[derive(Debug, Clone, Copy)]
+pub struct LoopConfig {
+    /// Event-loop threads for the target.
+    pub loops: usize,
+    /// Blocking-I/O workers per loop (tgtd's `-t`).
+    pub io_threads: usize,
 }
 
 impl TargetHandle {
-    /// Start thread `tgt/<tid>`.
-    /// `io_threads` bounds the workers that run blocking disk I/O for this
-    /// target (tgtd's `-t`).
+    /// Start the target's loop threads, `tgt/<tid>` (then `tgt/<tid>.1`, ...).
     pub fn spawn(
         tid: u32,
         name: String,
         registry: Arc<Registry>,
         portals: Arc<RwLock<Vec<SocketAddr>>>,
-        io_threads: usize,
+        cfg: LoopConfig,
         stats: Arc<TargetStats>,
     ) -> std::io::Result<TargetHandle> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let thread = std::thread::Builder::new()
-            .name(format!("tgt/{tid}"))
-            .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .max_blocking_threads(io_threads)
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        tracing::error!(tid, error = %e, "cannot start target loop");
-                        return;
-                    }
-                };
-                let port = TargetPort {
-                    target_name: name.clone(),
-                    tpgt: 1,
-                    relative_port: 1,
-                };
-                let _in_rt = rt.enter();
-                let ctx = Rc::new(TargetCtx {
-                    tid,
-                    name: RefCell::new(name),
-                    luns: RefCell::new(LunSet::new(tid, port)),
-                    devices: RefCell::new(HashMap::new()),
-                    sessions: RefCell::new(HashMap::new()),
-                    registry,
-                    portals,
-                    knobs: Cell::new(Knobs::default()),
-                    uring: ring_for_loop(),
-                    exclusive: Cell::new(0),
-                    ring_idle: tokio::sync::Notify::new(),
-                    stats,
-                    lun_stats: RefCell::new(HashMap::new()),
+        let port = TargetPort {
+            target_name: name.clone(),
+            tpgt: 1,
+            relative_port: 1,
+        };
+        let shared = Arc::new(TargetShared {
+            tid,
+            name: RwLock::new(name),
+            luns: Mutex::new(LunSet::new(tid, port)),
+            devices: RwLock::new(HashMap::new()),
+            registry,
+            portals,
+            knobs: Mutex::new(Knobs::default()),
+            stats,
+            exclusive: AtomicUsize::new(0),
+            ring_inflight: AtomicUsize::new(0),
+            ring_idle: tokio::sync::Notify::new(),
+            loops: OnceLock::new(),
+        });
+        let mut loops = Vec::new();
+        let mut threads = Vec::new();
+        for i in 0..cfg.loops.max(1) {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let sh = shared.clone();
+            let thread_name = if i == 0 {
+                format!("tgt/{tid}")
+            } else {
+                format!("tgt/{tid}.{i}")
+            };
+            let io_threads = cfg.io_threads;
+            let t = std::thread::Builder::new()
+                .name(thread_name)
+                .spawn(move || {
+                    let rt = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .max_blocking_threads(io_threads)
+                        .build()
+                    {
+                        Ok(rt) => rt,
+                        Err(e) => {
+                            tracing::error!(tid, error = %e, "cannot start target loop");
+                            return;
+                        }
+                    };
+                    let _in_rt = rt.enter();
+                    let ctx = Rc::new(TargetCtx {
+                        shared: sh,
+                        sessions: RefCell::new(HashMap::new()),
+                        uring: ring_for_loop(),
+                    });
+                    let local = tokio::task::LocalSet::new();
+                    local.block_on(&rt, async move {
+                        if let Some(u) = &ctx.uring {
+                            tokio::task::spawn_local(u.clone().reap());
+                        }
+                        run_loop(ctx, rx).await
+                    });
                 });
-                let local = tokio::task::LocalSet::new();
-                local.block_on(&rt, async move {
-                    if let Some(u) = &ctx.uring {
-                        tokio::task::spawn_local(u.clone().reap());
+            match t {
+                Ok(t) => {
+                    loops.push(tx);
+                    threads.push(t);
+                }
+                Err(e) => {
+                    for l in &loops {
+                        let _ = l.send(TargetMsg::Stop);
                     }
-                    run_loop(ctx, rx).await
-                });
-            })?;
+                    return Err(e);
+                }
+            }
+        }
+        let _ = shared.loops.set(loops.clone());
         Ok(TargetHandle {
             tid,
-            tx,
-            thread: Some(thread),
+            shared,
+            loops,
+            threads,
+            session_loop: RefCell::new(HashMap::new()),
+            next: Cell::new(0),
         })
     }
 
-    pub fn send(&self, m: TargetMsg) {
-        if self.tx.send(m).is_err() {
+    fn send_to(&self, i: usize, m: TargetMsg) {
+        if self.loops[i % self.loops.len()].send(m).is_err() {
             tracing::warn!(tid = self.tid, "target loop is gone");
         }
     }
 
-    /// Stop the loop and join its thread.
+    /// Hand a logged-in connection to its session's loop, or a new
+    /// session to the next loop in turn.
+    pub fn connect(&self, h: Handoff) {
+        let tsih = h.session.tsih;
+        let known = self.session_loop.borrow().get(&tsih).copied();
+        let i = match known {
+            Some(i) => i,
+            None => {
+                let mut map = self.session_loop.borrow_mut();
+                if map.len() > 4096 {
+                    // Forget sessions that have ended.
+                    map.retain(|t, _| self.shared.registry.find(*t).is_some());
+                }
+                let i = self.next.get() % self.loops.len();
+                self.next.set(i + 1);
+                map.insert(tsih, i);
+                i
+            }
+        };
+        self.send_to(i, TargetMsg::Connection(Box::new(h)));
+    }
+
+    /// Ask every loop (a session lives on one; the others ignore it).
+    pub fn broadcast(&self, m: impl Fn() -> TargetMsg) {
+        for i in 0..self.loops.len() {
+            self.send_to(i, m());
+        }
+    }
+
+    /// Stop the loops and join their threads.
     pub fn stop(mut self) {
-        let _ = self.tx.send(TargetMsg::Stop);
-        if let Some(t) = self.thread.take() {
+        for l in &self.loops {
+            let _ = l.send(TargetMsg::Stop);
+        }
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -341,24 +507,7 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
     while let Some(m) = rx.recv().await {
         match m {
             TargetMsg::Connection(h) => ctx.accept(*h),
-            TargetMsg::AddLun { id, cfg, dev } => {
-                ctx.lun_stats.borrow_mut().insert(id, ctx.stats.lun(id.0));
-                ctx.devices.borrow_mut().insert(id, dev);
-                ctx.luns.borrow_mut().insert(id, *cfg);
-            }
-            TargetMsg::RemoveLun(id) => {
-                ctx.abort_everywhere(Some(id));
-                ctx.luns.borrow_mut().remove(id);
-                ctx.devices.borrow_mut().remove(&id);
-                ctx.lun_stats.borrow_mut().remove(&id);
-                ctx.stats.remove_lun(id.0);
-            }
-            TargetMsg::UpdateLun { id, cfg, dev } => {
-                if let Some(d) = dev {
-                    ctx.devices.borrow_mut().insert(id, d);
-                }
-                ctx.luns.borrow_mut().update(id, |c| *c = *cfg);
-            }
+            TargetMsg::AbortTasks(lun) => ctx.abort_here(lun),
             TargetMsg::CloseSession { tsih, done } => {
                 ctx.close_session(tsih);
                 if let Some(d) = done {
@@ -371,8 +520,6 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
                     c.close();
                 }
             }
-            TargetMsg::SetKnobs(k) => ctx.knobs.set(k),
-            TargetMsg::Rename(n) => *ctx.name.borrow_mut() = n,
             TargetMsg::Stop => break,
         }
     }

@@ -42,6 +42,11 @@ pub fn tempdir(tag: &str) -> PathBuf {
 
 impl Daemon {
     pub fn start(tag: &str) -> Daemon {
+        Daemon::start_with(tag, &[])
+    }
+
+    /// Start with extra rtgtd options.
+    pub fn start_with(tag: &str, extra: &[&str]) -> Daemon {
         for _ in 0..5 {
             let dir = tempdir(tag);
             let control_port = control_port();
