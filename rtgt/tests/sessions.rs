@@ -328,9 +328,16 @@ fn one_target_spreads_sessions_over_its_loops() {
     let pid = d.child.id();
     // A new thread names itself once it runs: give it a moment.
     std::thread::sleep(Duration::from_millis(200));
+    let names = || -> Vec<String> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_to_string(e.path().join("comm")).ok())
+            .collect()
+    };
     let before = (
-        thread_cpu(pid, "tgt/1").expect("tgt/1"),
-        thread_cpu(pid, "tgt/1.1").expect("tgt/1.1"),
+        thread_cpu(pid, "tgt/1").unwrap_or_else(|| panic!("no tgt/1 in {:?}", names())),
+        thread_cpu(pid, "tgt/1.1").unwrap_or_else(|| panic!("no tgt/1.1 in {:?}", names())),
     );
     let mut workers = Vec::new();
     for i in 0..2u8 {

@@ -84,6 +84,9 @@ pub enum TargetMsg {
     Stop,
 }
 
+/// A LUN's store and its I/O counters.
+pub type LunIo = (Arc<dyn BlockDevice>, Arc<Counters>);
+
 /// What the loops of one target share.
 pub struct TargetShared {
     pub tid: u32,
@@ -92,7 +95,7 @@ pub struct TargetShared {
     /// `execute` (or a management change) at a time.
     pub luns: Mutex<LunSet>,
     /// Each LUN's store and counters.
-    pub devices: RwLock<HashMap<LunId, (Arc<dyn BlockDevice>, Arc<Counters>)>>,
+    pub devices: RwLock<HashMap<LunId, LunIo>>,
     pub registry: Arc<Registry>,
     pub portals: Arc<RwLock<Vec<SocketAddr>>>,
     pub knobs: Mutex<Knobs>,
@@ -124,7 +127,7 @@ impl TargetShared {
         *lock(&self.knobs)
     }
 
-    pub fn device(&self, id: LunId) -> Option<(Arc<dyn BlockDevice>, Arc<Counters>)> {
+    pub fn device(&self, id: LunId) -> Option<LunIo> {
         self.devices
             .read()
             .unwrap_or_else(|p| p.into_inner())

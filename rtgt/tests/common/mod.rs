@@ -59,6 +59,7 @@ impl Daemon {
                     "--iscsi",
                     &format!("portal={portal}"),
                 ])
+                .args(extra)
                 .env("TGT_IPC_SOCKET", dir.join("socket"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(
