@@ -367,3 +367,48 @@ fn one_target_spreads_sessions_over_its_loops() {
         "both loops must work: {before:?} -> {after:?}"
     );
 }
+
+/// Hundreds of idle connections that never log in neither stop a fresh
+/// login nor disturb a running session; past the per-address cap they are
+/// refused at once.
+#[test]
+fn hundreds_of_idle_connections() {
+    let d = setup("idle");
+    let o = opts(&d);
+    let mut long = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 9, 1],
+            ..o.clone()
+        },
+    );
+    let idle: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(d.portal).ok())
+        .collect();
+    assert!(idle.len() >= 64);
+    std::thread::sleep(Duration::from_millis(300));
+    long.nop().unwrap();
+    long.read(1, 0, 1, BS).unwrap();
+    // The address is over its cap now: a further connection is closed at
+    // once (the read sees EOF) rather than left waiting.
+    let mut extra = TcpStream::connect(d.portal).unwrap();
+    extra
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut b = [0u8; 1];
+    assert_eq!(
+        extra.read(&mut b).unwrap_or(0),
+        0,
+        "over-cap connection must be closed"
+    );
+    drop(idle);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fresh = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 9, 2],
+            ..o
+        },
+    );
+    fresh.read(1, 0, 8, BS).unwrap();
+}

@@ -95,6 +95,8 @@ pub struct DaemonState {
     pub io_threads: usize,
     /// Event loops per target.
     pub target_loops: usize,
+    /// Connections in login or discovery, per initiator address.
+    pub pending: RefCell<HashMap<std::net::IpAddr, usize>>,
     /// I/O counters of every target (`tgtadm --op stat`).
     pub stats: Arc<crate::stats::Stats>,
 }
@@ -122,6 +124,21 @@ impl DaemonState {
     }
 }
 
+/// Every connection is a descriptor: allow as many as the hard limit.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 fn init_tracing(debug: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("RTGT_LOG").unwrap_or_else(|_| {
         tracing_subscriber::EnvFilter::new(if debug { "debug" } else { "info" })
@@ -135,6 +152,7 @@ fn init_tracing(debug: bool) {
 /// Run the daemon until `--mode system --op delete` or SIGINT/SIGTERM.
 pub fn run(cfg: Config) -> Result<(), DaemonError> {
     init_tracing(cfg.debug);
+    raise_fd_limit();
     let port = cfg.control_port;
     let (mgmt_listener, _lock) = mgmt::socket::bind_prefix(&mgmt::socket::default_prefix(), port)
         .map_err(|source| DaemonError::Control { port, source })?;
@@ -160,6 +178,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 .unwrap_or_else(default_io_threads)
                 .clamp(1, 1024),
             stats: crate::stats::Stats::new(),
+            pending: RefCell::new(HashMap::new()),
             target_loops: cfg
                 .target_loops
                 .unwrap_or_else(crate::target::default_loops)

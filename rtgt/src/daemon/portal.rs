@@ -43,6 +43,45 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(s.into())
 }
 
+/// Most connections one address may have in login or discovery at once.
+pub const MAX_PENDING_PER_ADDRESS: usize = 64;
+/// Most connections in login or discovery at once, from everyone.
+pub const MAX_PENDING: usize = 1024;
+
+/// A connection counted as in login or discovery until dropped.
+pub struct Pending {
+    state: Rc<DaemonState>,
+    ip: std::net::IpAddr,
+}
+
+impl Pending {
+    fn admit(state: &Rc<DaemonState>, ip: std::net::IpAddr) -> Option<Pending> {
+        let mut m = state.pending.borrow_mut();
+        let total: usize = m.values().sum();
+        let mine = m.entry(ip).or_insert(0);
+        if *mine >= MAX_PENDING_PER_ADDRESS || total >= MAX_PENDING {
+            return None;
+        }
+        *mine += 1;
+        Some(Pending {
+            state: state.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let mut m = self.state.pending.borrow_mut();
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
 /// Accept connections until the listener is dropped (its task aborted).
 pub async fn accept_loop(state: Rc<DaemonState>, listener: std::net::TcpListener) {
     let listener = match TcpListener::from_std(listener) {
@@ -55,9 +94,20 @@ pub async fn accept_loop(state: Rc<DaemonState>, listener: std::net::TcpListener
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                // Connections still logging in (or in discovery) live on
+                // this thread: bound them per address and in all, so a
+                // flood of idle sockets cannot starve real logins.
+                let Some(guard) = Pending::admit(&state, peer.ip()) else {
+                    tracing::info!(%peer, "too many connections in login: refused");
+                    drop(stream);
+                    continue;
+                };
                 let local = stream.local_addr().unwrap_or(peer);
                 let st = state.clone();
-                tokio::task::spawn_local(super::login::serve(st, stream, peer, local));
+                tokio::task::spawn_local(async move {
+                    super::login::serve(st, stream, peer, local).await;
+                    drop(guard);
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off instead of spinning.
