@@ -18,6 +18,10 @@ pub struct Counters {
     pub write_bytes: AtomicU64,
     /// Commands that ended in other than GOOD / CONDITION MET.
     pub errors: AtomicU64,
+    /// Commands that moved Data-In.
+    pub read_commands: AtomicU64,
+    /// Commands that moved Data-Out.
+    pub write_commands: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -27,6 +31,8 @@ pub struct Snapshot {
     pub read_bytes: u64,
     pub write_bytes: u64,
     pub errors: u64,
+    pub read_commands: u64,
+    pub write_commands: u64,
 }
 
 impl Counters {
@@ -34,9 +40,11 @@ impl Counters {
         self.commands.fetch_add(1, Ordering::Relaxed);
         if read > 0 {
             self.read_bytes.fetch_add(read, Ordering::Relaxed);
+            self.read_commands.fetch_add(1, Ordering::Relaxed);
         }
         if written > 0 {
             self.write_bytes.fetch_add(written, Ordering::Relaxed);
+            self.write_commands.fetch_add(1, Ordering::Relaxed);
         }
         if error {
             self.errors.fetch_add(1, Ordering::Relaxed);
@@ -49,6 +57,8 @@ impl Counters {
             read_bytes: self.read_bytes.load(Ordering::Relaxed),
             write_bytes: self.write_bytes.load(Ordering::Relaxed),
             errors: self.errors.load(Ordering::Relaxed),
+            read_commands: self.read_commands.load(Ordering::Relaxed),
+            write_commands: self.write_commands.load(Ordering::Relaxed),
         }
     }
 }
@@ -173,6 +183,8 @@ mod tests {
             read_bytes: 4096,
             write_bytes: 512,
             errors: 1,
+            read_commands: 1,
+            write_commands: 1,
         };
         assert_eq!(t.total.snapshot(), want);
         assert_eq!(t.lun_snapshots(), vec![(1, want)]);

@@ -543,10 +543,16 @@ fn stat_counts_commands_bytes_and_errors_per_object() {
     let w = lun1.written.to_string();
     let e = lun1.errors.to_string();
     assert_eq!(
-        l1[3..],
-        [r.as_str(), "-", &r, "-", &w, "-", &w, "-", &e],
+        [l1[3], l1[5], l1[7], l1[9], l1[11]],
+        [r.as_str(), &r, &w, &w, &e],
         "{text}"
     );
+    // Command counts: submitted equals done, and a unit that moved data
+    // in a direction counted at least one command for it.
+    assert_eq!((l1[4], l1[8]), (l1[6], l1[10]), "{text}");
+    let (rc, wc): (u64, u64) = (l1[4].parse().unwrap(), l1[8].parse().unwrap());
+    assert_eq!(rc > 0, lun1.read > 0, "{text}");
+    assert_eq!(wc > 0, lun1.written > 0, "{text}");
     // Session: its line, then the connection table.
     let text = adm(&d, &["--op", "stat", "--mode", "session", "--sid", &sid]);
     let want_conn1 = format!(

@@ -207,13 +207,13 @@ fn tgt_line(b: &mut String, tid: u32, lun: Option<u64>, sid: Option<u64>, c: &Sn
         opt(lun),
         opt(sid),
         c.read_bytes,
-        "-",
+        c.read_commands,
         c.read_bytes,
-        "-",
+        c.read_commands,
         c.write_bytes,
-        "-",
+        c.write_commands,
         c.write_bytes,
-        "-",
+        c.write_commands,
         c.errors
     );
 }
