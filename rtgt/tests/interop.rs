@@ -200,3 +200,28 @@ fn second_daemon_on_same_control_port_refuses() {
         "{err}"
     );
 }
+
+/// `--mode lld --op stop` closes the portals (tgt shows `iscsi: stopped`),
+/// start opens them again; stop is refused while targets exist.
+#[test]
+fn lld_stop_and_start() {
+    let d = Daemon::start("lld");
+    let show = || d.must(&["--op", "show", "--mode", "lld"]);
+    assert!(show().contains("iscsi: ready"));
+    d.must(&["--op", "stop", "--mode", "lld", "--lld", "iscsi"]);
+    assert!(show().contains("iscsi: stopped"), "{}", show());
+    assert!(
+        std::net::TcpStream::connect(d.portal).is_err(),
+        "portal still open"
+    );
+    d.must(&["--op", "start", "--mode", "lld", "--lld", "iscsi"]);
+    assert!(show().contains("iscsi: ready"));
+    assert!(
+        std::net::TcpStream::connect(d.portal).is_ok(),
+        "portal not reopened"
+    );
+    let img = sparse_file(&d.dir, "disk.img", 1 << 20);
+    d.file_target(1, IQN, &img, false);
+    let o = d.adm(&["--op", "stop", "--mode", "lld", "--lld", "iscsi"]);
+    assert!(!o.status.success(), "stop with targets must fail");
+}

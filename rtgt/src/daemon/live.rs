@@ -222,6 +222,24 @@ impl mgmt::Live for DaemonLive {
                 }
             }
             Effect::PortalAdded(_) => {}
+            Effect::LldStopped => {
+                let addrs: Vec<_> = self.state.listeners.borrow().keys().copied().collect();
+                for a in &addrs {
+                    self.state.unlisten(*a);
+                }
+                self.state.stopped_portals.borrow_mut().extend(addrs);
+            }
+            Effect::LldStarted => {
+                let addrs: Vec<_> = self.state.stopped_portals.borrow_mut().drain(..).collect();
+                for a in addrs {
+                    match super::portal::bind(a) {
+                        Ok(l) => self.state.listen(a, l),
+                        Err(e) => {
+                            tracing::warn!(addr = %a, error = %e, "portal could not be bound again")
+                        }
+                    }
+                }
+            }
             Effect::PortalRemoved(addr) => self.state.unlisten(addr),
             Effect::SystemDeleted => self.state.shutdown.notify_one(),
             Effect::TargetStateChanged { .. }

@@ -90,6 +90,8 @@ pub struct DaemonState {
     /// Addresses we listen on, shared with target loops for SendTargets.
     pub portals: Arc<RwLock<Vec<SocketAddr>>>,
     listeners: RefCell<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
+    /// Portals closed by `--mode lld --op stop`, to reopen on start.
+    stopped_portals: RefCell<Vec<SocketAddr>>,
     pub shutdown: tokio::sync::Notify,
     /// Blocking-I/O workers per target loop.
     pub io_threads: usize,
@@ -179,6 +181,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 .clamp(1, 1024),
             stats: crate::stats::Stats::new(),
             pending: RefCell::new(HashMap::new()),
+            stopped_portals: RefCell::new(Vec::new()),
             target_loops: cfg
                 .target_loops
                 .unwrap_or_else(crate::target::default_loops)

@@ -56,7 +56,7 @@ pub fn handle(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
         Mode::Session if req.op == Op::Stats => stat::stat(table, req, live),
         Mode::Session => Err(TgtadmError::InvalidRequest),
         Mode::Connection => connection(table, req, live),
-        Mode::Lld => lld(table, req),
+        Mode::Lld => lld(table, req, live),
         Mode::Other(_) => Err(TgtadmError::InvalidRequest),
     }
 }
@@ -896,7 +896,18 @@ fn connection(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
     }
 }
 
-fn lld(table: &mut TargetTable, req: &Request) -> Res {
+/// Set a driver's state; true when it changed.
+fn set_lld_state(table: &mut TargetTable, name: &str, state: &str) -> bool {
+    match table.info.llds.iter_mut().find(|(n, _)| n == name) {
+        Some((_, s)) if s != state => {
+            *s = state.to_string();
+            true
+        }
+        _ => false,
+    }
+}
+
+fn lld(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
     match req.op {
         Op::Show if wants(req, "json") => Ok(json::llds(table)),
         Op::Show => Ok(show::llds(table)),
@@ -907,7 +918,14 @@ fn lld(table: &mut TargetTable, req: &Request) -> Res {
                 &req.lld
             };
             match name {
-                "iscsi" => Ok(String::new()),
+                "iscsi" => {
+                    // tgt's lld_mgmt: (re)initialise a driver that is not
+                    // running; its portals listen again.
+                    if set_lld_state(table, name, "ready") {
+                        live.apply(Effect::LldStarted);
+                    }
+                    Ok(String::new())
+                }
                 _ => Err(TgtadmError::UnknownErr),
             }
         }
@@ -920,6 +938,11 @@ fn lld(table: &mut TargetTable, req: &Request) -> Res {
             if name == "iscsi" && !table.targets.is_empty() {
                 Err(TgtadmError::DriverActive)
             } else {
+                // A driver with no targets exits: it stops listening and
+                // refuses requests until started again.
+                if name == "iscsi" && set_lld_state(table, name, "stopped") {
+                    live.apply(Effect::LldStopped);
+                }
                 Ok(String::new())
             }
         }

@@ -138,6 +138,10 @@ pub enum Effect {
         /// Connection id.
         cid: u32,
     },
+    /// `--mode lld --op stop`: the iSCSI driver exited; stop listening.
+    LldStopped,
+    /// `--mode lld --op start`: the iSCSI driver runs again; listen again.
+    LldStarted,
     /// `--mode system --op delete` succeeded (no target left): the daemon
     /// should exit; the management loop has already stopped accepting.
     SystemDeleted,
