@@ -14,6 +14,11 @@ use super::OpenFlags;
 pub struct FileDevice {
     file: File,
     is_block: bool,
+    /// The file lives in memory (tmpfs, ramfs): a read or write is a
+    /// memcpy that never waits on a disk, so it may run on the event loop
+    /// itself. (tmpfs supports neither RWF_NOWAIT nor io_uring's inline
+    /// path, so the ring would hand every I/O to a kernel worker thread.)
+    in_memory: bool,
     /// Opened with O_DIRECT: transfers must be aligned, so they go through
     /// an aligned bounce buffer, and not through io_uring with the
     /// caller's (unaligned) buffers.
@@ -93,12 +98,26 @@ impl FileDevice {
                 "not a regular file or block device",
             ));
         }
+        let in_memory = !is_block && !flags.direct && !flags.sync && on_memory_fs(&file);
         Ok(FileDevice {
             file,
             is_block,
             direct: flags.direct,
+            in_memory,
         })
     }
+}
+
+/// Whether the file lives on tmpfs or ramfs.
+fn on_memory_fs(file: &File) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    // SAFETY: fstatfs fills a zeroed local struct for an owned fd.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(st.f_type as i64, TMPFS_MAGIC | RAMFS_MAGIC)
 }
 
 fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
@@ -112,6 +131,10 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 impl BlockDevice for FileDevice {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         (!self.direct).then(|| self.file.as_raw_fd())
+    }
+
+    fn is_nonblocking(&self) -> bool {
+        self.in_memory
     }
 
     fn size(&self) -> u64 {
