@@ -228,6 +228,40 @@ fn broken_peers_leave_others_working() {
     assert!(d.alive(), "{}", d.log());
     long.nop().unwrap();
     assert_eq!(long.read(1, 0, 1, BS).unwrap().len(), 512);
+    // A SCSI command with a bad AHS (length past the PDU), a PDU cut off
+    // mid-header before the client vanishes, and talk after logout.
+    let mut ahs = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 5, 0],
+            ..o.clone()
+        },
+    );
+    let mut cmd = iscsi::Bhs::new(iscsi::Opcode::ScsiCommand);
+    cmd.set_flags(0xc0);
+    cmd.set_itt(iscsi::Itt(5));
+    cmd.set_u32_at(24, ahs.cmd_sn());
+    let mut raw = cmd.0.to_vec();
+    raw[4] = 2; // TotalAHSLength: 8 bytes
+    raw.extend_from_slice(&[0xff, 0xff, 0x01, 0x00, 1, 2, 3, 4]); // AHS claims 65535 bytes
+    ahs.send_raw(&raw).unwrap();
+    ahs.send_raw(&raw[..20]).unwrap();
+    drop(ahs);
+    let mut bye = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 6, 0],
+            ..o.clone()
+        },
+    );
+    assert_eq!(bye.logout(logout_reason::CLOSE_SESSION).unwrap(), 0);
+    let _ = bye.send_raw(
+        &iscsi::Pdu::new(iscsi::Bhs::new(iscsi::Opcode::NopOut)).encode(Default::default()),
+    );
+    drop(bye);
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(d.alive(), "{}", d.log());
+    long.nop().unwrap();
     let mut fresh = login(
         &d,
         &LoginOptions {
@@ -236,6 +270,7 @@ fn broken_peers_leave_others_working() {
         },
     );
     fresh.read(1, 0, 8, BS).unwrap();
+    long.read(1, 0, 8, BS).unwrap();
 }
 
 #[test]
