@@ -19,7 +19,7 @@ pub mod text;
 pub use discovery::{send_targets, TargetEntry, TextExchange, TextHost, TextStep};
 pub use login::{
     AuthRequirement, Login, LoginConfig, LoginHost, LoginRequestInfo, LoginStatus, LoginStep,
-    TargetLoginInfo,
+    Redirect, TargetLoginInfo,
 };
 pub use params::{DigestPolicy, SessionParams, SessionType, TargetDefaults};
 pub mod chap;

@@ -138,6 +138,18 @@ pub struct TargetLoginInfo {
     pub defaults: TargetDefaults,
     pub auth: AuthRequirement,
     pub target_alias: Option<String>,
+    /// Send the initiator elsewhere instead (normal sessions only).
+    pub redirect: Option<Redirect>,
+}
+
+/// Login redirection (RFC 7143 §11.13.5, status class 1): the login ends
+/// with "target moved" and a TargetAddress the initiator should use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redirect {
+    /// TargetAddress value: `host:port` (IPv6 in brackets).
+    pub address: String,
+    /// 0x0101 (moved temporarily) rather than 0x0102 (permanently).
+    pub temporary: bool,
 }
 
 /// Implemented by the daemon; called by the state machine.
@@ -226,6 +238,9 @@ pub enum LoginError {
     /// A decision that carries its own status (host refusal, version, ...).
     #[error("login refused with status {0:?}")]
     Status(LoginStatus),
+    /// The target has moved (RFC 7143 §11.13.5 class 1).
+    #[error("login redirected to {}", .0.address)]
+    Redirect(Redirect),
 }
 
 impl LoginError {
@@ -235,6 +250,8 @@ impl LoginError {
             LoginError::Negotiation(e) => e.login_status(),
             LoginError::Protocol(_) => LoginStatus::INITIATOR_ERROR,
             LoginError::Status(s) => *s,
+            LoginError::Redirect(r) if r.temporary => LoginStatus::TARGET_MOVED_TEMPORARILY,
+            LoginError::Redirect(_) => LoginStatus::TARGET_MOVED_PERMANENTLY,
         }
     }
 }
@@ -375,6 +392,16 @@ impl Login {
         }
         match self.step(pdu, host) {
             Ok(step) => step,
+            Err(LoginError::Redirect(r)) => {
+                let status = LoginError::Redirect(r.clone()).login_status();
+                let mut step = self.fail(itt, status);
+                if let LoginStep::Failed { responses } = &mut step {
+                    let data = format!("TargetAddress={}\0", r.address).into_bytes();
+                    responses[0].bhs.set_data_len(data.len());
+                    responses[0].data = data;
+                }
+                step
+            }
             Err(e) => self.fail(itt, e.login_status()),
         }
     }
@@ -621,6 +648,9 @@ impl Login {
             cid: self.cid,
         };
         let info = host.admit(&req).map_err(LoginError::Status)?;
+        if let (Some(r), SessionType::Normal) = (&info.redirect, session_type) {
+            return Err(LoginError::Redirect(r.clone()));
+        }
         // A target that requires authentication may not be entered without
         // the security stage (§6.3, 0x0201).
         if info.auth != AuthRequirement::None && self.stage != STAGE_SECURITY {
@@ -743,6 +773,7 @@ mod tests {
                 defaults: self.defaults.clone(),
                 auth: self.auth.clone(),
                 target_alias: None,
+                redirect: None,
             })
         }
         fn allocate_tsih(&mut self) -> u16 {
@@ -1079,6 +1110,35 @@ DefaultTime2Wait=2\0"
                 ((want.0 >> 8) as u8, want.0 as u8)
             );
         }
+    }
+
+    #[test]
+    fn redirect_answers_target_moved_with_an_address() {
+        struct Moved;
+        impl LoginHost for Moved {
+            fn admit(&mut self, _req: &LoginRequestInfo) -> Result<TargetLoginInfo, LoginStatus> {
+                Ok(TargetLoginInfo {
+                    redirect: Some(Redirect {
+                        address: "[fe80::1]:3261".into(),
+                        temporary: true,
+                    }),
+                    ..Default::default()
+                })
+            }
+            fn allocate_tsih(&mut self) -> u16 {
+                1
+            }
+        }
+        let mut l = Login::new(LoginConfig::default());
+        let data =
+            b"InitiatorName=iqn.x:i\0TargetName=iqn.x:t\0SessionType=Normal\0AuthMethod=None\0";
+        let step = l.handle_pdu(&req(0, 1, true, false, data), &mut Moved);
+        let LoginStep::Failed { responses } = step else {
+            panic!("expected a refusal")
+        };
+        assert_eq!(responses[0].bhs.u16_at(36), 0x0101);
+        assert_eq!(responses[0].data, b"TargetAddress=[fe80::1]:3261\0");
+        assert_eq!(responses[0].bhs.data_len(), responses[0].data.len());
     }
 
     #[test]

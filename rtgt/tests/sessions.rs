@@ -447,3 +447,23 @@ fn hundreds_of_idle_connections() {
     );
     fresh.read(1, 0, 8, BS).unwrap();
 }
+
+/// tgtadm's RedirectAddress/Port/Reason send logins elsewhere with
+/// "target moved" and a TargetAddress (RFC 7143 §11.13.5).
+#[test]
+fn redirect_sends_the_initiator_elsewhere() {
+    let d = setup("redirect");
+    for (k, v) in [
+        ("RedirectAddress", "10.1.2.3"),
+        ("RedirectPort", "3261"),
+        ("RedirectReason", "Temporary"),
+    ] {
+        d.must(&[
+            "--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1", "-n", k, "-v", v,
+        ]);
+    }
+    let r = Connection::login_raw(d.portal, &opts(&d)).unwrap();
+    assert_eq!((r.class, r.detail), (1, 1), "moved temporarily");
+    let last = r.responses.last().unwrap();
+    assert_eq!(last.data, b"TargetAddress=10.1.2.3:3261\0");
+}

@@ -172,10 +172,29 @@ impl LoginHost for Host<'_> {
         self.tid = Some(tid);
         self.req = Some(req.clone());
         self.queue_depth = t.params.get("MaxQueueCmd").unwrap_or(128).max(1);
+        // tgtadm's RedirectAddress / RedirectPort / RedirectReason send
+        // normal-session logins elsewhere (RFC 7143 §11.13.5).
+        let r = &t.redirect;
+        let redirect = match r.temporary {
+            Some(temporary) if !r.addr.is_empty() => {
+                let host = if r.addr.contains(':') {
+                    format!("[{}]", r.addr)
+                } else {
+                    r.addr.clone()
+                };
+                let port = if r.port.is_empty() { "3260" } else { &r.port };
+                Some(iscsi::Redirect {
+                    address: format!("{host}:{port}"),
+                    temporary,
+                })
+            }
+            _ => None,
+        };
         Ok(TargetLoginInfo {
             defaults,
             auth,
             target_alias: None,
+            redirect,
         })
     }
 
