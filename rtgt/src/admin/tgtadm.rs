@@ -242,46 +242,12 @@ pub fn parse_args(args: &[String]) -> Result<Command, String> {
     }
     req.op = op.ok_or("specify the operation type")?;
     req.mode = mode.ok_or("specify the mode")?;
-    let mut b = String::new();
-    let mut add = |k: &str, v: &str| {
-        if !b.is_empty() {
-            b.push(',');
-        }
-        b.push_str(k);
-        b.push_str(v);
-    };
-    if let Some(n) = s.get(&'n') {
-        let v = s.get(&'v').map(String::as_str).unwrap_or("(null)");
-        add("", &format!("{n}={v}"));
-    }
-    if let Some(p) = s.get(&'b') {
-        add("path=", p);
-    }
-    if req.device_type == 0x01 {
-        add("bstype=", "ssc");
-    } else if let Some(v) = s.get(&'E') {
-        add("bstype=", v);
-    }
-    for (c, k) in [
-        ('S', "bsopts="),
-        ('f', "bsoflags="),
-        ('y', "blocksize="),
-        ('T', "targetname="),
-        ('I', "initiator-address="),
-        ('Q', "initiator-name="),
-        ('u', "user="),
-        ('p', "password="),
-    ] {
-        if let Some(v) = s.get(&c) {
-            add(k, v);
-        }
-    }
-    if let Some(v) = &target_ops {
-        add("targetOps ", &format!("{v},"));
-    }
-    if let Some(v) = &portal_ops {
-        add("portalOps ", &format!("{v},"));
-    }
+    let b = crate::mgmt::request::tgtadm_params(
+        &s,
+        req.device_type,
+        target_ops.as_deref(),
+        portal_ops.as_deref(),
+    );
     req.params = b;
     Ok(Command { req, control_port })
 }

@@ -601,8 +601,13 @@ fn main() {
     req.ac_dir = ac_dir;
     req.force = force;
 
-    // The parameter string, in tgtadm's order.
-    let mut b = String::new();
+    // The parameter string, in tgtadm's order; rtgt's own flags follow.
+    let mut b = rtgt::mgmt::request::tgtadm_params(
+        &s,
+        dev_type,
+        target_ops.as_deref(),
+        portal_ops.as_deref(),
+    );
     let mut add = |k: &str, v: &str| {
         if !b.is_empty() {
             b.push(',');
@@ -610,39 +615,6 @@ fn main() {
         b.push_str(k);
         b.push_str(v);
     };
-    if let Some(n) = s.get(&'n') {
-        let v = s.get(&'v').map(String::as_str).unwrap_or("(null)");
-        add("", &format!("{n}={v}"));
-    }
-    if let Some(p) = s.get(&'b') {
-        add("path=", p);
-    }
-    if dev_type == 0x01 {
-        add("bstype=", "ssc");
-    } else if let Some(v) = s.get(&'E') {
-        add("bstype=", v);
-    }
-    for (c, k) in [
-        ('S', "bsopts="),
-        ('f', "bsoflags="),
-        ('y', "blocksize="),
-        ('T', "targetname="),
-        ('I', "initiator-address="),
-        ('Q', "initiator-name="),
-        ('u', "user="),
-        ('p', "password="),
-    ] {
-        if let Some(v) = s.get(&c) {
-            add(k, v);
-        }
-    }
-    // tgtadm appends a trailing ',' to these.
-    if let Some(v) = &target_ops {
-        add("targetOps ", &format!("{v},"));
-    }
-    if let Some(v) = &portal_ops {
-        add("portalOps ", &format!("{v},"));
-    }
     // (`--help` stays tgtadm's text byte for byte; README documents these.)
     if want_json && matches!(op, Op::Show | Op::Stats) {
         add("json=", "1");

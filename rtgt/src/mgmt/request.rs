@@ -336,3 +336,57 @@ mod tests {
         assert_eq!(r.find_value("user"), None);
     }
 }
+
+/// tgtadm's parameter string (`usr/tgtadm.c` builds it in this order):
+/// `name=value` from `-n/-v`, then path, bstype, bsopts, bsoflags,
+/// blocksize, targetname, initiator-address, initiator-name, user,
+/// password, and the `targetOps`/`portalOps` lists with tgtadm's trailing
+/// comma. `opts` maps each short option letter to its value.
+pub fn tgtadm_params(
+    opts: &std::collections::HashMap<char, String>,
+    device_type: u32,
+    target_ops: Option<&str>,
+    portal_ops: Option<&str>,
+) -> String {
+    let mut b = String::new();
+    let mut add = |k: &str, v: &str| {
+        if !b.is_empty() {
+            b.push(',');
+        }
+        b.push_str(k);
+        b.push_str(v);
+    };
+    if let Some(n) = opts.get(&'n') {
+        let v = opts.get(&'v').map(String::as_str).unwrap_or("(null)");
+        add("", &format!("{n}={v}"));
+    }
+    if let Some(p) = opts.get(&'b') {
+        add("path=", p);
+    }
+    if device_type == 0x01 {
+        add("bstype=", "ssc");
+    } else if let Some(v) = opts.get(&'E') {
+        add("bstype=", v);
+    }
+    for (c, k) in [
+        ('S', "bsopts="),
+        ('f', "bsoflags="),
+        ('y', "blocksize="),
+        ('T', "targetname="),
+        ('I', "initiator-address="),
+        ('Q', "initiator-name="),
+        ('u', "user="),
+        ('p', "password="),
+    ] {
+        if let Some(v) = opts.get(&c) {
+            add(k, v);
+        }
+    }
+    if let Some(v) = target_ops {
+        add("targetOps ", &format!("{v},"));
+    }
+    if let Some(v) = portal_ops {
+        add("portalOps ", &format!("{v},"));
+    }
+    b
+}
