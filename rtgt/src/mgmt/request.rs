@@ -308,35 +308,6 @@ pub fn c_strtoul_u32(s: &str) -> u32 {
     c_strtoull(s, 0).0 as u32
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn strtoull_like_c() {
-        assert_eq!(c_strtoull("12abc", 0), (12, 2));
-        assert_eq!(c_strtoull("0x10", 0), (16, 4));
-        assert_eq!(c_strtoull("010", 0), (8, 3));
-        assert_eq!(c_strtoull("abc", 0), (0, 0));
-        assert_eq!(c_strtoull("-1", 0).0, u64::MAX);
-        assert_eq!(c_strtoull("99999999999999999999999", 0).0, u64::MAX);
-        assert_eq!(c_atoi("42x"), 42);
-        assert_eq!(c_atoi("-3"), -3);
-        assert_eq!(c_atoi("x"), 0);
-    }
-
-    #[test]
-    fn find_value_stops_at_comma() {
-        let r = Request {
-            params: "initiator-address=1.2.3.4,initiator-name=iqn.x".into(),
-            ..Request::default()
-        };
-        assert_eq!(r.find_value("initiator-address"), Some("1.2.3.4"));
-        assert_eq!(r.find_value("initiator-name"), Some("iqn.x"));
-        assert_eq!(r.find_value("user"), None);
-    }
-}
-
 /// tgtadm's parameter string (`usr/tgtadm.c` builds it in this order):
 /// `name=value` from `-n/-v`, then path, bstype, bsopts, bsoflags,
 /// blocksize, targetname, initiator-address, initiator-name, user,
@@ -389,4 +360,33 @@ pub fn tgtadm_params(
         add("portalOps ", &format!("{v},"));
     }
     b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strtoull_like_c() {
+        assert_eq!(c_strtoull("12abc", 0), (12, 2));
+        assert_eq!(c_strtoull("0x10", 0), (16, 4));
+        assert_eq!(c_strtoull("010", 0), (8, 3));
+        assert_eq!(c_strtoull("abc", 0), (0, 0));
+        assert_eq!(c_strtoull("-1", 0).0, u64::MAX);
+        assert_eq!(c_strtoull("99999999999999999999999", 0).0, u64::MAX);
+        assert_eq!(c_atoi("42x"), 42);
+        assert_eq!(c_atoi("-3"), -3);
+        assert_eq!(c_atoi("x"), 0);
+    }
+
+    #[test]
+    fn find_value_stops_at_comma() {
+        let r = Request {
+            params: "initiator-address=1.2.3.4,initiator-name=iqn.x".into(),
+            ..Request::default()
+        };
+        assert_eq!(r.find_value("initiator-address"), Some("1.2.3.4"));
+        assert_eq!(r.find_value("initiator-name"), Some("iqn.x"));
+        assert_eq!(r.find_value("user"), None);
+    }
 }
