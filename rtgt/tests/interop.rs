@@ -225,3 +225,35 @@ fn lld_stop_and_start() {
     let o = d.adm(&["--op", "stop", "--mode", "lld", "--lld", "iscsi"]);
     assert!(!o.status.success(), "stop with targets must fail");
 }
+
+/// IPv6 portals: discovery over [::1] lists every portal, IPv6 in brackets,
+/// and a session over IPv6 works.
+#[test]
+fn ipv6_portal_and_discovery() {
+    if !have("iscsi-ls") || std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("skipped: no iscsi-ls or no IPv6 loopback");
+        return;
+    }
+    let v6port = common::free_port();
+    let d = Daemon::start_with("v6", &["--iscsi", &format!("portal=[::1]:{v6port}")]);
+    let img = sparse_file(&d.dir, "disk.img", 16 << 20);
+    d.file_target(1, IQN, &img, false);
+    let out = Command::new("iscsi-ls")
+        .arg(format!("iscsi://[::1]:{v6port}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("Target:{IQN} Portal:[::1]:{v6port},1")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("Target:{IQN} Portal:{},1", d.portal)),
+        "{text}"
+    );
+    let out = Command::new("iscsi-inq")
+        .arg(format!("iscsi://[::1]:{v6port}/{IQN}/1"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Product:VIRTUAL-DISK"));
+}
