@@ -79,12 +79,12 @@ class Target:
     def adm(self, *args):
         subprocess.run(["tgtadm", "-C", str(self.ctl), "--lld", "iscsi", *args], env=self.env, check=True)
 
-    def setup(self, disk, null_size):
+    def setup(self, disk, null_size, tune=True):
         self.adm("--op", "new", "--mode", "target", "--tid", "1", "-T", IQN)
         self.adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "1", "-b", disk)
         self.adm("--op", "new", "--mode", "logicalunit", "--tid", "1", "--lun", "2", "-E", "null", "-b", "/dev/null")
         # Let fast initiators go fast on both (tgt defaults are conservative).
-        for k, v in [("MaxRecvDataSegmentLength", "262144"), ("MaxBurstLength", "1048576"),
+        for k, v in [] if not tune else [("MaxRecvDataSegmentLength", "262144"), ("MaxBurstLength", "1048576"),
                      ("FirstBurstLength", "262144"), ("InitialR2T", "No"), ("MaxOutstandingR2T", "8")]:
             self.adm("--op", "update", "--mode", "target", "--tid", "1", "-n", k, "-v", v)
         self.adm("--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL")
@@ -128,6 +128,8 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--quick", action="store_true", help="first three workloads only")
     ap.add_argument("--only", help="run workloads whose name contains this text")
+    ap.add_argument("--defaults", action="store_true", help="keep tgt's default session parameters")
+    ap.add_argument("--dir", help="where the backing file lives (default: /dev/shm, tmpfs)")
     ap.add_argument("--json")
     a = ap.parse_args()
     for tool in ("tgtd", "tgtadm", "iscsi-perf"):
@@ -136,7 +138,7 @@ def main():
     for b in ("rtgtd", "rtgt-load"):
         if not os.path.exists(os.path.join(REL, b)):
             sys.exit("bench: build first: cargo build --release")
-    work = tempfile.mkdtemp(prefix="rtgt-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+    work = tempfile.mkdtemp(prefix="rtgt-bench-", dir=a.dir or ("/dev/shm" if os.path.isdir("/dev/shm") else None))
     disk = os.path.join(work, "disk.img")
     with open(disk, "wb") as f:
         chunk = os.urandom(1 << 20)
@@ -146,7 +148,7 @@ def main():
     results = {}
     try:
         for t in targets:
-            t.setup(disk, 256 << 20)
+            t.setup(disk, 256 << 20, tune=not a.defaults)
         loads = WORKLOADS[:3] if a.quick else WORKLOADS
         if a.only:
             loads = [w for w in loads if a.only in w[0]]
@@ -176,6 +178,7 @@ def main():
         return "-" if x is None else f"{x:.{nd}f}"
 
     print(f"\n{os.cpu_count()} CPUs, {a.rounds} rounds of {a.seconds} s, medians; "
+          f"file in {os.path.dirname(work)}; {'tgt default' if a.defaults else 'tuned'} session parameters; "
           "CPU = target's CPU time per I/O\n")
     print("| workload | tgt IOPS | rtgt IOPS | IOPS rtgt/tgt | tgt MB/s | rtgt MB/s | "
           "tgt p50/p99 us | rtgt p50/p99 us | tgt CPU us/IO | rtgt CPU us/IO | CPU tgt/rtgt |")
