@@ -39,6 +39,31 @@ pub struct ConnParams {
 /// Most bytes of write commands still collecting Data-Out on one
 /// connection (four maximum-size commands).
 const WRITE_BUDGET: u64 = 4 * scsi::MAX_TRANSFER_BYTES;
+/// Most bytes of reads in flight on one connection.
+const IO_BUDGET: u64 = 4 * scsi::MAX_TRANSFER_BYTES;
+
+/// Bytes charged to a connection's budget until dropped (the command
+/// answered, aborted, or its connection gone).
+struct Charge {
+    budget: Rc<Cell<u64>>,
+    n: u64,
+}
+
+impl Charge {
+    fn new(budget: &Rc<Cell<u64>>, n: u64) -> Charge {
+        budget.set(budget.get() + n);
+        Charge {
+            budget: budget.clone(),
+            n,
+        }
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.budget.set(self.budget.get() - self.n);
+    }
+}
 
 /// Why a connection ends.
 #[derive(Debug)]
@@ -90,6 +115,8 @@ pub struct Conn {
     stats: (Arc<Counters>, Arc<Counters>),
     /// The address the initiator reached us on.
     local: SocketAddr,
+    /// Bytes of reads in flight (see [`IO_BUDGET`]).
+    read_inflight: Rc<Cell<u64>>,
     /// Text Request / Response exchanges (SendTargets, continuation).
     text: RefCell<TextExchange>,
 }
@@ -151,6 +178,7 @@ impl Conn {
         Rc::new(Conn {
             stats,
             local,
+            read_inflight: Rc::new(Cell::new(0)),
             text: RefCell::new(TextExchange::new(negotiated)),
             cid,
             peer,
@@ -586,6 +614,22 @@ impl Conn {
                     self.finish(&info, resp, buf);
                     return;
                 }
+                // Reads in flight pin their buffers until answered: bound
+                // them per connection like collecting writes (a hostile
+                // initiator could otherwise queue 128 x 32 MiB reads).
+                let need = if info.read { task.wanted() } else { 0 };
+                let used = self.read_inflight.get();
+                if need > 0 && used > 0 && used + need > IO_BUDGET {
+                    let full = Response {
+                        status: Status::TaskSetFull,
+                        sense: Vec::new(),
+                        data_len: 0,
+                        wanted: 0,
+                    };
+                    self.finish(&info, full, buf);
+                    return;
+                }
+                let charge = Charge::new(&self.read_inflight, need);
                 let aborted = Rc::new(Cell::new(false));
                 self.running
                     .borrow_mut()
@@ -613,6 +657,7 @@ impl Conn {
                 };
                 if let Some(((ring, fd), simple)) = simple {
                     tokio::task::spawn_local(async move {
+                        let _charge = charge;
                         let (ok, mut buf) = match simple {
                             SimpleIo::Read { offset, len } => ring.read(fd, offset, buf, len).await,
                             SimpleIo::Write { offset, len, flush } => {
@@ -637,6 +682,7 @@ impl Conn {
                     sh.exclusive.fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::task::spawn_local(async move {
+                    let _charge = charge;
                     if exclusive {
                         // Let every loop's ring I/O finish so this command
                         // sees and overlaps none of it (SBC-3 §5.2).
