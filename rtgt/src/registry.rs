@@ -105,6 +105,13 @@ impl Registry {
         }
     }
 
+    /// Record the InitiatorAlias the login carried.
+    pub fn set_alias(&self, tsih: u16, alias: Option<String>) {
+        if let Some(s) = self.lock().sessions.iter_mut().find(|s| s.tsih == tsih) {
+            s.alias = alias;
+        }
+    }
+
     pub fn remove_conn(&self, tsih: u16, cid: u16) {
         let mut g = self.lock();
         if let Some(s) = g.sessions.iter_mut().find(|s| s.tsih == tsih) {

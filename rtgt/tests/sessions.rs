@@ -478,3 +478,20 @@ fn redirect_sends_the_initiator_elsewhere() {
     let last = r.responses.last().unwrap();
     assert_eq!(last.data, b"TargetAddress=10.1.2.3:3261\0");
 }
+
+/// `show` lists a session's initiator with the alias its login sent, as
+/// tgt does ("alias: none" without one).
+#[test]
+fn show_lists_initiator_alias() {
+    let d = setup("alias");
+    let o = LoginOptions {
+        extra_keys: vec![("InitiatorAlias".into(), "client-7".into())],
+        ..opts(&d)
+    };
+    let _c = login(&d, &o);
+    let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert!(
+        show.contains("Initiator: iqn.2026-11.io.rtgt:it alias: client-7"),
+        "{show}"
+    );
+}

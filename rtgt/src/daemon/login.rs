@@ -394,6 +394,12 @@ fn handoff(
     queue_depth: u32,
     peer: SocketAddr,
 ) {
+    if params.initiator_alias.is_some() {
+        // Shown by `tgtadm --op show` ("Initiator: ... alias: ...").
+        state
+            .registry
+            .set_alias(params.tsih, params.initiator_alias.clone());
+    }
     let Some(rec) = state.registry.find(params.tsih) else {
         return;
     };
