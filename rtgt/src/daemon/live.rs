@@ -219,6 +219,16 @@ impl mgmt::Live for DaemonLive {
                     self.with_target(tid, |h| {
                         h.broadcast(|| TargetMsg::CloseConnection { tsih, cid })
                     });
+                    // The loop closes the socket a moment later; as far as
+                    // management is concerned the connection (and a session
+                    // left without any) is gone now, so a `target delete`
+                    // that follows, as tgt-admin's does, is not refused as
+                    // busy.
+                    let reg = &self.state.registry;
+                    reg.remove_conn(tsih, cid);
+                    if reg.find(tsih).is_some_and(|r| r.conns.is_empty()) {
+                        reg.remove_session(tsih);
+                    }
                 }
             }
             Effect::PortalAdded(_) => {}

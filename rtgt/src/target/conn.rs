@@ -20,6 +20,7 @@ use tokio::io::AsyncReadExt;
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::Notify;
 
+use super::pool::Pooled;
 use super::session::{Queued, Session};
 use super::writer::{OutData, OutPdu, Sender, Stamp};
 use super::TargetCtx;
@@ -477,7 +478,7 @@ impl Conn {
                 self.session.complete();
                 return;
             }
-            self.execute(info, Vec::new());
+            self.execute(info, self.target.pool.take());
             return;
         }
         let imm = p.data.len() as u32;
@@ -515,8 +516,14 @@ impl Conn {
         }
         // The immediate data becomes the start of the command's buffer
         // (no copy when it is all the data); Data-Out appends the rest.
-        let mut buf = p.data;
-        buf.reserve_exact(info.edtl as usize - buf.len());
+        let mut buf = if imm == info.edtl {
+            p.data
+        } else {
+            let mut b = self.target.pool.take();
+            b.extend_from_slice(&p.data);
+            b
+        };
+        buf.reserve(info.edtl as usize - buf.len());
         let mut pw = PendingWrite { info, buf, xfer };
         if pw.xfer.complete() {
             self.execute(pw.info, pw.buf);
@@ -731,6 +738,7 @@ impl Conn {
     fn finish(&self, info: &CmdInfo, resp: Response, buf: Vec<u8>) {
         self.session.complete();
         if self.closed.get() {
+            self.target.pool.give(buf);
             return;
         }
         let status = resp.status as u8;
@@ -766,11 +774,12 @@ impl Conn {
             Residual::None
         };
         if sent == 0 {
+            self.target.pool.give(buf);
             self.send(pdu::scsi_response(info.itt, status, residual, &resp.sense));
             return;
         }
         let sent = sent as usize;
-        let shared = Rc::new(buf);
+        let shared = Rc::new(Pooled::new(buf, self.target.pool.clone()));
         let max = self.params.max_xmit.max(512) as usize;
         let burst = self.params.limits.max_burst.max(512) as usize;
         let collapse = resp.sense.is_empty();

@@ -9,6 +9,7 @@
 //! The management thread reaches loops only through [`TargetMsg`].
 
 pub mod conn;
+pub mod pool;
 pub mod session;
 pub mod uring;
 pub mod writer;
@@ -213,6 +214,8 @@ pub struct TargetCtx {
     pub sessions: RefCell<HashMap<u16, Rc<Session>>>,
     /// The loop's io_uring, when the kernel offers one (else workers).
     pub uring: Option<Rc<uring::Uring>>,
+    /// Command buffers for reuse.
+    pub pool: Rc<pool::BufPool>,
 }
 
 impl TargetCtx {
@@ -427,6 +430,7 @@ impl TargetHandle {
                         shared: sh,
                         sessions: RefCell::new(HashMap::new()),
                         uring: ring_for_loop(),
+                        pool: pool::BufPool::new(),
                     });
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, async move {

@@ -24,7 +24,7 @@ pub enum OutData {
     None,
     Owned(Vec<u8>),
     /// A range of a shared buffer (Data-In from a read).
-    Shared(Rc<Vec<u8>>, Range<usize>),
+    Shared(Rc<super::pool::Pooled>, Range<usize>),
 }
 
 impl OutData {
