@@ -27,7 +27,11 @@ fn control_port() -> u16 {
     let seed = std::process::id() as u64 ^ Instant::now().elapsed().as_nanos() as u64;
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    20000 + (seed as u16).wrapping_mul(31).wrapping_add(n.wrapping_mul(7919)) % 12000
+    20000
+        + (seed as u16)
+            .wrapping_mul(31)
+            .wrapping_add(n.wrapping_mul(7919))
+            % 12000
 }
 
 pub fn tempdir(tag: &str) -> PathBuf {
