@@ -19,6 +19,17 @@ pub enum Admit<T> {
     Dropped,
 }
 
+/// Where [`CmdWindow::admit_into`] put a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placed {
+    /// It (and any held ones it unblocked) went to the ready queue.
+    Ready,
+    /// Held until the gap before it fills.
+    Held,
+    /// Outside the window: ignore it.
+    Dropped,
+}
+
 /// The CmdSN window of one session, generic over what is queued.
 #[derive(Debug)]
 pub struct CmdWindow<T> {
@@ -67,32 +78,51 @@ impl<T> CmdWindow<T> {
 
     /// Offer a received command. Immediate commands are delivered at once.
     pub fn admit(&mut self, sn: CmdSn, immediate: bool, item: T) -> Admit<T> {
+        let mut out = std::collections::VecDeque::new();
+        match self.admit_into(sn, immediate, item, &mut out) {
+            Placed::Ready => Admit::Deliver(out.into()),
+            Placed::Held => Admit::Held,
+            Placed::Dropped => Admit::Dropped,
+        }
+    }
+
+    /// [`admit`](CmdWindow::admit) without allocating: what is ready to run
+    /// is appended to `ready`, in order (the caller keeps one queue and
+    /// reuses it for every command).
+    pub fn admit_into(
+        &mut self,
+        sn: CmdSn,
+        immediate: bool,
+        item: T,
+        ready: &mut std::collections::VecDeque<T>,
+    ) -> Placed {
         if immediate {
             self.in_flight += 1;
-            return Admit::Deliver(vec![item]);
+            ready.push_back(item);
+            return Placed::Ready;
         }
         let ahead = sn.distance_from(self.exp);
         let limit = self.advertised.distance_from(self.exp);
         // `ahead` wraps to a huge value for an old CmdSN; both cases drop.
         if ahead > limit || ahead >= 1 << 31 {
-            return Admit::Dropped;
+            return Placed::Dropped;
         }
         if ahead > 0 {
             if self.held.contains_key(&sn.0) {
-                return Admit::Dropped;
+                return Placed::Dropped;
             }
             self.held.insert(sn.0, item);
-            return Admit::Held;
+            return Placed::Held;
         }
-        let mut out = vec![item];
+        ready.push_back(item);
         self.exp = self.exp.next();
         self.in_flight += 1;
         while let Some(next) = self.held.remove(&self.exp.0) {
-            out.push(next);
+            ready.push_back(next);
             self.exp = self.exp.next();
             self.in_flight += 1;
         }
-        Admit::Deliver(out)
+        Placed::Ready
     }
 
     /// A delivered command finished (its response was queued).

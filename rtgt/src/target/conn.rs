@@ -395,7 +395,7 @@ impl Conn {
     fn admit(self: &Rc<Self>, p: Pdu) {
         let sn = p.bhs.cmd_sn();
         let imm = p.bhs.immediate();
-        let ready = self.session.admit(
+        self.session.admit(
             sn,
             imm,
             Queued {
@@ -403,7 +403,7 @@ impl Conn {
                 pdu: p,
             },
         );
-        for q in ready {
+        while let Some(q) = self.session.next_ready() {
             if q.conn.closed.get() {
                 q.conn.session.complete();
                 continue;

@@ -5,7 +5,7 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use iscsi::pdu::Pdu;
-use iscsi::window::{Admit, CmdWindow};
+use iscsi::window::{CmdWindow, Placed};
 use iscsi::CmdSn;
 use scsi::NexusId;
 
@@ -36,6 +36,9 @@ pub struct Queued {
 pub struct Session {
     pub setup: SessionSetup,
     window: RefCell<CmdWindow<Queued>>,
+    /// Commands released by the window, not yet run (reused, so ordering
+    /// costs no allocation per command).
+    ready: RefCell<std::collections::VecDeque<Queued>>,
     pub conns: RefCell<Vec<Rc<Conn>>>,
 }
 
@@ -45,6 +48,7 @@ impl Session {
         Rc::new(Session {
             setup,
             window: RefCell::new(window),
+            ready: RefCell::new(std::collections::VecDeque::new()),
             conns: RefCell::new(Vec::new()),
         })
     }
@@ -55,20 +59,27 @@ impl Session {
         (w.exp_cmd_sn(), w.max_cmd_sn())
     }
 
-    /// Offer a command; returns those now to run, in order.
-    pub fn admit(&self, sn: CmdSn, immediate: bool, q: Queued) -> Vec<Queued> {
-        match self.window.borrow_mut().admit(sn, immediate, q) {
-            Admit::Deliver(v) => v,
-            Admit::Held => Vec::new(),
-            Admit::Dropped => {
-                tracing::debug!(
-                    tsih = self.setup.tsih,
-                    sn = sn.0,
-                    "CmdSN outside the window: dropped"
-                );
-                Vec::new()
-            }
+    /// Offer a command; what can now run goes to the ready queue, taken
+    /// one at a time with [`next_ready`](Session::next_ready).
+    pub fn admit(&self, sn: CmdSn, immediate: bool, q: Queued) {
+        let mut ready = self.ready.borrow_mut();
+        if self
+            .window
+            .borrow_mut()
+            .admit_into(sn, immediate, q, &mut ready)
+            == Placed::Dropped
+        {
+            tracing::debug!(
+                tsih = self.setup.tsih,
+                sn = sn.0,
+                "CmdSN outside the window: dropped"
+            );
         }
+    }
+
+    /// The next command to run in CmdSN order.
+    pub fn next_ready(&self) -> Option<Queued> {
+        self.ready.borrow_mut().pop_front()
     }
 
     /// A delivered command is finished.
