@@ -81,10 +81,27 @@ struct CmdInfo {
     itt: Itt,
     lun_raw: u64,
     lun: LunId,
-    cdb: Vec<u8>,
+    cdb: Cdb,
     edtl: u32,
     read: bool,
     write: bool,
+}
+
+/// A command's CDB: the 16 bytes of the header, or a longer one with an
+/// extended-CDB AHS (only those allocate).
+#[derive(Debug, Clone)]
+enum Cdb {
+    Short([u8; 16]),
+    Long(Vec<u8>),
+}
+
+impl Cdb {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Cdb::Short(c) => c,
+            Cdb::Long(c) => c,
+        }
+    }
 }
 
 /// A command whose I/O runs on a worker: its LUN, and a flag set when it is
@@ -437,7 +454,7 @@ impl Conn {
 
     fn scsi_command(self: &Rc<Self>, p: Pdu) {
         let b = &p.bhs;
-        let mut cdb = b.cdb().to_vec();
+        let mut cdb = Cdb::Short(b.cdb().try_into().unwrap());
         // Extended CDB AHS (type 1, RFC 7143 §11.2.2.3) carries bytes 16.. of a long CDB.
         let mut ahs = &p.ahs[..];
         while ahs.len() >= 4 {
@@ -448,7 +465,9 @@ impl Conn {
                 break;
             }
             if ty == 1 && len > 1 {
-                cdb.extend_from_slice(&ahs[4..3 + len]);
+                let mut long = cdb.as_slice().to_vec();
+                long.extend_from_slice(&ahs[4..3 + len]);
+                cdb = Cdb::Long(long);
             }
             ahs = &ahs[total.min(ahs.len())..];
         }
@@ -599,7 +618,7 @@ impl Conn {
 
     fn execute(self: &Rc<Self>, info: CmdInfo, mut buf: Vec<u8>) {
         let req = Request {
-            cdb: &info.cdb,
+            cdb: info.cdb.as_slice(),
             nexus: self.session.setup.nexus,
             lun: info.lun,
             expected_len: info.edtl,
