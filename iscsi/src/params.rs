@@ -622,8 +622,8 @@ pub static KEYS: [KeyDef; 29] = [
         ),
         "SessionType",
     ),
-    // §13.22 (§12.1): only None is implemented.
-    // TODO(chap): "CHAP" once the CHAP state machine exists.
+    // §13.22 (§12.1): the default offer is None; the login sets the
+    // methods per target (only CHAP where an incoming account is bound).
     named(
         row!(
             AuthMethod,
