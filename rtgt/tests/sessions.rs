@@ -308,6 +308,26 @@ fn thread_cpu(pid: u32, name: &str) -> Option<u64> {
     None
 }
 
+/// Read from one session per option set, all at once, for 1.5 s.
+fn read_load(portal: std::net::SocketAddr, sessions: Vec<LoginOptions>) {
+    let workers: Vec<_> = sessions
+        .into_iter()
+        .map(|o| {
+            std::thread::spawn(move || {
+                let (mut c, _) = Connection::login(portal, &o).unwrap();
+                let _ = c.test_unit_ready(1);
+                let t0 = std::time::Instant::now();
+                while t0.elapsed() < Duration::from_millis(1500) {
+                    c.read(1, 0, 8, BS).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+}
+
 /// Two targets loaded at once burn CPU on their own threads, tgt/1 and tgt/2.
 #[test]
 fn two_targets_run_on_their_own_threads() {
@@ -321,25 +341,11 @@ fn two_targets_run_on_their_own_threads() {
         thread_cpu(pid, "tgt/1").expect("thread tgt/1"),
         thread_cpu(pid, "tgt/2").expect("thread tgt/2"),
     );
-    let mut workers = Vec::new();
-    for iqn in [IQN, iqn2] {
-        let o = LoginOptions {
-            target_name: Some(iqn.into()),
-            ..opts(&d)
-        };
-        let portal = d.portal;
-        workers.push(std::thread::spawn(move || {
-            let (mut c, _) = Connection::login(portal, &o).unwrap();
-            let _ = c.test_unit_ready(1);
-            let t0 = std::time::Instant::now();
-            while t0.elapsed() < Duration::from_millis(1500) {
-                c.read(1, 0, 8, BS).unwrap();
-            }
-        }));
-    }
-    for w in workers {
-        w.join().unwrap();
-    }
+    let per_target = [IQN, iqn2].map(|iqn| LoginOptions {
+        target_name: Some(iqn.into()),
+        ..opts(&d)
+    });
+    read_load(d.portal, per_target.to_vec());
     let after = (
         thread_cpu(pid, "tgt/1").unwrap(),
         thread_cpu(pid, "tgt/2").unwrap(),
@@ -374,25 +380,13 @@ fn one_target_spreads_sessions_over_its_loops() {
         thread_cpu(pid, "tgt/1").unwrap_or_else(|| panic!("no tgt/1 in {:?}", names())),
         thread_cpu(pid, "tgt/1.1").unwrap_or_else(|| panic!("no tgt/1.1 in {:?}", names())),
     );
-    let mut workers = Vec::new();
-    for i in 0..2u8 {
-        let o = LoginOptions {
+    let two = (0..2u8)
+        .map(|i| LoginOptions {
             isid: [0x80, 0, 0, 0, 7, i],
             ..opts(&d)
-        };
-        let portal = d.portal;
-        workers.push(std::thread::spawn(move || {
-            let (mut c, _) = Connection::login(portal, &o).unwrap();
-            let _ = c.test_unit_ready(1);
-            let t0 = std::time::Instant::now();
-            while t0.elapsed() < Duration::from_millis(1500) {
-                c.read(1, 0, 8, BS).unwrap();
-            }
-        }));
-    }
-    for w in workers {
-        w.join().unwrap();
-    }
+        })
+        .collect();
+    read_load(d.portal, two);
     let after = (
         thread_cpu(pid, "tgt/1").unwrap(),
         thread_cpu(pid, "tgt/1.1").unwrap(),
