@@ -17,7 +17,12 @@ fuzz_target!(|data: &[u8]| {
     let dev = MemDevice::new(1 << 20);
     let cdb_len = [6, 10, 12, 16][(data[1] & 3) as usize];
     let cdb = &data[2..2 + cdb_len];
-    let mut buf = data[2 + cdb_len..].to_vec();
+    // The Data-Out: the rest of the input, repeated up to a length chosen
+    // by a selector bit pair (parameter lists, WRITE SAME blocks, COMPARE
+    // AND WRITE halves and writes all need more than a fuzzer grows).
+    let rest = &data[2 + cdb_len..];
+    let want = [rest.len(), 512, 4096, 65536][((data[1] >> 2) & 3) as usize];
+    let mut buf: Vec<u8> = if rest.is_empty() { Vec::new() } else { rest.iter().copied().cycle().take(want).collect() };
     let req = Request { cdb, nexus: NexusId(1), lun: LunId((data[0] >> 1) as u64 & 3), expected_len: buf.len() as u32 };
     for _ in 0..2 {
         match set.execute(&req, &mut buf) {
