@@ -8,7 +8,14 @@ fuzz_target!(|data: &[u8]| {
     if data.len() < 18 {
         return;
     }
-    let mut set = LunSet::new(1, TargetPort { target_name: "iqn.x:t".into(), tpgt: 1, relative_port: 1 });
+    let mut set = LunSet::new(
+        1,
+        TargetPort {
+            target_name: "iqn.x:t".into(),
+            tpgt: 1,
+            relative_port: 1,
+        },
+    );
     let mut cfg = LunConfig::tgt_defaults(1, LunId(1));
     cfg.size_bytes = 1 << 20;
     cfg.thin = data[0] & 1 != 0;
@@ -22,8 +29,17 @@ fuzz_target!(|data: &[u8]| {
     // AND WRITE halves and writes all need more than a fuzzer grows).
     let rest = &data[2 + cdb_len..];
     let want = [rest.len(), 512, 4096, 65536][((data[1] >> 2) & 3) as usize];
-    let mut buf: Vec<u8> = if rest.is_empty() { Vec::new() } else { rest.iter().copied().cycle().take(want).collect() };
-    let req = Request { cdb, nexus: NexusId(1), lun: LunId((data[0] >> 1) as u64 & 3), expected_len: buf.len() as u32 };
+    let mut buf: Vec<u8> = if rest.is_empty() {
+        Vec::new()
+    } else {
+        rest.iter().copied().cycle().take(want).collect()
+    };
+    let req = Request {
+        cdb,
+        nexus: NexusId(1),
+        lun: LunId((data[0] >> 1) as u64 & 3),
+        expected_len: buf.len() as u32,
+    };
     for _ in 0..2 {
         match set.execute(&req, &mut buf) {
             Outcome::Done(r) => assert!(r.data_len <= buf.len()),

@@ -1,7 +1,9 @@
 //! The login state machine fed arbitrary Login Request PDUs.
 #![no_main]
 use iscsi::pdu::{Bhs, Pdu, BHS_LEN};
-use iscsi::{Login, LoginConfig, LoginHost, LoginRequestInfo, LoginStatus, LoginStep, TargetLoginInfo};
+use iscsi::{
+    Login, LoginConfig, LoginHost, LoginRequestInfo, LoginStatus, LoginStep, TargetLoginInfo,
+};
 use libfuzzer_sys::fuzz_target;
 
 struct Host;

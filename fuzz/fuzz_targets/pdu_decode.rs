@@ -8,7 +8,10 @@ fuzz_target!(|data: &[u8]| {
     if data.is_empty() {
         return;
     }
-    let dg = Digests { header: data[0] & 1 != 0, data: data[0] & 2 != 0 };
+    let dg = Digests {
+        header: data[0] & 1 != 0,
+        data: data[0] & 2 != 0,
+    };
     let mut rest = &data[1..];
     while let Ok(Some((pdu, n))) = decode(rest, dg, 65536) {
         assert!(n <= rest.len());
