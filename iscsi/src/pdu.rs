@@ -485,12 +485,6 @@ pub fn encode_data(data: &[u8], dg: Digests, out: &mut Vec<u8>) {
     }
 }
 
-/// Bytes of padding plus data digest that follow a data segment of `len` bytes.
-pub fn data_trailer(len: usize, dg: Digests) -> (usize, Option<u32>) {
-    let pad = pad4(len) - len;
-    (pad, if dg.data && len > 0 { Some(0) } else { None })
-}
-
 // ---------------------------------------------------------------------------
 // Builders for target PDUs. Sequence numbers (StatSN, ExpCmdSN, MaxCmdSN) are
 // stamped by the connection when the PDU is sent, so builders leave them 0.

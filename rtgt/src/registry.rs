@@ -133,10 +133,6 @@ impl Registry {
             .collect()
     }
 
-    pub fn count_of(&self, tid: u32) -> usize {
-        self.lock().sessions.iter().filter(|s| s.tid == tid).count()
-    }
-
     /// Connections the initiator at `ip` holds across the daemon.
     pub fn conns_from(&self, ip: std::net::IpAddr) -> usize {
         self.lock()

@@ -211,7 +211,7 @@ impl LoginHost for Host<'_> {
         {
             if let Some(h) = self.state.targets.borrow().get(&tid) {
                 let tsih = old.tsih;
-                h.broadcast(|| TargetMsg::CloseSession { tsih, done: None });
+                h.broadcast(|| TargetMsg::CloseSession { tsih });
             }
             self.state.registry.remove_session(old.tsih);
         }

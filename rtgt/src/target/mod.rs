@@ -23,8 +23,8 @@ use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::thread::JoinHandle;
 
 use iscsi::StatSn;
-use scsi::{BlockDevice, LunConfig, LunId, LunSet, NexusId, TargetPort};
-use tokio::sync::{mpsc, oneshot};
+use scsi::{BlockDevice, LunConfig, LunId, LunSet, TargetPort};
+use tokio::sync::mpsc;
 
 use crate::registry::Registry;
 use crate::stats::{Counters, TargetStats};
@@ -74,7 +74,6 @@ pub enum TargetMsg {
     /// End a session (reinstatement, forced delete).
     CloseSession {
         tsih: u16,
-        done: Option<oneshot::Sender<()>>,
     },
     /// End one connection.
     CloseConnection {
@@ -515,11 +514,8 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
         match m {
             TargetMsg::Connection(h) => ctx.accept(*h),
             TargetMsg::AbortTasks(lun) => ctx.abort_here(lun),
-            TargetMsg::CloseSession { tsih, done } => {
+            TargetMsg::CloseSession { tsih } => {
                 ctx.close_session(tsih);
-                if let Some(d) = done {
-                    let _ = d.send(());
-                }
             }
             TargetMsg::CloseConnection { tsih, cid } => {
                 let s = ctx.sessions.borrow().get(&tsih).cloned();
@@ -537,9 +533,4 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
     // Let connection tasks see their close and flush.
     tokio::task::yield_now().await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-}
-
-/// Nexus ids as the SCSI layer sees them.
-pub fn nexus_of(n: u64) -> NexusId {
-    NexusId(n)
 }
