@@ -160,25 +160,22 @@ impl Uring {
         }
     }
 
-    /// Read `len` bytes at `offset` (short reads continue).
-    pub async fn read(
+    /// Move `len` bytes between the buffer and the file at `offset`, going
+    /// on after a short transfer; `op` builds the read or write entry for
+    /// (pointer into the buffer, length, file offset).
+    async fn transfer(
         &self,
-        fd: RawFd,
-        offset: u64,
         mut buf: Vec<u8>,
+        offset: u64,
         len: usize,
+        op: impl Fn(*mut u8, u32, u64) -> squeue::Entry,
     ) -> (bool, Vec<u8>) {
-        buf.clear();
-        buf.resize(len, 0);
         let mut at = 0usize;
         while at < len {
-            let n = (len - at) as u32;
-            let off = offset + at as u64;
             let rx = self.start(buf, |p| {
-                // SAFETY: `p + at` lies inside the buffer of `len` bytes.
-                opcode::Read::new(types::Fd(fd), unsafe { p.add(at) }, n)
-                    .offset(off)
-                    .build()
+                // SAFETY: `at < len <= buf.len()`, so `p + at` lies inside
+                // the buffer and `len - at` bytes follow it.
+                op(unsafe { p.add(at) }, (len - at) as u32, offset + at as u64)
             });
             let Ok((res, b)) = rx.await else {
                 return (false, Vec::new());
@@ -192,35 +189,42 @@ impl Uring {
         (true, buf)
     }
 
+    /// Read `len` bytes at `offset` (short reads continue).
+    pub async fn read(
+        &self,
+        fd: RawFd,
+        offset: u64,
+        mut buf: Vec<u8>,
+        len: usize,
+    ) -> (bool, Vec<u8>) {
+        buf.clear();
+        buf.resize(len, 0);
+        self.transfer(buf, offset, len, |p, n, off| {
+            opcode::Read::new(types::Fd(fd), p, n).offset(off).build()
+        })
+        .await
+    }
+
     /// Write the first `len` bytes of `buf` at `offset`, then fdatasync if
     /// `flush` (short writes continue).
     pub async fn write(
         &self,
         fd: RawFd,
         offset: u64,
-        mut buf: Vec<u8>,
+        buf: Vec<u8>,
         len: usize,
         flush: bool,
     ) -> (bool, Vec<u8>) {
         let len = len.min(buf.len());
-        let mut at = 0usize;
-        while at < len {
-            let n = (len - at) as u32;
-            let off = offset + at as u64;
-            let rx = self.start(buf, |p| {
-                // SAFETY: `p + at` lies inside the buffer.
-                opcode::Write::new(types::Fd(fd), unsafe { p.add(at) }.cast_const(), n)
+        let (ok, buf) = self
+            .transfer(buf, offset, len, |p, n, off| {
+                opcode::Write::new(types::Fd(fd), p.cast_const(), n)
                     .offset(off)
                     .build()
-            });
-            let Ok((res, b)) = rx.await else {
-                return (false, Vec::new());
-            };
-            buf = b;
-            if res <= 0 {
-                return (false, buf);
-            }
-            at += res as usize;
+            })
+            .await;
+        if !ok {
+            return (false, buf);
         }
         if flush {
             return self.fsync(fd, buf).await;
