@@ -76,7 +76,7 @@ enum Close {
 }
 
 /// The parts of a SCSI Command PDU the answer needs.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct CmdInfo {
     itt: Itt,
     lun_raw: u64,
@@ -85,6 +85,8 @@ struct CmdInfo {
     edtl: u32,
     read: bool,
     write: bool,
+    /// The LUN's store and counters, looked up once per command.
+    io: Option<super::LunIo>,
 }
 
 /// A command's CDB: the 16 bytes of the header, or a longer one with an
@@ -471,14 +473,16 @@ impl Conn {
             }
             ahs = &ahs[total.min(ahs.len())..];
         }
+        let lun = decode_lun(b.lun_raw());
         let info = CmdInfo {
             itt: b.itt(),
             lun_raw: b.lun_raw(),
-            lun: decode_lun(b.lun_raw()),
+            lun,
             cdb,
             edtl: b.expected_data_len(),
             read: b.cmd_read(),
             write: b.cmd_write(),
+            io: self.target.shared.device(lun),
         };
         if b.cmd_read() && b.cmd_write() {
             // Bidirectional commands are not supported by any LU type here.
@@ -627,7 +631,7 @@ impl Conn {
         match outcome {
             Outcome::Done(resp) => self.finish(&info, resp, buf),
             Outcome::Io(task) => {
-                let dev = self.target.shared.device(task.lun()).map(|d| d.0);
+                let dev = info.io.as_ref().map(|d| d.0.clone());
                 let Some(dev) = dev else {
                     // The LU vanished between emulation and I/O.
                     self.finish_check(&info, transport_sense(0x05, 0x25, 0x00));
@@ -776,7 +780,7 @@ impl Conn {
         ] {
             c.record(sent, written, !ok);
         }
-        if let Some((_, c)) = self.target.shared.device(info.lun) {
+        if let Some((_, c)) = &info.io {
             c.record(sent, written, !ok);
         }
         let residual = if resp.wanted > edtl {
