@@ -31,13 +31,6 @@ struct Args {
     /// them (default: one per four cores, at least one).
     #[arg(long = "target-loops")]
     target_loops: Option<usize>,
-    /// Directory of the management socket and its lock file.
-    #[arg(
-        long = "socket-dir",
-        env = "RTGT_SOCKET_DIR",
-        default_value = "/var/run/tgtd"
-    )]
-    socket_dir: PathBuf,
     /// Serve a ready demo target: a sparse file in --data-dir, on
     /// 127.0.0.1:3260 unless --iscsi names portals.
     #[arg(long)]
