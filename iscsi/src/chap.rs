@@ -17,7 +17,7 @@ use rand::RngCore;
 use sha2::Digest;
 use subtle::ConstantTimeEq;
 
-use crate::login::LoginStatus;
+use crate::status::LoginStatus;
 use crate::text::{KeyValue, TextBuilder};
 
 /// Longest binary value (CHAP_C, CHAP_R) we decode, in bytes. RFC 7143

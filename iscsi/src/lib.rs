@@ -6,6 +6,7 @@
 pub mod digest;
 pub mod pdu;
 pub mod serial;
+pub mod status;
 pub mod transfer;
 pub mod window;
 

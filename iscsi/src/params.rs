@@ -7,7 +7,7 @@
 //! matches on individual key names except where a key's meaning crosses into
 //! another (FirstBurstLength ≤ MaxBurstLength, §13.14).
 
-use crate::login::LoginStatus;
+use crate::status::LoginStatus;
 use crate::text::{KeyValue, TextBuilder};
 
 /// The kind of session being logged in (RFC 7143 §13.21).

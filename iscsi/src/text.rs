@@ -5,8 +5,8 @@
 //! Every limit is checked before anything grows, so a hostile initiator can
 //! neither make the parser panic nor make it allocate without bound.
 
-use crate::login::LoginStatus;
 use crate::pdu::RejectReason;
+use crate::status::LoginStatus;
 
 /// Longest key name (RFC 7143 §6.1: "key names ... up to 63 bytes").
 pub const MAX_KEY_LEN: usize = 63;

@@ -39,7 +39,25 @@ pub struct CmdWindow<T> {
     /// Highest MaxCmdSN ever advertised: a command the initiator was allowed to
     /// send is never refused later even if the window narrowed since.
     advertised: CmdSn,
-    held: BTreeMap<u32, T>,
+    /// Commands received ahead of a gap, by CmdSN. `None` marks a CmdSN
+    /// the session considers received without a command (an ABORT TASK
+    /// named it before it arrived, RFC 7143 §11.5.1): it fills its gap
+    /// but runs nothing. Never more entries than the window is wide.
+    held: BTreeMap<u32, Option<T>>,
+}
+
+/// What [`CmdWindow::abort_unreceived`] did with a CmdSN named by ABORT TASK.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Unreceived<T> {
+    /// The CmdSN is outside the window (already delivered, or never
+    /// allowed): nothing changed.
+    OutsideWindow,
+    /// Never received: the CmdSN now counts as received (a gap it filled
+    /// may have released held commands to the ready queue).
+    Filled,
+    /// Received but held behind a gap: the command is taken out and its
+    /// CmdSN counts as received.
+    Removed(T),
 }
 
 impl<T> CmdWindow<T> {
@@ -101,28 +119,85 @@ impl<T> CmdWindow<T> {
             ready.push_back(item);
             return Placed::Ready;
         }
-        let ahead = sn.distance_from(self.exp);
-        let limit = self.advertised.distance_from(self.exp);
-        // `ahead` wraps to a huge value for an old CmdSN; both cases drop.
-        if ahead > limit || ahead >= 1 << 31 {
+        let Some(ahead) = self.offset_in_window(sn) else {
             return Placed::Dropped;
-        }
+        };
         if ahead > 0 {
             if self.held.contains_key(&sn.0) {
                 return Placed::Dropped;
             }
-            self.held.insert(sn.0, item);
+            self.held.insert(sn.0, Some(item));
             return Placed::Held;
         }
         ready.push_back(item);
         self.exp = self.exp.next();
         self.in_flight += 1;
-        while let Some(next) = self.held.remove(&self.exp.0) {
-            ready.push_back(next);
-            self.exp = self.exp.next();
-            self.in_flight += 1;
-        }
+        self.release_held(ready);
         Placed::Ready
+    }
+
+    /// How far `sn` lies inside the window [ExpCmdSN, MaxCmdSN], or `None`
+    /// outside it. A closed window (MaxCmdSN = ExpCmdSN - 1, every slot
+    /// taken) contains nothing: the wrapping distance must not be read as
+    /// "2^32 - 1 slots open" (RFC 7143 §4.2.2.1: commands outside the
+    /// window are ignored).
+    fn offset_in_window(&self, sn: CmdSn) -> Option<u32> {
+        if self.advertised.lt(self.exp) {
+            return None;
+        }
+        let limit = self.advertised.distance_from(self.exp);
+        let ahead = sn.distance_from(self.exp);
+        (ahead <= limit).then_some(ahead)
+    }
+
+    /// Move held commands that are now in order to the ready queue.
+    fn release_held(&mut self, ready: &mut std::collections::VecDeque<T>) {
+        while let Some(next) = self.held.remove(&self.exp.0) {
+            self.exp = self.exp.next();
+            if let Some(item) = next {
+                ready.push_back(item);
+                self.in_flight += 1;
+            }
+        }
+    }
+
+    /// ABORT TASK named a task that is not running, with its RefCmdSN
+    /// (RFC 7143 §11.5.1): if that CmdSN is in the window and not yet
+    /// delivered, the command counts as received (its gap no longer blocks
+    /// the commands after it) and the abort completes. `is_it` says whether
+    /// a command held at that CmdSN is the referenced one; a different
+    /// command there is left alone.
+    pub fn abort_unreceived(
+        &mut self,
+        sn: CmdSn,
+        is_it: impl Fn(&T) -> bool,
+        ready: &mut std::collections::VecDeque<T>,
+    ) -> Unreceived<T> {
+        if self.offset_in_window(sn).is_none() {
+            return Unreceived::OutsideWindow;
+        }
+        let out = match self.held.get(&sn.0) {
+            Some(Some(t)) if is_it(t) => {
+                let t = self.held.insert(sn.0, None).flatten();
+                Unreceived::Removed(t.expect("held command"))
+            }
+            Some(_) => return Unreceived::OutsideWindow,
+            None => {
+                self.held.insert(sn.0, None);
+                Unreceived::Filled
+            }
+        };
+        self.release_held(ready);
+        out
+    }
+
+    /// Take every command held behind a gap (the session is ending: what
+    /// they own must not outlive it).
+    pub fn drain_held(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.held)
+            .into_values()
+            .flatten()
+            .collect()
     }
 
     /// A delivered command finished (its response was queued).
@@ -171,5 +246,92 @@ mod tests {
         assert_eq!(w.admit(CmdSn(100), false, 5), Admit::Dropped);
         assert!(matches!(w.admit(CmdSn(7), true, 6), Admit::Deliver(_)));
         assert_eq!(w.admit(CmdSn(0), false, 7), Admit::Deliver(vec![7, 3]));
+    }
+
+    /// Regression: with every slot taken MaxCmdSN = ExpCmdSN - 1 and the
+    /// wrapping distance made the window look 2^31 wide, so anything ahead
+    /// was held without bound.
+    #[test]
+    fn closed_window_admits_nothing() {
+        let mut w = CmdWindow::new(CmdSn(100), 4);
+        for i in 0..4 {
+            assert!(matches!(
+                w.admit(CmdSn(100 + i), false, i),
+                Admit::Deliver(_)
+            ));
+        }
+        assert_eq!(w.max_cmd_sn(), CmdSn(103));
+        for sn in [104u32, 105, 200, 100_000, 0x7fff_0000] {
+            assert_eq!(w.admit(CmdSn(sn), false, 9), Admit::Dropped, "{sn}");
+        }
+        assert_eq!(w.held(), 0);
+        // Immediate commands still pass (RFC 7143 §3.2.2.1).
+        assert!(matches!(w.admit(CmdSn(104), true, 9), Admit::Deliver(_)));
+        w.complete();
+        w.complete();
+        assert_eq!(w.max_cmd_sn(), CmdSn(104));
+        assert!(matches!(w.admit(CmdSn(104), false, 5), Admit::Deliver(_)));
+    }
+
+    #[test]
+    fn window_never_holds_more_than_its_width() {
+        let mut w = CmdWindow::new(CmdSn(u32::MAX - 3), 8);
+        let _ = w.max_cmd_sn();
+        for sn in 0..100_000u32 {
+            let _ = w.admit(CmdSn(sn.wrapping_sub(2)), false, sn);
+        }
+        assert!(w.held() <= 8, "{}", w.held());
+    }
+
+    #[test]
+    fn abort_of_a_command_never_received_fills_its_gap() {
+        let mut w = CmdWindow::new(CmdSn(10), 8);
+        let mut ready = std::collections::VecDeque::new();
+        assert_eq!(
+            w.admit_into(CmdSn(11), false, 'b', &mut ready),
+            Placed::Held
+        );
+        assert_eq!(
+            w.admit_into(CmdSn(13), false, 'd', &mut ready),
+            Placed::Held
+        );
+        // CmdSN 10 never arrives; ABORT TASK names it.
+        assert_eq!(
+            w.abort_unreceived(CmdSn(10), |_| true, &mut ready),
+            Unreceived::Filled
+        );
+        assert_eq!(ready.drain(..).collect::<Vec<_>>(), vec!['b']);
+        assert_eq!(w.exp_cmd_sn(), CmdSn(12));
+        assert_eq!(w.in_flight(), 1, "a filled CmdSN takes no slot");
+        // A held command named by the abort is taken out.
+        assert_eq!(
+            w.abort_unreceived(CmdSn(13), |c| *c == 'd', &mut ready),
+            Unreceived::Removed('d')
+        );
+        assert_eq!(w.held(), 1);
+        assert_eq!(
+            w.admit_into(CmdSn(12), false, 'c', &mut ready),
+            Placed::Ready
+        );
+        assert_eq!(ready.drain(..).collect::<Vec<_>>(), vec!['c']);
+        assert_eq!(w.exp_cmd_sn(), CmdSn(14));
+        // Already delivered, or beyond the window: nothing to do.
+        assert_eq!(
+            w.abort_unreceived(CmdSn(12), |_| true, &mut ready),
+            Unreceived::OutsideWindow
+        );
+        assert_eq!(
+            w.abort_unreceived(CmdSn(1000), |_| true, &mut ready),
+            Unreceived::OutsideWindow
+        );
+    }
+
+    #[test]
+    fn drain_held_returns_what_waits() {
+        let mut w = CmdWindow::new(CmdSn(0), 8);
+        assert_eq!(w.admit(CmdSn(2), false, 'x'), Admit::Held);
+        assert_eq!(w.admit(CmdSn(3), false, 'y'), Admit::Held);
+        assert_eq!(w.drain_held(), vec!['x', 'y']);
+        assert_eq!(w.held(), 0);
     }
 }

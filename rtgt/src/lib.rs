@@ -1,7 +1,8 @@
 //! rtgtd: event loops, backends, target table and management for rtgt.
 //!
 //! - [`daemon`]: the main thread (portals, login, discovery, management).
-//! - [`target`]: one event-loop thread per target, owning its sessions.
+//! - [`dataplane`]: one event-loop thread per target (or a pool), owning its
+//!   sessions (named so, not `target/`, which tools skip as cargo's build dir).
 //! - [`backend`]: backing stores behind LUNs.
 //! - [`mgmt`]: tgt's management IPC, target table and `show`.
 //! - [`registry`]: live sessions shared by login, loops and management.
@@ -9,7 +10,7 @@
 pub mod admin;
 pub mod backend;
 pub mod daemon;
+pub mod dataplane;
 pub mod mgmt;
 pub mod registry;
 pub mod stats;
-pub mod target;

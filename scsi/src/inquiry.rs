@@ -5,7 +5,7 @@
 
 use crate::cdb::{be16, byte};
 use crate::config::{DeviceType, LunConfig, TargetPort};
-use crate::lunset::{Ctx, HandlerResult, Lun, Reply};
+use crate::lu::{Ctx, HandlerResult, Lun, Reply};
 use crate::sense::Sense;
 use crate::{LunId, MAX_TRANSFER_BYTES};
 

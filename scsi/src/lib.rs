@@ -32,6 +32,7 @@ mod config;
 pub mod device;
 mod inquiry;
 mod io;
+mod lu;
 mod lunset;
 mod mode;
 mod opcodes;

@@ -5,7 +5,7 @@
 //! changeable) and informational exceptions control 0x1C.
 
 use crate::cdb::{be16, byte, op};
-use crate::lunset::{Ctx, HandlerResult, Lun, Reply};
+use crate::lu::{Ctx, HandlerResult, Lun, Reply};
 use crate::sense::{asc, Sense, SenseFormat};
 
 /// Page codes in ascending order, as MODE SENSE of all pages returns them.

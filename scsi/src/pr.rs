@@ -12,7 +12,7 @@
 use std::collections::BTreeMap;
 
 use crate::cdb::{be16, be32, be64, byte, op, sa};
-use crate::lunset::{Ctx, HandlerResult, Lun, Reply};
+use crate::lu::{Ctx, HandlerResult, Lun, Reply};
 use crate::sense::{asc, Sense};
 use crate::NexusId;
 

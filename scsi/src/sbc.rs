@@ -8,7 +8,7 @@ use crate::inquiry::{
     max_write_same_blocks, MAX_COMPARE_AND_WRITE_BLOCKS, MAX_UNMAP_DESCRIPTORS, MAX_UNMAP_LBA_COUNT,
 };
 use crate::io::{Compare, IoOp};
-use crate::lunset::{not_ready, Ctx, HandlerResult, Lun, Reply};
+use crate::lu::{not_ready, Ctx, HandlerResult, Lun, Reply};
 use crate::sense::{asc, Sense};
 use crate::MAX_TRANSFER_BYTES;
 

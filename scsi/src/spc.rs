@@ -4,7 +4,7 @@
 //! REPORT SUPPORTED TASK MANAGEMENT FUNCTIONS (SPC-4 §6.35, §6.36).
 
 use crate::cdb::{be16, be32, byte, op, sa, service_action};
-use crate::lunset::{not_ready, Ctx, HandlerResult, Lun, Reply};
+use crate::lu::{not_ready, Ctx, HandlerResult, Lun, Reply};
 use crate::opcodes;
 use crate::sense::{asc, key, Sense, SenseFormat};
 use crate::LunId;

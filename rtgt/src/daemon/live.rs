@@ -10,8 +10,8 @@ use scsi::{BlockDevice, LunConfig, LunId, SenseFormat};
 
 use super::{DaemonState, Demo};
 use crate::backend::{self, BackendKind, OpenFlags};
+use crate::dataplane::{Knobs, LoopConfig, TargetHandle, TargetMsg};
 use crate::mgmt::{self, BackingInfo, ConnInfo, Effect, LunSpec, SessionInfo, TgtadmError};
-use crate::target::{Knobs, LoopConfig, TargetHandle, TargetMsg};
 
 pub struct DaemonLive {
     state: Rc<DaemonState>,

@@ -20,12 +20,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::DaemonState;
+use crate::dataplane::conn::ConnParams;
+use crate::dataplane::session::SessionSetup;
+use crate::dataplane::{Handoff, TargetMsg};
 use crate::mgmt::params::{DIGEST_CRC32C, DIGEST_NONE};
 use crate::mgmt::table::Account;
 use crate::mgmt::TargetTable;
-use crate::target::conn::ConnParams;
-use crate::target::session::SessionSetup;
-use crate::target::{Handoff, TargetMsg};
 
 /// A login must finish within this time (RFC 7143 leaves it to the target;
 /// LIO uses 15 s, open-iscsi waits 15 s by default).

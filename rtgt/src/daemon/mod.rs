@@ -12,9 +12,9 @@ use std::path::PathBuf;
 use std::rc::Rc;
 use std::sync::{Arc, RwLock};
 
+use crate::dataplane::TargetHandle;
 use crate::mgmt::{self, TargetTable};
 use crate::registry::Registry;
-use crate::target::TargetHandle;
 
 pub use live::DaemonLive;
 pub use portal::parse_portal;
@@ -184,7 +184,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             stopped_portals: RefCell::new(Vec::new()),
             target_loops: cfg
                 .target_loops
-                .unwrap_or_else(crate::target::default_loops)
+                .unwrap_or_else(crate::dataplane::default_loops)
                 .clamp(1, 64),
         });
         for (addr, l) in bound {
