@@ -174,13 +174,11 @@ impl TextExchange {
                 return TextStep::Respond(self.next_piece());
             }
         } else {
-            let continuing =
-                !self.rx.is_empty() && self.open.as_ref().is_some_and(|o| o.itt == itt);
-            if !continuing {
-                // A new exchange resets any previous one (§11.10.4).
-                self.open = None;
-                self.rx.clear();
-            }
+            // TTT 0xffffffff is a new request: whatever exchange was open,
+            // even under the same ITT, is reset (§11.10.4), so nothing of
+            // an abandoned request is glued to this one.
+            self.open = None;
+            self.rx.clear();
         }
         if self.rx.push(&pdu.data).is_err() {
             return self.reject(RejectReason::ProtocolError, pdu);
@@ -472,6 +470,35 @@ TargetAddress=[::1]:3261,2\0TargetName=iqn.2024-01.org.example:disk2\0TargetAddr
 MaxRecvDataSegmentLength=8192\0InitialR2T=Reject\0"
         );
         assert_eq!(x.max_xmit_data_segment_length(), 65536);
+    }
+
+    /// Regression: a request with TTT 0xffffffff under the ITT of an
+    /// unfinished multi-PDU request was glued to the old text.
+    #[test]
+    fn reserved_ttt_restarts_the_exchange() {
+        let mut host = Host(targets());
+        let mut p = params(SessionType::Normal, 8192);
+        p.target_name = Some("iqn.2024-01.org.example:disk2".into());
+        let mut x = TextExchange::new(&p);
+        let ack = respond(x.handle_request(
+            &text_req(9, RESERVED_TAG, false, true, b"X-junk=1\0SendTar"),
+            &mut host,
+        ));
+        let old = ack.bhs.ttt().0;
+        let r = respond(x.handle_request(
+            &text_req(9, RESERVED_TAG, true, false, b"SendTargets=\0"),
+            &mut host,
+        ));
+        assert_eq!(
+            r.data,
+            b"TargetName=iqn.2024-01.org.example:disk2\0TargetAddress=192.0.2.1:3260,1\0"
+        );
+        assert_eq!(r.bhs.flags(), F_BIT);
+        // The abandoned exchange's tag is gone.
+        assert!(matches!(
+            x.handle_request(&text_req(9, old, true, false, b""), &mut host),
+            TextStep::Reject(_)
+        ));
     }
 
     #[test]

@@ -418,18 +418,32 @@ impl Conn {
             sn,
             imm,
             Queued {
-                conn: self.clone(),
+                conn: Rc::downgrade(self),
                 pdu: p,
             },
         );
+        self.run_ready();
+    }
+
+    /// Run the commands the window released, in CmdSN order.
+    fn run_ready(&self) {
         while let Some(q) = self.session.next_ready() {
-            if q.conn.closed.get() {
-                q.conn.session.complete();
-                continue;
+            match q.conn.upgrade() {
+                Some(conn) if !conn.closed.get() => conn.dispatch(q.pdu),
+                // Its connection is gone: the CmdSN is used, nothing runs.
+                _ => self.session.complete(),
             }
-            let conn = q.conn.clone();
-            conn.dispatch(q.pdu);
         }
+    }
+
+    /// Whether a task with this ITT is active anywhere in the session
+    /// (collecting Data-Out or running).
+    fn task_active(&self, itt: u32) -> bool {
+        self.session
+            .conns
+            .borrow()
+            .iter()
+            .any(|c| c.writes.borrow().contains_key(&itt) || c.running.borrow().contains_key(&itt))
     }
 
     fn dispatch(self: &Rc<Self>, p: Pdu) {
@@ -456,6 +470,14 @@ impl Conn {
 
     fn scsi_command(self: &Rc<Self>, p: Pdu) {
         let b = &p.bhs;
+        if self.task_active(b.itt().0) {
+            // RFC 7143 §11.17.1: a new command may not take the tag of a
+            // task still in progress. The first task goes on; this one's
+            // CmdSN is used and its slot given back at once.
+            self.reject(RejectReason::TaskInProgress, b);
+            self.session.complete();
+            return;
+        }
         let mut cdb = Cdb::Short(b.cdb().try_into().unwrap());
         // Extended CDB AHS (type 1, RFC 7143 §11.2.2.3) carries bytes 16.. of a long CDB.
         let mut ahs = &p.ahs[..];
@@ -857,11 +879,19 @@ impl Conn {
             1 => {
                 // ABORT TASK
                 let r = b.tmf_referenced_task().0;
+                let ref_sn = b.tmf_ref_cmd_sn();
                 if self.abort_itt(r) {
                     0
+                } else if ref_sn.lt(b.cmd_sn())
+                    && self
+                        .session
+                        .abort_unreceived(ref_sn, b.tmf_referenced_task())
+                {
+                    // Never received (or still waiting behind a gap): its
+                    // CmdSN now counts as received, and the abort is
+                    // complete (RFC 7143 §11.5.1).
+                    0
                 } else {
-                    // Not here: if its CmdSN is still ahead of us it never
-                    // arrived, and the abort completes (RFC 7143 §11.5.1).
                     1
                 }
             }
@@ -902,6 +932,8 @@ impl Conn {
         };
         self.session.complete();
         self.send(pdu::tmf_response(b.itt(), response));
+        // A filled gap may have released commands.
+        self.run_ready();
     }
 
     /// Abort one task of this session; true if it existed.

@@ -241,6 +241,7 @@ impl TargetCtx {
                 sh.stats.remove_session(tsih);
             }
             drop(sessions);
+            c.session.end();
             sh.luns().remove_nexus(c.session.setup.nexus);
         }
     }

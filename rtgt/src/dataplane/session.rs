@@ -2,10 +2,10 @@
 //! shared command window. Only the loop's thread touches it.
 
 use std::cell::RefCell;
-use std::rc::Rc;
+use std::rc::{Rc, Weak};
 
 use iscsi::pdu::Pdu;
-use iscsi::window::{CmdWindow, Placed};
+use iscsi::window::{CmdWindow, Placed, Unreceived};
 use iscsi::CmdSn;
 use scsi::NexusId;
 
@@ -27,9 +27,12 @@ pub struct SessionSetup {
 }
 
 /// A command waiting for its turn in CmdSN order, with the connection it
-/// arrived on (connection allegiance, RFC 7143 §5.1).
+/// arrived on (connection allegiance, RFC 7143 §5.1). The connection is
+/// held weakly: a command waiting behind a gap must not keep its
+/// connection, and through it the session and the window it waits in,
+/// alive after the connection closed (a cycle nothing would break).
 pub struct Queued {
-    pub conn: Rc<Conn>,
+    pub conn: Weak<Conn>,
     pub pdu: Pdu,
 }
 
@@ -85,6 +88,28 @@ impl Session {
     /// A delivered command is finished.
     pub fn complete(&self) {
         self.window.borrow_mut().complete();
+    }
+
+    /// ABORT TASK named a task that is not running: if its RefCmdSN is in
+    /// the window and not yet delivered, count it as received (RFC 7143
+    /// §11.5.1). True when the abort is thereby complete; commands the
+    /// filled gap released go to the ready queue.
+    pub fn abort_unreceived(&self, ref_sn: CmdSn, itt: iscsi::Itt) -> bool {
+        let mut ready = self.ready.borrow_mut();
+        let r = self.window.borrow_mut().abort_unreceived(
+            ref_sn,
+            |q| q.pdu.bhs.itt() == itt,
+            &mut ready,
+        );
+        !matches!(r, Unreceived::OutsideWindow)
+    }
+
+    /// The session's last connection is gone: drop whatever still waits
+    /// for its turn, so nothing outlives the session.
+    pub fn end(&self) {
+        let held = self.window.borrow_mut().drain_held();
+        self.ready.borrow_mut().clear();
+        drop(held);
     }
 
     pub fn conn(&self, cid: u16) -> Option<Rc<Conn>> {
