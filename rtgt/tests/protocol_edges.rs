@@ -160,13 +160,11 @@ fn closed_window_ignores_commands() {
     let mut c = login(&d);
     let sn = c.cmd_sn();
     let r2ts = fill_window(&mut c, sn);
-    let last = r2ts.iter().map(|p| p.bhs.max_cmd_sn().0).last().unwrap();
     let exp = sn.wrapping_add(DEPTH);
     let seen = drain_with_ping(&mut c, 1);
     assert!(seen.is_empty(), "{seen:?}");
     let (e, m) = c.cmd_window();
     assert_eq!((e, m), (exp, exp.wrapping_sub(1)), "window closed");
-    assert!(last == m || last == exp.wrapping_sub(1));
     // Outside the closed window: ignored, never run.
     c.send_pdu(&tur(&c, 1000, exp)).unwrap();
     let seen = drain_with_ping(&mut c, 2);
