@@ -9,6 +9,10 @@ latency (rtgt-load) and the target's CPU time per I/O (utime+stime of all its
 threads, from /proc). Prints a table of medians with rtgt/tgt ratios.
 
 usage: bench/bench.py [--rounds 3] [--seconds 5] [--quick] [--json FILE]
+                      [--rtgt-args "--poll-us 50"] [--variant "nopoll:--poll-us 0"]
+
+--variant adds another rtgtd with other options to the same run (its own
+column), e.g. to show what adaptive polling or pinning buys.
 Needs: tgt, libiscsi-bin, and a release build (cargo build --release).
 """
 import argparse
@@ -58,14 +62,15 @@ def cpu_ticks(pid):
 
 
 class Target:
-    def __init__(self, name, binary, work):
+    def __init__(self, name, binary, work, extra=()):
         self.name = name
         self.port = free_port()
-        self.ctl = 20000 + (os.getpid() + (0 if name == "tgt" else 1)) % 12000
+        Target.count = getattr(Target, "count", 0) + 1
+        self.ctl = 20000 + (os.getpid() * 7 + Target.count) % 12000
         self.env = dict(os.environ, TGT_IPC_SOCKET=os.path.join(work, f"{name}-sock"))
         self.log = open(os.path.join(work, f"{name}.log"), "w")
         self.proc = subprocess.Popen(
-            [binary, "-f", "-C", str(self.ctl), "--iscsi", f"portal=127.0.0.1:{self.port}"],
+            [binary, "-f", "-C", str(self.ctl), "--iscsi", f"portal=127.0.0.1:{self.port}", *extra],
             env=self.env, stdout=self.log, stderr=self.log)
         for _ in range(100):
             try:
@@ -131,6 +136,9 @@ def main():
     ap.add_argument("--defaults", action="store_true", help="keep tgt's default session parameters")
     ap.add_argument("--dir", help="where the backing file lives (default: /dev/shm, tmpfs)")
     ap.add_argument("--json")
+    ap.add_argument("--rtgt-args", default="", help="extra rtgtd options")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="LABEL:OPTIONS, another rtgtd with these options in the same run")
     a = ap.parse_args()
     for tool in ("tgtd", "tgtadm", "iscsi-perf"):
         if not shutil.which(tool):
@@ -144,7 +152,11 @@ def main():
         chunk = os.urandom(1 << 20)
         for _ in range(256):
             f.write(chunk)
-    targets = [Target("tgt", shutil.which("tgtd"), work), Target("rtgt", os.path.join(REL, "rtgtd"), work)]
+    rtgtd = os.path.join(REL, "rtgtd")
+    targets = [Target("tgt", shutil.which("tgtd"), work), Target("rtgt", rtgtd, work, a.rtgt_args.split())]
+    for v in a.variant:
+        label, _, opts = v.partition(":")
+        targets.append(Target(label, rtgtd, work, opts.split()))
     results = {}
     try:
         for t in targets:
@@ -192,6 +204,19 @@ def main():
         print(f"| {name} | {fmt(ti)} | {fmt(ri)} | {fmt(ri / ti if ti and ri else None, 2)} | "
               f"{fmt(med(name, 'tgt', 'mbs'), 1)} | {fmt(med(name, 'rtgt', 'mbs'), 1)} | {lat('tgt')} | {lat('rtgt')} | "
               f"{fmt(tc, 1)} | {fmt(rc, 1)} | {fmt(tc / rc if tc and rc else None, 2)} |")
+    variants = [t.name for t in targets[2:]]
+    if variants:
+        print("\n| workload | target | IOPS | IOPS vs rtgt | p50/p99 us | CPU us/IO |")
+        print("|---|---|---|---|---|---|")
+        for name, _, _, _ in WORKLOADS:
+            if name not in results:
+                continue
+            ri = med(name, "rtgt", "iops")
+            for who in ["rtgt", *variants]:
+                vi = med(name, who, "iops")
+                print(f"| {name} | {who} | {fmt(vi)} | {fmt(vi / ri if vi and ri else None, 2)} | "
+                      f"{fmt(med(name, who, 'p50'))}/{fmt(med(name, who, 'p99'))} | "
+                      f"{fmt(med(name, who, 'cpu_us_per_io'), 1)} |")
     if a.json:
         with open(a.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -31,6 +31,16 @@ struct Args {
     /// them (default: one per four cores, at least one).
     #[arg(long = "target-loops")]
     target_loops: Option<usize>,
+    /// After a connection last had work, keep polling its socket this
+    /// many microseconds before sleeping in the kernel: low latency at
+    /// low queue depth for a bounded cost; an idle target never polls
+    /// (0 turns polling off).
+    #[arg(long = "poll-us", default_value_t = rtgt::dataplane::DEFAULT_POLL_US)]
+    poll_us: u32,
+    /// Pin the target loops to these cores, round-robin: a hex mask as
+    /// SPDK's -m (0x3c) or a list (2-5,8). Default: not pinned.
+    #[arg(long = "cpus")]
+    cpus: Option<String>,
     /// Serve a ready demo target: a sparse file in --data-dir, on
     /// 127.0.0.1:3260 unless --iscsi names portals.
     #[arg(long)]
@@ -104,6 +114,19 @@ fn main() -> ExitCode {
         debug: args.debug.unwrap_or(0) > 0,
         io_threads: args.nr_iothreads,
         target_loops: args.target_loops,
+        poll_us: args.poll_us,
+        cpus: match args
+            .cpus
+            .as_deref()
+            .map(rtgt::dataplane::affinity::parse_cpus)
+        {
+            None => Vec::new(),
+            Some(Ok(c)) => c,
+            Some(Err(e)) => {
+                eprintln!("rtgtd: --cpus: {e}");
+                std::process::exit(2);
+            }
+        },
         nop_interval: iscsi.nop_interval,
         nop_count: iscsi.nop_count,
         demo: args.demo.then_some(Demo {

@@ -172,6 +172,8 @@ impl mgmt::Live for DaemonLive {
                     LoopConfig {
                         loops: self.state.target_loops,
                         io_threads: self.state.io_threads,
+                        poll_us: self.state.poll_us,
+                        cpus: self.state.cpus.clone(),
                     },
                     self.state.stats.target(tid),
                 ) {

@@ -48,6 +48,10 @@ pub struct Config {
     pub io_threads: Option<usize>,
     /// Event-loop threads per target (`--target-loops`).
     pub target_loops: Option<usize>,
+    /// Adaptive polling window of the target loops, µs (`--poll-us`).
+    pub poll_us: u32,
+    /// Cores for the target loops (`--cpus`); empty: no pinning.
+    pub cpus: Vec<usize>,
     pub demo: Option<Demo>,
     /// `--iscsi nop_interval=N`: tgtd's default NOP-In interval for new
     /// targets (shown by `show`).
@@ -97,6 +101,8 @@ pub struct DaemonState {
     pub io_threads: usize,
     /// Event loops per target.
     pub target_loops: usize,
+    pub poll_us: u32,
+    pub cpus: Arc<Vec<usize>>,
     /// Connections in login or discovery, per initiator address.
     pub pending: RefCell<HashMap<std::net::IpAddr, usize>>,
     /// I/O counters of every target (`tgtadm --op stat`).
@@ -186,6 +192,8 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 .target_loops
                 .unwrap_or_else(crate::dataplane::default_loops)
                 .clamp(1, 64),
+            poll_us: cfg.poll_us.min(10_000),
+            cpus: Arc::new(cfg.cpus.clone()),
         });
         for (addr, l) in bound {
             state.listen(addr, l);

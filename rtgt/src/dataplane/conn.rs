@@ -238,7 +238,10 @@ impl Conn {
         let nop_every = Duration::from_secs(knobs.nop_interval.max(1) as u64);
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + nop_every, nop_every);
+        let poll = self.target.poll;
+        let mut last_work = std::time::Instant::now();
         let reason = 'conn: loop {
+            let had = start;
             // Handle every whole PDU already buffered.
             loop {
                 match pdu::decode_view(
@@ -289,6 +292,9 @@ impl Conn {
             if self.closed.get() {
                 break Close::Done;
             }
+            if start != had {
+                last_work = std::time::Instant::now();
+            }
             // Move a partial PDU to the front only when room runs out, so a
             // large PDU arriving in pieces is not shifted on every read.
             if start == rbuf.len() {
@@ -300,6 +306,24 @@ impl Conn {
             }
             if rbuf.capacity() - rbuf.len() < 64 * 1024 {
                 rbuf.reserve(256 * 1024);
+            }
+            // Adaptive polling: for a bounded time after the last work,
+            // look at the socket again instead of sleeping in the kernel,
+            // yielding in between so the writer and I/O completions run
+            // (tokio polls its driver without blocking before resuming a
+            // yielded task). At queue depth 1 the next command then finds
+            // the loop awake; an idle connection stops polling after
+            // `poll` and costs nothing.
+            if !poll.is_zero() && last_work.elapsed() < poll {
+                match rd.try_read_buf(&mut rbuf) {
+                    Ok(0) => break Close::Done,
+                    Ok(_) => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        tokio::task::yield_now().await;
+                        continue;
+                    }
+                    Err(_) => break Close::Done,
+                }
             }
             tokio::select! {
                 r = rd.read_buf(&mut rbuf) => match r {

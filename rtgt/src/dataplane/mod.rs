@@ -8,6 +8,7 @@
 //! loop's io_uring or its worker pool, so a loop never waits on a disk.
 //! The management thread reaches loops only through [`TargetMsg`].
 
+pub mod affinity;
 pub mod conn;
 pub mod pool;
 pub mod session;
@@ -215,6 +216,8 @@ pub struct TargetCtx {
     pub uring: Option<Rc<uring::Uring>>,
     /// Command buffers for reuse.
     pub pool: Rc<pool::BufPool>,
+    /// Adaptive polling window (see [`LoopConfig::poll_us`]).
+    pub poll: std::time::Duration,
 }
 
 impl TargetCtx {
@@ -342,6 +345,12 @@ fn ring_for_loop() -> Option<Rc<uring::Uring>> {
     }
 }
 
+/// Default adaptive polling window (`--poll-us`), in microseconds: long
+/// enough to catch an initiator's next command at queue depth 1 on a busy
+/// host, short enough that polling costs at most that much CPU per
+/// command at low rates and nothing when idle.
+pub const DEFAULT_POLL_US: u32 = 50;
+
 /// Event loops per target unless `--target-loops` says otherwise: one per
 /// four cores (a target's sessions spread over them), at least one.
 pub fn default_loops() -> usize {
@@ -363,13 +372,22 @@ pub struct TargetHandle {
 }
 
 /// Settings for a target's loops.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LoopConfig {
     /// Event-loop threads for the target.
     pub loops: usize,
     /// Blocking-I/O workers per loop (tgtd's `-t`).
     pub io_threads: usize,
+    /// How long a connection keeps polling its socket after it last had
+    /// work before it sleeps in the kernel (`--poll-us`); 0 never polls.
+    pub poll_us: u32,
+    /// Cores to pin loops to, round-robin (`--cpus`); empty: unpinned.
+    pub cpus: Arc<Vec<usize>>,
 }
+
+/// Loops started so far in this process, to spread pinned loops over the
+/// `--cpus` list across targets.
+static LOOPS_STARTED: AtomicUsize = AtomicUsize::new(0);
 
 impl TargetHandle {
     /// Start the target's loop threads, `tgt/<tid>` (then `tgt/<tid>.1`, ...).
@@ -411,9 +429,17 @@ impl TargetHandle {
                 format!("tgt/{tid}.{i}")
             };
             let io_threads = cfg.io_threads;
+            let poll_us = cfg.poll_us;
+            let pin = (!cfg.cpus.is_empty()).then(|| {
+                let n = LOOPS_STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                cfg.cpus[n % cfg.cpus.len()]
+            });
             let t = std::thread::Builder::new()
                 .name(thread_name)
                 .spawn(move || {
+                    if let Some(cpu) = pin {
+                        affinity::pin_current_thread(cpu);
+                    }
                     let rt = match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .max_blocking_threads(io_threads)
@@ -431,6 +457,7 @@ impl TargetHandle {
                         sessions: RefCell::new(HashMap::new()),
                         uring: ring_for_loop(),
                         pool: pool::BufPool::new(),
+                        poll: std::time::Duration::from_micros(poll_us as u64),
                     });
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, async move {
