@@ -23,6 +23,10 @@ pub struct FileDevice {
     /// an aligned bounce buffer, and not through io_uring with the
     /// caller's (unaligned) buffers.
     direct: bool,
+    /// Plain reads, writes and flushes may go through the loop's io_uring
+    /// (`-E aio`); otherwise every operation runs on the worker pool
+    /// (`-E rdwr`, as tgt's names say, unless `--rdwr-engine uring`).
+    uring: bool,
 }
 
 /// O_DIRECT alignment that satisfies every common device (4 KiB sectors).
@@ -77,6 +81,12 @@ fn direct_write(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
 }
 
 impl FileDevice {
+    /// Send every operation to the worker pool, never to io_uring.
+    pub fn without_uring(mut self) -> FileDevice {
+        self.uring = false;
+        self
+    }
+
     pub fn open(path: &Path, flags: OpenFlags) -> io::Result<FileDevice> {
         let mut custom = 0;
         if flags.direct {
@@ -104,6 +114,7 @@ impl FileDevice {
             is_block,
             direct: flags.direct,
             in_memory,
+            uring: true,
         })
     }
 }
@@ -130,7 +141,7 @@ fn cvt(r: libc::c_int) -> io::Result<libc::c_int> {
 
 impl BlockDevice for FileDevice {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
-        (!self.direct).then(|| self.file.as_raw_fd())
+        (!self.direct && self.uring).then(|| self.file.as_raw_fd())
     }
 
     fn is_nonblocking(&self) -> bool {

@@ -2,8 +2,12 @@
 //! [`scsi::BlockDevice`]; the SCSI emulation stays in the `scsi` crate, as in
 //! LIO, and these only move bytes.
 //!
-//! Calls block, so the daemon makes them from worker threads, never from a
-//! target's event loop.
+//! Calls block, so the daemon makes them from worker threads or io_uring,
+//! never from a target's event loop (stores in memory excepted).
+//!
+//! Engines by tgt's names: `-E aio` sends plain reads, writes and flushes
+//! through the loop's io_uring; `-E rdwr` (the default) runs everything on
+//! the bounded worker pool, unless rtgtd runs with `--rdwr-engine uring`.
 
 mod file;
 mod null;
@@ -11,16 +15,27 @@ mod null;
 pub use file::FileDevice;
 pub use null::NullDevice;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use scsi::BlockDevice;
 
+/// `--rdwr-engine uring`: serve `-E rdwr` through io_uring like `aio`.
+static RDWR_USES_URING: AtomicBool = AtomicBool::new(false);
+
+/// Choose the engine behind `-E rdwr` for stores opened from now on.
+pub fn set_rdwr_uses_uring(on: bool) {
+    RDWR_USES_URING.store(on, Ordering::Relaxed);
+}
+
 /// Backing store types, by tgt's names (`-E` / `--bstype`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendKind {
-    /// pread/pwrite on a file or block device (tgt's default).
+    /// pread/pwrite on a file or block device (tgt's default), on the
+    /// bounded worker pool; `--rdwr-engine uring` sends it to io_uring.
     Rdwr,
-    /// tgt's asynchronous store; served by the same worker-pool engine here.
+    /// Asynchronous I/O: plain reads, writes and flushes through the
+    /// target loop's io_uring (the rest on the worker pool).
     Aio,
     /// Zeros on read, writes discarded.
     Null,
@@ -96,12 +111,40 @@ pub fn open(
         BackendKind::Null => Ok(Arc::new(NullDevice::new(null_size))),
         BackendKind::Rdwr | BackendKind::Aio => {
             let path = path.filter(|p| !p.is_empty()).ok_or(BackendError::NoPath)?;
-            let dev =
+            let mut dev =
                 FileDevice::open(path.as_ref(), flags).map_err(|source| BackendError::Open {
                     path: path.to_string(),
                     source,
                 })?;
+            if kind == BackendKind::Rdwr && !RDWR_USES_URING.load(Ordering::Relaxed) {
+                dev = dev.without_uring();
+            }
             Ok(Arc::new(dev))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `-E aio` offers its descriptor to the loop's io_uring; `-E rdwr`
+    /// keeps to the worker pool unless `--rdwr-engine uring`.
+    #[test]
+    fn engine_follows_the_store_type() {
+        let dir = std::env::temp_dir().join(format!("rtgt-engine-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("disk.img");
+        std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
+        let path = p.to_str();
+        let aio = open(BackendKind::Aio, path, OpenFlags::default(), 0).unwrap();
+        assert!(aio.raw_fd().is_some());
+        let rdwr = open(BackendKind::Rdwr, path, OpenFlags::default(), 0).unwrap();
+        assert!(rdwr.raw_fd().is_none());
+        set_rdwr_uses_uring(true);
+        let rdwr = open(BackendKind::Rdwr, path, OpenFlags::default(), 0).unwrap();
+        set_rdwr_uses_uring(false);
+        assert!(rdwr.raw_fd().is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

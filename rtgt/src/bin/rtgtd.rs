@@ -41,6 +41,10 @@ struct Args {
     /// SPDK's -m (0x3c) or a list (2-5,8). Default: not pinned.
     #[arg(long = "cpus")]
     cpus: Option<String>,
+    /// The engine behind `-E rdwr` LUNs: `pool` (worker threads, as tgt's
+    /// name says) or `uring` (the loop's io_uring, as `-E aio`).
+    #[arg(long = "rdwr-engine", default_value = "pool", value_parser = ["pool", "uring"])]
+    rdwr_engine: String,
     /// Serve a ready demo target: a sparse file in --data-dir, on
     /// 127.0.0.1:3260 unless --iscsi names portals.
     #[arg(long)]
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
             ]
         };
     }
+    rtgt::backend::set_rdwr_uses_uring(args.rdwr_engine == "uring");
     let cfg = Config {
         control_port: args.control_port,
         portals,
