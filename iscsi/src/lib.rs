@@ -3,6 +3,7 @@
 //! Nothing here touches a socket, a thread or the clock: the daemon feeds
 //! bytes and events in and asks what to send.
 
+pub mod datain;
 pub mod digest;
 pub mod pdu;
 pub mod serial;

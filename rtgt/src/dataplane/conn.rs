@@ -10,9 +10,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use iscsi::pdu::{
-    self, Bhs, Itt, Opcode, Pdu, PduError, RejectReason, Residual, Ttt, RESERVED_TAG,
-};
+use iscsi::pdu::{self, Bhs, Itt, Opcode, Pdu, PduError, RejectReason, Ttt, RESERVED_TAG};
 use iscsi::transfer::{BurstLimits, WriteTransfer};
 use iscsi::{Digests, TextExchange, TextHost, TextStep};
 use scsi::{LunId, Outcome, Request, Response, SimpleIo, Status};
@@ -165,9 +163,9 @@ pub fn decode_lun(raw: u64) -> LunId {
 }
 
 /// One io_uring operation of the target ended (or was not started).
-fn ring_done(sh: &super::TargetShared) {
-    if sh.ring_inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
-        sh.ring_idle.notify_waiters();
+fn ring_done(gate: &super::LunGate) {
+    if gate.ring_inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
+        gate.ring_idle.notify_waiters();
     }
 }
 
@@ -677,8 +675,8 @@ impl Conn {
         match outcome {
             Outcome::Done(resp) => self.finish(&info, resp, buf),
             Outcome::Io(task) => {
-                let dev = info.io.as_ref().map(|d| d.0.clone());
-                let Some(dev) = dev else {
+                let io = info.io.as_ref().map(|d| (d.0.clone(), d.2.clone()));
+                let Some((dev, gate)) = io else {
                     // The LU vanished between emulation and I/O.
                     self.finish_check(&info, transport_sense(0x05, 0x25, 0x00));
                     return;
@@ -712,20 +710,20 @@ impl Conn {
                     .insert(info.itt.0, (info.lun, aborted.clone()));
                 let me = self.clone();
                 let ring = self.target.uring.clone();
-                let sh = self.target.shared.clone();
                 // Plain reads, writes and flushes go through the loop's
-                // io_uring unless a read-modify-write command holds the LU.
+                // io_uring unless a read-modify-write command holds this
+                // LU (the gate is per LUN: other LUNs are not disturbed).
                 // Count ourselves in before looking at `exclusive`, and an
                 // exclusive task counts itself in before waiting for the
                 // rings to drain: whichever comes second sees the other
                 // (SeqCst), so the two never overlap.
                 let simple = match (ring.zip(dev.raw_fd()), task.simple(&buf)) {
                     (Some(rf), Some(simple)) => {
-                        sh.ring_inflight.fetch_add(1, Ordering::SeqCst);
-                        if sh.exclusive.load(Ordering::SeqCst) == 0 {
+                        gate.ring_inflight.fetch_add(1, Ordering::SeqCst);
+                        if gate.exclusive.load(Ordering::SeqCst) == 0 {
                             Some((rf, simple))
                         } else {
-                            ring_done(&sh);
+                            ring_done(&gate);
                             None
                         }
                     }
@@ -743,7 +741,7 @@ impl Conn {
                         };
                         // The store stays open until the kernel is done.
                         drop(dev);
-                        ring_done(&sh);
+                        ring_done(&gate);
                         if aborted.get() {
                             return;
                         }
@@ -755,16 +753,17 @@ impl Conn {
                 }
                 let exclusive = task.is_exclusive();
                 if exclusive {
-                    sh.exclusive.fetch_add(1, Ordering::SeqCst);
+                    gate.exclusive.fetch_add(1, Ordering::SeqCst);
                 }
                 tokio::task::spawn_local(async move {
                     let _charge = charge;
                     if exclusive {
-                        // Let every loop's ring I/O finish so this command
-                        // sees and overlaps none of it (SBC-3 §5.2).
+                        // Let every loop's ring I/O on this LUN finish so
+                        // this command sees and overlaps none of it (SBC-3
+                        // §5.2).
                         loop {
-                            let idle = sh.ring_idle.notified();
-                            if sh.ring_inflight.load(Ordering::SeqCst) == 0 {
+                            let idle = gate.ring_idle.notified();
+                            if gate.ring_inflight.load(Ordering::SeqCst) == 0 {
                                 break;
                             }
                             idle.await;
@@ -776,7 +775,7 @@ impl Conn {
                     })
                     .await;
                     if exclusive {
-                        sh.exclusive.fetch_sub(1, Ordering::SeqCst);
+                        gate.exclusive.fetch_sub(1, Ordering::SeqCst);
                     }
                     if aborted.get() {
                         return;
@@ -826,66 +825,42 @@ impl Conn {
         ] {
             c.record(sent, written, !ok);
         }
-        if let Some((_, c)) = &info.io {
+        if let Some((_, c, _)) = &info.io {
             c.record(sent, written, !ok);
         }
-        let residual = if resp.wanted > edtl {
-            Residual::Overflow((resp.wanted - edtl).min(u32::MAX as u64) as u32)
-        } else if info.read {
-            if sent < edtl {
-                Residual::Underflow((edtl - sent) as u32)
-            } else {
-                Residual::None
-            }
-        } else if resp.wanted < edtl {
-            Residual::Underflow((edtl - resp.wanted) as u32)
-        } else {
-            Residual::None
-        };
+        let residual = iscsi::datain::residual(iscsi::datain::Transfer {
+            edtl: info.edtl,
+            read: info.read,
+            write: info.write,
+            sent: sent as u32,
+            wanted: resp.wanted,
+        });
         if sent == 0 {
             self.target.pool.give(buf);
             self.send(pdu::scsi_response(info.itt, status, residual, &resp.sense));
             return;
         }
-        let sent = sent as usize;
         let shared = Rc::new(Pooled::new(buf, self.target.pool.clone()));
-        let max = self.params.max_xmit.max(512) as usize;
-        let burst = self.params.limits.max_burst.max(512) as usize;
+        // Status rides on the last Data-In unless there is sense to send
+        // (RFC 7143 §11.7.3).
         let collapse = resp.sense.is_empty();
-        let mut off = 0usize;
-        let mut data_sn = 0u32;
-        while off < sent {
-            // Each sequence ends at a MaxBurstLength boundary (RFC 7143 §11.7.1).
-            let burst_end = ((off / burst) + 1) * burst;
-            let len = (sent - off).min(max).min(burst_end - off);
-            let last = off + len == sent;
-            let final_bit = last || off + len == burst_end;
-            let st = if last && collapse {
-                Some((status, residual))
-            } else {
-                None
-            };
-            let bhs = pdu::data_in_header(
-                info.itt,
-                info.lun_raw,
-                data_sn,
-                off as u32,
-                len,
-                final_bit,
-                st,
-            );
-            let stamp = if st.is_some() {
-                Stamp::Advance
-            } else {
-                Stamp::Peek
-            };
+        for d in iscsi::datain::data_in(
+            info.itt,
+            info.lun_raw,
+            sent as usize,
+            self.params.max_xmit,
+            self.params.limits.max_burst,
+            collapse.then_some((status, residual)),
+        ) {
             self.tx.send(OutPdu {
-                bhs,
-                data: OutData::Shared(shared.clone(), off..off + len),
-                stamp,
+                bhs: d.bhs,
+                data: OutData::Shared(shared.clone(), d.data),
+                stamp: if d.has_status {
+                    Stamp::Advance
+                } else {
+                    Stamp::Peek
+                },
             });
-            off += len;
-            data_sn += 1;
         }
         if !collapse {
             self.send(pdu::scsi_response(info.itt, status, residual, &resp.sense));

@@ -85,8 +85,24 @@ pub enum TargetMsg {
     Stop,
 }
 
-/// A LUN's store and its I/O counters.
-pub type LunIo = (Arc<dyn BlockDevice>, Arc<Counters>);
+/// A LUN's store, its I/O counters and its media gate.
+pub type LunIo = (Arc<dyn BlockDevice>, Arc<Counters>, Arc<LunGate>);
+
+/// Orders one LUN's media access between the loops' io_uring and the
+/// read-modify-write commands (COMPARE AND WRITE, ORWRITE), per LUN: an
+/// ATS heartbeat on one LUN never drains another LUN's I/O (SBC-4 §5.3
+/// asks for atomicity on the LU the command addresses, nothing wider).
+#[derive(Default)]
+pub struct LunGate {
+    /// Read-modify-write tasks running or waiting on this LUN: while any
+    /// does, plain I/O on every loop takes the worker path, under the
+    /// LU's lock.
+    pub exclusive: AtomicUsize,
+    /// io_uring operations in flight on this LUN, on all loops.
+    pub ring_inflight: AtomicUsize,
+    /// Signalled when `ring_inflight` drops to zero.
+    pub ring_idle: tokio::sync::Notify,
+}
 
 /// What the loops of one target share.
 pub struct TargetShared {
@@ -102,13 +118,6 @@ pub struct TargetShared {
     pub knobs: Mutex<Knobs>,
     /// Counters for `tgtadm --op stat`.
     pub stats: Arc<TargetStats>,
-    /// COMPARE AND WRITE / ORWRITE tasks running: while any runs, plain
-    /// I/O on every loop takes the worker path, under the LU's lock.
-    pub exclusive: AtomicUsize,
-    /// io_uring operations in flight on all loops of the target.
-    pub ring_inflight: AtomicUsize,
-    /// Signalled when `ring_inflight` drops to zero.
-    pub ring_idle: tokio::sync::Notify,
     /// Every loop's mailbox, for resets that must reach all of them.
     pub loops: OnceLock<Vec<mpsc::UnboundedSender<TargetMsg>>>,
 }
@@ -148,7 +157,7 @@ impl TargetShared {
         self.devices
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (dev, counters));
+            .insert(id, (dev, counters, Arc::default()));
         self.luns().insert(id, cfg);
     }
 
@@ -166,10 +175,11 @@ impl TargetShared {
     pub fn update_lun(&self, id: LunId, cfg: LunConfig, dev: Option<Arc<dyn BlockDevice>>) {
         if let Some(d) = dev {
             let counters = self.stats.lun(id.0);
-            self.devices
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(id, (d, counters));
+            let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
+            // The gate stays: I/O already in flight on the old store is
+            // still counted in it.
+            let gate = devices.get(&id).map(|l| l.2.clone()).unwrap_or_default();
+            devices.insert(id, (d, counters, gate));
         }
         self.luns().update(id, |c| *c = cfg);
     }
@@ -413,9 +423,6 @@ impl TargetHandle {
             portals,
             knobs: Mutex::new(Knobs::default()),
             stats,
-            exclusive: AtomicUsize::new(0),
-            ring_inflight: AtomicUsize::new(0),
-            ring_idle: tokio::sync::Notify::new(),
             loops: OnceLock::new(),
         });
         let mut loops = Vec::new();
