@@ -80,6 +80,11 @@ impl Session {
         }
     }
 
+    /// Commands delivered and not yet answered.
+    pub fn in_flight(&self) -> u32 {
+        self.window.borrow().in_flight()
+    }
+
     /// The next command to run in CmdSN order.
     pub fn next_ready(&self) -> Option<Queued> {
         self.ready.borrow_mut().pop_front()
