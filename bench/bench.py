@@ -62,10 +62,12 @@ def cpu_ticks(pid):
 
 
 class Target:
+    count = 0  # daemons started, for distinct control ports
+
     def __init__(self, name, binary, work, extra=()):
         self.name = name
         self.port = free_port()
-        Target.count = getattr(Target, "count", 0) + 1
+        Target.count += 1
         self.ctl = 20000 + (os.getpid() * 7 + Target.count) % 12000
         self.env = dict(os.environ, TGT_IPC_SOCKET=os.path.join(work, f"{name}-sock"))
         self.log = open(os.path.join(work, f"{name}.log"), "w")

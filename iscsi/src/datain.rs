@@ -12,9 +12,9 @@ use crate::pdu::{data_in_header, Bhs, Itt, Residual};
 pub struct Transfer {
     /// Expected Data Transfer Length from the SCSI Command PDU.
     pub edtl: u32,
-    /// The command's R (read) and W (write) bits.
+    /// The command's R (read) bit; anything else is answered as a write
+    /// or a command without data.
     pub read: bool,
-    pub write: bool,
     /// Bytes of Data-In the command will send (already at most `edtl`).
     pub sent: u32,
     /// Bytes the command wanted to move (its CDB's transfer length, or the
@@ -107,7 +107,6 @@ mod tests {
         Transfer {
             edtl,
             read,
-            write: !read,
             sent,
             wanted,
         }

@@ -162,7 +162,7 @@ pub fn decode_lun(raw: u64) -> LunId {
     }
 }
 
-/// One io_uring operation of the target ended (or was not started).
+/// One io_uring operation on a LUN ended (or was not started).
 fn ring_done(gate: &super::LunGate) {
     if gate.ring_inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
         gate.ring_idle.notify_waiters();
@@ -845,7 +845,6 @@ impl Conn {
         let residual = iscsi::datain::residual(iscsi::datain::Transfer {
             edtl: info.edtl,
             read: info.read,
-            write: info.write,
             sent: sent as u32,
             wanted: resp.wanted,
         });
@@ -944,9 +943,9 @@ impl Conn {
             _ => 5,
         };
         self.session.complete();
+        // Commands a filled gap released are run by the `run_ready` loop
+        // that dispatched this TMF.
         self.send(pdu::tmf_response(b.itt(), response));
-        // A filled gap may have released commands.
-        self.run_ready();
     }
 
     /// Abort one task of this session; true if it existed.
