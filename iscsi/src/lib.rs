@@ -7,6 +7,7 @@ pub mod datain;
 pub mod digest;
 pub mod pdu;
 pub mod serial;
+pub mod session;
 pub mod status;
 pub mod transfer;
 pub mod window;

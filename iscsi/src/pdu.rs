@@ -294,6 +294,21 @@ impl Bhs {
     }
 }
 
+/// The LUN a LUN field addresses (SAM-5 §4.7: peripheral and flat
+/// addressing, as Linux and tgt use them). Anything else maps to
+/// `u64::MAX`, a LUN that never exists.
+pub fn decode_lun(raw: u64) -> u64 {
+    let b = raw.to_be_bytes();
+    if b[2..].iter().any(|&x| x != 0) {
+        return u64::MAX;
+    }
+    match b[0] >> 6 {
+        0 if b[0] == 0 => b[1] as u64,
+        1 => (((b[0] & 0x3f) as u64) << 8) | b[1] as u64,
+        _ => u64::MAX,
+    }
+}
+
 /// A whole PDU. `data` holds the data segment without padding or digest.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Pdu {

@@ -102,6 +102,24 @@ impl WriteTransfer {
         })
     }
 
+    /// Start a new transfer in place, keeping the outstanding-R2T list's
+    /// capacity (a session reuses one per task slot, so a write with R2Ts
+    /// allocates nothing in steady state).
+    pub fn restart(
+        &mut self,
+        edtl: u32,
+        immediate: u32,
+        cmd_final: bool,
+        limits: BurstLimits,
+    ) -> Result<(), TransferError> {
+        let mut outstanding = std::mem::take(&mut self.outstanding);
+        outstanding.clear();
+        let mut t = WriteTransfer::new(edtl, immediate, cmd_final, limits)?;
+        t.outstanding = outstanding;
+        *self = t;
+        Ok(())
+    }
+
     /// All expected bytes have arrived.
     pub fn complete(&self) -> bool {
         self.received >= self.edtl
@@ -174,10 +192,17 @@ impl WriteTransfer {
 
     /// R2Ts to send now: as many as the outstanding limit allows once
     /// unsolicited data is done. `alloc` hands out transfer tags.
-    pub fn next_r2ts(&mut self, mut alloc: impl FnMut() -> Ttt) -> Vec<R2tSpec> {
+    pub fn next_r2ts(&mut self, alloc: impl FnMut() -> Ttt) -> Vec<R2tSpec> {
         let mut out = Vec::new();
+        self.each_r2t(alloc, |s| out.push(s));
+        out
+    }
+
+    /// [`next_r2ts`](WriteTransfer::next_r2ts) without allocating: each R2T
+    /// goes to `emit`.
+    pub fn each_r2t(&mut self, mut alloc: impl FnMut() -> Ttt, mut emit: impl FnMut(R2tSpec)) {
         if self.unsolicited_open {
-            return out;
+            return;
         }
         while self.next_solicit < self.edtl
             && (self.outstanding.len() as u32) < self.limits.max_outstanding_r2t.max(1)
@@ -198,9 +223,8 @@ impl WriteTransfer {
             });
             self.r2t_sn += 1;
             self.next_solicit += len;
-            out.push(spec);
+            emit(spec);
         }
-        out
     }
 }
 

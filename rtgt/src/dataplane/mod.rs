@@ -10,10 +10,9 @@
 
 pub mod affinity;
 pub mod conn;
-pub mod pool;
+mod io;
 pub mod session;
 pub mod uring;
-pub mod writer;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -29,9 +28,8 @@ use tokio::sync::mpsc;
 
 use crate::registry::Registry;
 use crate::stats::{Counters, TargetStats};
-use conn::{Conn, ConnParams};
+use conn::{ConnHandle, ConnParams};
 use session::{Session, SessionSetup};
-use writer::WriterState;
 
 /// Per-target knobs the loop reads (tgtadm `--mode target --op update`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,8 +145,22 @@ impl TargetShared {
 
     /// Ask every loop to abort its tasks on `lun` (or all LUNs).
     pub fn abort_on_all_loops(&self, lun: Option<LunId>) {
-        for l in self.loops.get().map(|v| v.as_slice()).unwrap_or(&[]) {
-            let _ = l.send(TargetMsg::AbortTasks(lun));
+        self.abort_on_other_loops(lun, usize::MAX);
+    }
+
+    /// Ask every loop but loop `me` to abort its tasks on `lun`.
+    pub fn abort_on_other_loops(&self, lun: Option<LunId>, me: usize) {
+        for (i, l) in self
+            .loops
+            .get()
+            .map(|v| v.as_slice())
+            .unwrap_or(&[])
+            .iter()
+            .enumerate()
+        {
+            if i != me {
+                let _ = l.send(TargetMsg::AbortTasks(lun));
+            }
         }
     }
 
@@ -221,58 +233,57 @@ impl TargetShared {
 /// What one loop of a target owns.
 pub struct TargetCtx {
     pub shared: Arc<TargetShared>,
+    /// This loop's place among the target's loops.
+    pub index: usize,
     pub sessions: RefCell<HashMap<u16, Rc<Session>>>,
     /// The loop's io_uring, when the kernel offers one (else workers).
     pub uring: Option<Rc<uring::Uring>>,
-    /// Command buffers for reuse.
-    pub pool: Rc<pool::BufPool>,
     /// Adaptive polling window (see [`LoopConfig::poll_us`]).
     pub poll: std::time::Duration,
 }
 
 impl TargetCtx {
-    /// A connection ended: leave its session, and end the session with its
-    /// last connection.
-    pub fn conn_closed(&self, c: &Rc<Conn>) {
+    /// A connection ended and left its session (`ended`: it was the last
+    /// one; `None`: a login with its CID had already replaced it, and the
+    /// registry entries now belong to the new one).
+    pub fn conn_closed(&self, s: &Rc<Session>, c: &Rc<ConnHandle>, ended: Option<bool>) {
+        s.conns.borrow_mut().retain(|x| !Rc::ptr_eq(x, c));
+        let Some(ended) = ended else { return };
         let sh = &self.shared;
-        let tsih = c.session.setup.tsih;
+        let tsih = s.setup.tsih;
         sh.registry.remove_conn(tsih, c.cid);
         sh.stats.remove_conn(tsih, c.cid);
-        let empty = {
-            let mut conns = c.session.conns.borrow_mut();
-            conns.retain(|x| !Rc::ptr_eq(x, c));
-            conns.is_empty()
-        };
-        if empty {
+        if ended {
             let mut sessions = self.sessions.borrow_mut();
-            if sessions
-                .get(&tsih)
-                .is_some_and(|s| Rc::ptr_eq(s, &c.session))
-            {
+            if sessions.get(&tsih).is_some_and(|x| Rc::ptr_eq(x, s)) {
                 sessions.remove(&tsih);
                 sh.registry.remove_session(tsih);
                 sh.stats.remove_session(tsih);
             }
             drop(sessions);
-            c.session.end();
-            sh.luns().remove_nexus(c.session.setup.nexus);
+            sh.luns().remove_nexus(s.setup.nexus);
         }
     }
 
-    /// Abort tasks on a LUN (or all LUNs) on every connection of this loop.
-    pub fn abort_here(&self, lun: Option<LunId>) {
-        let sessions: Vec<_> = self.sessions.borrow().values().cloned().collect();
+    /// Abort tasks on a LUN (or all LUNs) in every session of this loop
+    /// but `except` (which aborted its own).
+    pub fn abort_here(&self, lun: Option<LunId>, except: Option<u16>) {
+        let sessions: Vec<_> = self
+            .sessions
+            .borrow()
+            .values()
+            .filter(|s| Some(s.setup.tsih) != except)
+            .cloned()
+            .collect();
         for s in sessions {
-            for c in s.conns.borrow().iter() {
-                c.abort_lun(lun);
-            }
+            s.m.borrow_mut().abort_lun(lun.map(|l| l.0));
         }
     }
 
     /// Abort on this loop now and ask the target's other loops to.
-    pub fn abort_everywhere(&self, lun: Option<LunId>) {
-        self.abort_here(lun);
-        self.shared.abort_on_all_loops(lun);
+    pub fn abort_everywhere(&self, lun: Option<LunId>, except: Option<u16>) {
+        self.abort_here(lun, except);
+        self.shared.abort_on_other_loops(lun, self.index);
     }
 
     fn accept(self: &Rc<Self>, h: Handoff) {
@@ -301,39 +312,39 @@ impl TargetCtx {
                 }
             }
         };
-        // A connection reusing a CID replaces the old one (RFC 7143 §6.3.4).
-        if let Some(old) = session.conn(h.cid) {
-            old.close();
-        }
-        let (tx, rx) = writer::channel();
-        let local = stream.local_addr().unwrap_or(h.peer);
-        let conn = Conn::new(
-            h.cid,
-            h.peer,
-            local,
-            session.clone(),
-            self.clone(),
-            tx,
-            h.params,
-            &h.negotiated,
-        );
-        session.conns.borrow_mut().push(conn.clone());
-        let (rd, wr) = stream.into_split();
-        let wstate = Rc::new(RefCell::new(WriterState {
-            stat_sn: h.stat_sn,
+        let knobs = self.shared.knobs();
+        let cfg = iscsi::session::ConnConfig {
+            cid: h.cid,
             digests: h.params.digests,
-        }));
-        tokio::task::spawn_local(writer::run(wr, rx, wstate, session));
-        let leftover = h.leftover;
-        tokio::task::spawn_local(async move { conn.run(rd, leftover).await });
+            max_recv: h.params.max_recv,
+            max_xmit: h.params.max_xmit,
+            limits: h.params.limits,
+            stat_sn: h.stat_sn,
+            nop_interval: std::time::Duration::from_secs(knobs.nop_interval as u64),
+            nop_count: knobs.nop_count,
+        };
+        // A connection reusing a CID replaces the old one (RFC 7143 §6.3.4).
+        let (id, old) = session
+            .m
+            .borrow_mut()
+            .add_conn(cfg, &h.negotiated, std::time::Instant::now());
+        if let Some(old) = old.and_then(|o| session.handle(o)) {
+            old.wake();
+        }
+        let stats = self.shared.stats.conn(tsih, h.cid);
+        let handle = Rc::new(ConnHandle::new(id, h.cid, h.peer, stats));
+        session.conns.borrow_mut().push(handle.clone());
+        let ctx = self.clone();
+        let digests = h.params.digests;
+        tokio::task::spawn_local(conn::run(
+            ctx, session, handle, stream, h.leftover, digests,
+        ));
     }
 
     fn close_session(&self, tsih: u16) {
         let s = self.sessions.borrow().get(&tsih).cloned();
         if let Some(s) = s {
-            for c in s.conns.borrow().iter() {
-                c.close();
-            }
+            s.close();
         }
     }
 }
@@ -461,9 +472,9 @@ impl TargetHandle {
                     let _in_rt = rt.enter();
                     let ctx = Rc::new(TargetCtx {
                         shared: sh,
+                        index: i,
                         sessions: RefCell::new(HashMap::new()),
                         uring: ring_for_loop(),
-                        pool: pool::BufPool::new(),
                         poll: std::time::Duration::from_micros(poll_us as u64),
                     });
                     let local = tokio::task::LocalSet::new();
@@ -548,14 +559,15 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
     while let Some(m) = rx.recv().await {
         match m {
             TargetMsg::Connection(h) => ctx.accept(*h),
-            TargetMsg::AbortTasks(lun) => ctx.abort_here(lun),
+            TargetMsg::AbortTasks(lun) => ctx.abort_here(lun, None),
             TargetMsg::CloseSession { tsih } => {
                 ctx.close_session(tsih);
             }
             TargetMsg::CloseConnection { tsih, cid } => {
                 let s = ctx.sessions.borrow().get(&tsih).cloned();
-                if let Some(c) = s.and_then(|s| s.conn(cid)) {
-                    c.close();
+                if let Some(s) = s {
+                    s.m.borrow_mut().close_cid(cid);
+                    s.wake(None);
                 }
             }
             TargetMsg::Stop => break,

@@ -1,15 +1,16 @@
-//! A session as its target loop holds it: the connections (MC/S) and the
-//! shared command window. Only the loop's thread touches it.
+//! A session as its target loop holds it: the protocol machine
+//! ([`iscsi::session::Session`]) and the drivers of its connections (MC/S).
+//! Only the loop's thread touches it.
 
 use std::cell::RefCell;
-use std::rc::{Rc, Weak};
+use std::rc::Rc;
 
-use iscsi::pdu::Pdu;
-use iscsi::window::{CmdWindow, Placed, Unreceived};
+use iscsi::session::{self as proto, Accounting, ConnId};
 use iscsi::CmdSn;
 use scsi::NexusId;
 
-use super::conn::Conn;
+use super::conn::ConnHandle;
+use super::LunIo;
 
 /// Negotiated values that hold for the whole session.
 #[derive(Debug, Clone)]
@@ -26,98 +27,67 @@ pub struct SessionSetup {
     pub time2retain: u16,
 }
 
-/// A command waiting for its turn in CmdSN order, with the connection it
-/// arrived on (connection allegiance, RFC 7143 §5.1). The connection is
-/// held weakly: a command waiting behind a gap must not keep its
-/// connection, and through it the session and the window it waits in,
-/// alive after the connection closed (a cycle nothing would break).
-pub struct Queued {
-    pub conn: Weak<Conn>,
-    pub pdu: Pdu,
-}
+/// Most bytes of write commands still collecting Data-Out on one
+/// connection (four maximum-size commands).
+const WRITE_BUDGET: u64 = 4 * scsi::MAX_TRANSFER_BYTES;
 
 pub struct Session {
     pub setup: SessionSetup,
-    window: RefCell<CmdWindow<Queued>>,
-    /// Commands released by the window, not yet run (reused, so ordering
-    /// costs no allocation per command).
-    ready: RefCell<std::collections::VecDeque<Queued>>,
-    pub conns: RefCell<Vec<Rc<Conn>>>,
+    /// The protocol state: window, tasks, connections' sequence numbers.
+    /// Borrowed only for the length of one call, never across an await.
+    pub m: RefCell<proto::Session>,
+    pub conns: RefCell<Vec<Rc<ConnHandle>>>,
 }
 
 impl Session {
     pub fn new(setup: SessionSetup) -> Rc<Session> {
-        let window = CmdWindow::new(setup.exp_cmd_sn, setup.queue_depth);
+        let m = proto::Session::new(proto::SessionConfig {
+            exp_cmd_sn: setup.exp_cmd_sn,
+            queue_depth: setup.queue_depth,
+            time2wait: setup.time2wait,
+            time2retain: setup.time2retain,
+            max_transfer: scsi::MAX_TRANSFER_BYTES.min(u32::MAX as u64) as u32,
+            write_budget: WRITE_BUDGET,
+        });
         Rc::new(Session {
             setup,
-            window: RefCell::new(window),
-            ready: RefCell::new(std::collections::VecDeque::new()),
+            m: RefCell::new(m),
             conns: RefCell::new(Vec::new()),
         })
     }
 
-    /// ExpCmdSN and MaxCmdSN to stamp on an outgoing PDU.
-    pub fn window_numbers(&self) -> (CmdSn, CmdSn) {
-        let mut w = self.window.borrow_mut();
-        (w.exp_cmd_sn(), w.max_cmd_sn())
+    pub fn handle(&self, id: ConnId) -> Option<Rc<ConnHandle>> {
+        self.conns.borrow().iter().find(|c| c.id == id).cloned()
     }
 
-    /// Offer a command; what can now run goes to the ready queue, taken
-    /// one at a time with [`next_ready`](Session::next_ready).
-    pub fn admit(&self, sn: CmdSn, immediate: bool, q: Queued) {
-        let mut ready = self.ready.borrow_mut();
-        if self
-            .window
-            .borrow_mut()
-            .admit_into(sn, immediate, q, &mut ready)
-            == Placed::Dropped
-        {
-            tracing::debug!(
-                tsih = self.setup.tsih,
-                sn = sn.0,
-                "CmdSN outside the window: dropped"
-            );
+    /// Wake the drivers of connections with something new to send (all
+    /// but `except`, which is about to look anyway).
+    pub fn wake(&self, except: Option<ConnId>) {
+        loop {
+            let next = self.m.borrow_mut().poll_wake(except);
+            let Some(id) = next else { break };
+            if let Some(h) = self.handle(id) {
+                h.wake();
+            }
         }
     }
 
-    /// Commands delivered and not yet answered.
-    pub fn in_flight(&self) -> u32 {
-        self.window.borrow().in_flight()
+    /// Ask every connection to close.
+    pub fn close(&self) {
+        self.m.borrow_mut().close_all();
+        self.wake(None);
     }
 
-    /// The next command to run in CmdSN order.
-    pub fn next_ready(&self) -> Option<Queued> {
-        self.ready.borrow_mut().pop_front()
-    }
-
-    /// A delivered command is finished.
-    pub fn complete(&self) {
-        self.window.borrow_mut().complete();
-    }
-
-    /// ABORT TASK named a task that is not running: if its RefCmdSN is in
-    /// the window and not yet delivered, count it as received (RFC 7143
-    /// §11.5.1). True when the abort is thereby complete; commands the
-    /// filled gap released go to the ready queue.
-    pub fn abort_unreceived(&self, ref_sn: CmdSn, itt: iscsi::Itt) -> bool {
-        let mut ready = self.ready.borrow_mut();
-        let r = self.window.borrow_mut().abort_unreceived(
-            ref_sn,
-            |q| q.pdu.bhs.itt() == itt,
-            &mut ready,
-        );
-        !matches!(r, Unreceived::OutsideWindow)
-    }
-
-    /// The session's last connection is gone: drop whatever still waits
-    /// for its turn, so nothing outlives the session.
-    pub fn end(&self) {
-        let held = self.window.borrow_mut().drain_held();
-        self.ready.borrow_mut().clear();
-        drop(held);
-    }
-
-    pub fn conn(&self, cid: u16) -> Option<Rc<Conn>> {
-        self.conns.borrow().iter().find(|c| c.cid == cid).cloned()
+    /// Count a finished command on its connection, its session and its LUN.
+    pub fn record(&self, acct: Option<Accounting>, target: &crate::stats::Counters, io: Option<&LunIo>) {
+        let Some(a) = acct else { return };
+        if let Some(h) = self.handle(a.conn) {
+            h.stats.0.record(a.read, a.written, !a.ok);
+            h.stats.1.record(a.read, a.written, !a.ok);
+        }
+        target.record(a.read, a.written, !a.ok);
+        if let Some((_, c, _)) = io {
+            c.record(a.read, a.written, !a.ok);
+        }
     }
 }
