@@ -343,7 +343,11 @@ impl Session {
     ) -> (ConnId, Option<ConnId>) {
         let id = ConnId(self.next_conn);
         self.next_conn = self.next_conn.wrapping_add(1).max(1);
-        let old = self.conns.iter().find(|c| c.cfg.cid == cfg.cid).map(|c| c.id);
+        let old = self
+            .conns
+            .iter()
+            .find(|c| c.cfg.cid == cfg.cid)
+            .map(|c| c.id);
         self.conns.push(Conn {
             id,
             cfg,
@@ -545,7 +549,8 @@ impl Session {
                     let mut data = q.data;
                     data.truncate(self.conns[ci].cfg.max_xmit as usize);
                     self.window.complete();
-                    let p = pdu::nop_in(q.bhs.itt(), Ttt(RESERVED_TAG), q.bhs.lun_raw(), Vec::new());
+                    let p =
+                        pdu::nop_in(q.bhs.itt(), Ttt(RESERVED_TAG), q.bhs.lun_raw(), Vec::new());
                     self.queue(ci, p.bhs, Payload::Owned(data), Stamp::Advance);
                 }
                 Some(Opcode::TaskMgmtRequest) => {
@@ -844,7 +849,9 @@ impl Session {
         wanted: u64,
         buf: Vec<u8>,
     ) -> Option<Accounting> {
-        let Some(slot) = self.slot_of(token).filter(|&s| self.tasks[s].state == State::Executing)
+        let Some(slot) = self
+            .slot_of(token)
+            .filter(|&s| self.tasks[s].state == State::Executing)
         else {
             self.give_buf(buf);
             return None;
@@ -1224,7 +1231,8 @@ impl Session {
 
     /// Whether the connection has PDUs waiting.
     pub fn has_transmit(&self, c: ConnId) -> bool {
-        self.conn_index(c).is_some_and(|i| !self.conns[i].tx.is_empty())
+        self.conn_index(c)
+            .is_some_and(|i| !self.conns[i].tx.is_empty())
     }
 
     /// Ask one connection (by CID) to close.

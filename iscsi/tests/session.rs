@@ -159,7 +159,9 @@ impl T {
     fn read_done(&mut self, tok: Token, mut buf: Vec<u8>, n: usize, wanted: u64) -> bool {
         buf.clear();
         buf.extend((0..n).map(|i| i as u8));
-        self.s.handle_scsi_done(tok, 0, &[], n, wanted, buf).is_some()
+        self.s
+            .handle_scsi_done(tok, 0, &[], n, wanted, buf)
+            .is_some()
     }
 }
 
@@ -289,7 +291,14 @@ fn data_out_outside_the_r2t_fails_the_command_not_the_connection() {
     let r2ts = t.out();
     assert_eq!(r2ts.len(), 2);
     // Offset beyond what the first R2T solicited.
-    t.send_ok(&data_out(1, r2ts[0].bhs.ttt().0, 0, 20000, &[0u8; 512], false));
+    t.send_ok(&data_out(
+        1,
+        r2ts[0].bhs.ttt().0,
+        0,
+        20000,
+        &[0u8; 512],
+        false,
+    ));
     let o = t.out();
     assert_eq!(o.len(), 1);
     assert_eq!(o[0].op(), Opcode::ScsiResponse);
@@ -337,8 +346,13 @@ fn data_in_collapses_status_and_counts_residuals() {
     t.send_ok(&read_cmd(3, 3, 512));
     let (tok, _, _, mut buf) = t.scsi().pop().unwrap();
     buf.resize(512, 0);
-    let sense = [0x70, 0, 0x03, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0];
-    assert!(t.s.handle_scsi_done(tok, 2, &sense, 512, 512, buf).is_some());
+    let sense = [
+        0x70, 0, 0x03, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x11, 0, 0, 0, 0, 0,
+    ];
+    assert!(t
+        .s
+        .handle_scsi_done(tok, 2, &sense, 512, 512, buf)
+        .is_some());
     let o = t.out();
     assert_eq!(o.len(), 1, "no data with CHECK CONDITION");
     assert_eq!(o[0].op(), Opcode::ScsiResponse);
@@ -361,7 +375,14 @@ fn abort_task_of_a_write_waiting_for_data_out() {
     assert_eq!(t.s.in_flight(), 0, "the aborted task gave back its slot");
     // The Data-Out the initiator had already sent finds no task: ignored.
     t.send_ok(&data_out(5, r2ts[0].bhs.ttt().0, 0, 0, &[1u8; 8192], false));
-    t.send_ok(&data_out(5, r2ts[0].bhs.ttt().0, 1, 8192, &[1u8; 8192], true));
+    t.send_ok(&data_out(
+        5,
+        r2ts[0].bhs.ttt().0,
+        1,
+        8192,
+        &[1u8; 8192],
+        true,
+    ));
     assert!(t.out().is_empty());
     assert!(t.scsi().is_empty());
     assert_eq!(t.s.tasks_live(), 0);
@@ -403,7 +424,8 @@ fn unanswered_pings_end_the_connection() {
     let t0 = t.now;
     assert_eq!(t.s.poll_timeout(t.c), Some(t0 + Duration::from_secs(5)));
     // Login traffic counts as activity: the first interval sends nothing.
-    t.s.handle_timeout(t.c, t0 + Duration::from_secs(5)).unwrap();
+    t.s.handle_timeout(t.c, t0 + Duration::from_secs(5))
+        .unwrap();
     assert!(t.out().is_empty());
     t.s.handle_timeout(t.c, t0 + Duration::from_secs(10))
         .unwrap();
@@ -594,7 +616,10 @@ fn a_restarted_text_exchange_starts_over() {
     t.send_ok(&text(4, 2, RESERVED_TAG, b"SendTargets=\0"));
     let o = t.out();
     let body = String::from_utf8(o[0].data.clone()).unwrap();
-    assert!(body.starts_with("TargetName="), "not glued to the old piece: {body}");
+    assert!(
+        body.starts_with("TargetName="),
+        "not glued to the old piece: {body}"
+    );
 }
 
 #[test]

@@ -13,7 +13,9 @@ use iscsi::pdu::{self, Bhs, Opcode, Pdu, RESERVED_TAG};
 use iscsi::session::{ConnConfig, Reset, Session, SessionConfig, SessionHost};
 use iscsi::transfer::BurstLimits;
 use iscsi::{CmdSn, Digests, StatSn, TargetEntry};
-use scsi::{BlockDevice, LunConfig, LunId, LunSet, MemDevice, NexusId, Outcome, Request, TargetPort};
+use scsi::{
+    BlockDevice, LunConfig, LunId, LunSet, MemDevice, NexusId, Outcome, Request, TargetPort,
+};
 
 struct Counting;
 

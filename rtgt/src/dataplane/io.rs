@@ -96,7 +96,9 @@ impl TargetCtx {
     /// Finish a command without media I/O: a CHECK CONDITION the transport
     /// raises, or TASK SET FULL.
     fn refuse(&self, s: &Session, token: Token, st: u8, sense: &[u8], buf: Vec<u8>) {
-        let a = s.m.borrow_mut().handle_scsi_done(token, st, sense, 0, 0, buf);
+        let a =
+            s.m.borrow_mut()
+                .handle_scsi_done(token, st, sense, 0, 0, buf);
         s.record(a, &self.shared.stats.total, None);
     }
 
@@ -119,9 +121,14 @@ impl TargetCtx {
             // Nothing to wait for (null, memory): answer at once rather
             // than paying for a trip through a worker.
             let r = task.run(&*dev, &mut buf);
-            let a =
-                s.m.borrow_mut()
-                    .handle_scsi_done(c.token, r.status as u8, &r.sense, r.data_len, r.wanted, buf);
+            let a = s.m.borrow_mut().handle_scsi_done(
+                c.token,
+                r.status as u8,
+                &r.sense,
+                r.data_len,
+                r.wanted,
+                buf,
+            );
             s.record(a, &self.shared.stats.total, Some(&io));
             return;
         }

@@ -324,10 +324,11 @@ impl TargetCtx {
             nop_count: knobs.nop_count,
         };
         // A connection reusing a CID replaces the old one (RFC 7143 §6.3.4).
-        let (id, old) = session
-            .m
-            .borrow_mut()
-            .add_conn(cfg, &h.negotiated, std::time::Instant::now());
+        let (id, old) =
+            session
+                .m
+                .borrow_mut()
+                .add_conn(cfg, &h.negotiated, std::time::Instant::now());
         if let Some(old) = old.and_then(|o| session.handle(o)) {
             old.wake();
         }
@@ -336,9 +337,7 @@ impl TargetCtx {
         session.conns.borrow_mut().push(handle.clone());
         let ctx = self.clone();
         let digests = h.params.digests;
-        tokio::task::spawn_local(conn::run(
-            ctx, session, handle, stream, h.leftover, digests,
-        ));
+        tokio::task::spawn_local(conn::run(ctx, session, handle, stream, h.leftover, digests));
     }
 
     fn close_session(&self, tsih: u16) {

@@ -79,7 +79,12 @@ impl Session {
     }
 
     /// Count a finished command on its connection, its session and its LUN.
-    pub fn record(&self, acct: Option<Accounting>, target: &crate::stats::Counters, io: Option<&LunIo>) {
+    pub fn record(
+        &self,
+        acct: Option<Accounting>,
+        target: &crate::stats::Counters,
+        io: Option<&LunIo>,
+    ) {
         let Some(a) = acct else { return };
         if let Some(h) = self.handle(a.conn) {
             h.stats.0.record(a.read, a.written, !a.ok);
