@@ -67,6 +67,9 @@ pub struct SessionConfig {
     /// Most bytes of write commands collecting Data-Out on one connection;
     /// past it a new write gets TASK SET FULL unless it is the only one.
     pub write_budget: u64,
+    /// A discovery session (RFC 7143 §4.3): only Text, NOP-Out and Logout
+    /// belong in it; anything else is a protocol error.
+    pub discovery: bool,
 }
 
 /// Values negotiated for one connection.
@@ -479,6 +482,15 @@ impl Session {
             self.reject(ci, RejectReason::CommandNotSupported, &bhs);
             return Ok(());
         };
+        if self.cfg.discovery
+            && !matches!(
+                op,
+                Opcode::TextRequest | Opcode::NopOut | Opcode::LogoutRequest
+            )
+        {
+            self.reject(ci, RejectReason::ProtocolError, &bhs);
+            return Err(Close::Protocol("not allowed in a discovery session"));
+        }
         match op {
             // Data-Out goes from the receive buffer straight into its
             // command's buffer: one copy, no allocation.

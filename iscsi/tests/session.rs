@@ -99,6 +99,7 @@ fn start(exp: u32, depth: u32) -> T {
         time2retain: 20,
         max_transfer: 1 << 20,
         write_budget: 4 << 20,
+        discovery: false,
     });
     let now = Instant::now();
     let (c, old) = s.add_conn(conn_cfg(0), &negotiated(), now);
@@ -631,6 +632,7 @@ fn a_data_digest_error_is_rejected_and_the_pdu_dropped() {
         time2retain: 20,
         max_transfer: 1 << 20,
         write_budget: 4 << 20,
+        discovery: false,
     });
     let mut cfg = conn_cfg(0);
     cfg.digests = Digests {
@@ -681,4 +683,39 @@ fn a_login_pdu_in_full_feature_phase_ends_the_connection() {
     assert!(matches!(t.send(&Pdu::new(b)), Err(Close::Protocol(_))));
     let o = t.out();
     assert_eq!(o[0].op(), Opcode::Reject);
+}
+
+#[test]
+fn a_discovery_session_takes_text_nop_and_logout_only() {
+    let mut s = Session::new(SessionConfig {
+        exp_cmd_sn: CmdSn(1),
+        queue_depth: 1,
+        time2wait: 0,
+        time2retain: 0,
+        max_transfer: 0,
+        write_budget: 0,
+        discovery: true,
+    });
+    let mut p = negotiated();
+    p.session_type = SessionType::Discovery;
+    let (c, _) = s.add_conn(conn_cfg(0), &p, Instant::now());
+    let mut t = T {
+        s,
+        c,
+        host: Host::default(),
+        now: Instant::now(),
+    };
+    t.send_ok(&nop_out(1, 1));
+    assert_eq!(t.out()[0].op(), Opcode::NopIn);
+    t.send_ok(&text(2, 2, RESERVED_TAG, b"SendTargets=All\0"));
+    let body = String::from_utf8(t.out()[0].data.clone()).unwrap();
+    assert!(body.contains(&format!("TargetName={TARGET}")), "{body}");
+    assert!(matches!(
+        t.send(&read_cmd(3, 3, 512)),
+        Err(Close::Protocol(_))
+    ));
+    let o = t.out();
+    assert_eq!(o[0].op(), Opcode::Reject);
+    assert_eq!(o[0].bhs.0[2], 0x04, "protocol error");
+    assert!(t.scsi().is_empty());
 }

@@ -147,6 +147,7 @@ fn steady_state_allocates_nothing() {
         time2retain: 20,
         max_transfer: 1 << 20,
         write_budget: 4 << 20,
+        discovery: false,
     });
     let params = SessionParams {
         initiator_name: "iqn.2026-11.io.rtgt:alloc".into(),

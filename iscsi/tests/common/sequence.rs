@@ -114,6 +114,7 @@ pub fn run(data: &[u8]) -> Seen {
         time2retain: 20,
         max_transfer: 65536,
         write_budget: 16384,
+        discovery: false,
     });
     let mut host = Host;
     let mut now = Instant::now();

@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use iscsi::login::{LoginStatus, LOGIN_MAX_DATA};
 use iscsi::params::DigestPolicy;
-use iscsi::pdu::{self, Pdu, RejectReason, Ttt, RESERVED_TAG};
+use iscsi::pdu::{self, Pdu};
+use iscsi::session::{ConnConfig, Session, SessionConfig, SessionHost};
 use iscsi::transfer::BurstLimits;
 use iscsi::{
     AuthRequirement, ChapAccounts, ChapCredentials, CmdSn, Digests, Login, LoginConfig, LoginHost,
-    LoginRequestInfo, LoginStep, Opcode, SessionParams, SessionType, StatSn, TargetDefaults,
-    TargetEntry, TargetLoginInfo, TextExchange, TextHost, TextStep,
+    LoginRequestInfo, LoginStep, SessionParams, SessionType, StatSn, TargetDefaults, TargetEntry,
+    TargetLoginInfo,
 };
 use scsi::NexusId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,6 +33,8 @@ use crate::mgmt::TargetTable;
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Most connections one initiator address may hold, logins included.
 const MAX_CONNS_PER_ADDRESS: usize = 256;
+/// A discovery session silent this long is closed.
+const DISCOVERY_IDLE: Duration = Duration::from_secs(300);
 
 /// The daemon's side of one login.
 struct Host<'a> {
@@ -233,7 +236,10 @@ pub async fn serve(state: Rc<DaemonState>, stream: TcpStream, peer: SocketAddr, 
         Ok(Some((stream, rbuf, params, stat_sn, exp_cmd_sn, tid, qd))) => match params.session_type
         {
             SessionType::Discovery => {
-                discovery(&state, stream, rbuf, params, stat_sn, peer, local).await
+                discovery(
+                    &state, stream, rbuf, params, stat_sn, exp_cmd_sn, peer, local,
+                )
+                .await
             }
             SessionType::Normal => handoff(
                 &state, stream, rbuf, params, stat_sn, exp_cmd_sn, tid, qd, peer,
@@ -445,7 +451,13 @@ struct Listing<'a> {
     local: SocketAddr,
 }
 
-impl TextHost for Listing<'_> {
+impl SessionHost for Listing<'_> {
+    fn lun_exists(&mut self, _: u64) -> bool {
+        false
+    }
+
+    fn reset(&mut self, _: iscsi::session::Reset) {}
+
     fn targets(&mut self) -> Vec<TargetEntry> {
         let table = self.state.table.borrow();
         let portals: Vec<(SocketAddr, u16)> = table
@@ -473,13 +485,16 @@ impl TextHost for Listing<'_> {
 }
 
 /// A discovery session (RFC 7143 §4.3): Text (SendTargets), NOP-Out and
-/// Logout only; served on the main thread since it moves no data.
+/// Logout only, served on the main thread since it moves no data, by the
+/// same protocol machine as normal sessions.
+#[allow(clippy::too_many_arguments)]
 async fn discovery(
     state: &DaemonState,
     mut stream: TcpStream,
     mut rbuf: Vec<u8>,
     params: SessionParams,
-    mut stat_sn: StatSn,
+    stat_sn: StatSn,
+    exp_cmd_sn: CmdSn,
     peer: SocketAddr,
     local: SocketAddr,
 ) {
@@ -487,69 +502,61 @@ async fn discovery(
         header: params.header_digest,
         data: params.data_digest,
     };
-    let max = params.max_recv_data_segment_length as usize;
-    let mut text = TextExchange::new(&params);
+    let mut m = Session::new(SessionConfig {
+        exp_cmd_sn,
+        queue_depth: 1,
+        time2wait: 0,
+        time2retain: 0,
+        max_transfer: 0,
+        write_budget: 0,
+        discovery: true,
+    });
+    let cp = conn_params(&params);
+    let (c, _) = m.add_conn(
+        ConnConfig {
+            cid: params.cid,
+            digests: dg,
+            max_recv: cp.max_recv,
+            max_xmit: cp.max_xmit,
+            limits: cp.limits,
+            stat_sn,
+            nop_interval: Duration::ZERO,
+            nop_count: 0,
+        },
+        &params,
+        std::time::Instant::now(),
+    );
     let mut host = Listing {
         state,
         peer: peer.ip(),
         initiator: params.initiator_name.clone(),
         local,
     };
-    let mut exp_cmd_sn: Option<CmdSn> = None;
+    let mut out = Vec::new();
     loop {
-        let p = match pdu::decode(&rbuf, dg, max) {
-            Ok(Some((p, n))) => {
+        let r = m.receive(c, &rbuf, &mut host);
+        out.clear();
+        while let Some(t) = m.poll_transmit(c) {
+            pdu::encode_header(&t.bhs, &[], dg, &mut out);
+            pdu::encode_data(m.payload(&t), dg, &mut out);
+            m.release(t);
+        }
+        if !out.is_empty() && stream.write_all(&out).await.is_err() {
+            return;
+        }
+        match r {
+            Ok(n) => {
                 rbuf.drain(..n);
-                p
-            }
-            Ok(None) => {
-                let r = tokio::time::timeout(Duration::from_secs(300), stream.read_buf(&mut rbuf))
-                    .await;
-                match r {
-                    Ok(Ok(n)) if n > 0 => continue,
-                    _ => return,
-                }
             }
             Err(_) => return,
-        };
-        let sn = p.bhs.cmd_sn();
-        if !p.bhs.immediate() {
-            exp_cmd_sn = Some(sn.next());
         }
-        let exp = exp_cmd_sn.unwrap_or(sn);
-        let mut out = Vec::new();
-        let mut close = false;
-        match p.bhs.opcode() {
-            Some(Opcode::TextRequest) => match text.handle_request(&p, &mut host) {
-                TextStep::Respond(r) | TextStep::Reject(r) => out.push(r),
-            },
-            Some(Opcode::NopOut) if p.bhs.itt().0 != RESERVED_TAG => {
-                out.push(pdu::nop_in(
-                    p.bhs.itt(),
-                    Ttt(RESERVED_TAG),
-                    0,
-                    p.data.clone(),
-                ));
-            }
-            Some(Opcode::NopOut) => {}
-            Some(Opcode::LogoutRequest) => {
-                out.push(pdu::logout_response(p.bhs.itt(), 0, 0, 0));
-                close = true;
-            }
-            _ => {
-                // Only text, NOP and logout belong in a discovery session.
-                out.push(pdu::reject(RejectReason::ProtocolError, &p.bhs));
-                close = true;
-            }
-        }
-        for r in out.iter_mut() {
-            r.bhs.set_stat_sn(stat_sn);
-            r.bhs.set_exp_cmd_sn(exp);
-            r.bhs.set_max_cmd_sn(exp);
-            stat_sn = stat_sn.next();
-        }
-        if !write_pdus(&mut stream, &out, dg).await || close {
+        if m.is_closing(c) {
             return;
+        }
+        let r = tokio::time::timeout(DISCOVERY_IDLE, stream.read_buf(&mut rbuf)).await;
+        match r {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
         }
     }
 }

@@ -48,6 +48,7 @@ impl Session {
             time2retain: setup.time2retain,
             max_transfer: scsi::MAX_TRANSFER_BYTES.min(u32::MAX as u64) as u32,
             write_budget: WRITE_BUDGET,
+            discovery: false,
         });
         Rc::new(Session {
             setup,
