@@ -504,6 +504,16 @@ impl Session {
                 Ok(())
             }
             Opcode::ScsiCommand
+                if bhs.immediate() && self.window.in_flight() >= self.cfg.queue_depth =>
+            {
+                // Immediate delivery skips CmdSN order, not the queue's
+                // depth: past it the target may refuse them (RFC 7143
+                // §3.2.2.1, Reject reason 0x06). Task management, pings,
+                // Text and Logout answer at once and are always taken.
+                self.reject(ci, RejectReason::ImmediateCommandReject, &bhs);
+                Ok(())
+            }
+            Opcode::ScsiCommand
             | Opcode::TaskMgmtRequest
             | Opcode::TextRequest
             | Opcode::LogoutRequest

@@ -719,3 +719,27 @@ fn a_discovery_session_takes_text_nop_and_logout_only() {
     assert_eq!(o[0].bhs.0[2], 0x04, "protocol error");
     assert!(t.scsi().is_empty());
 }
+
+#[test]
+fn immediate_commands_cannot_overrun_the_queue() {
+    // Immediate delivery bypasses CmdSN order, not the queue's depth: an
+    // initiator marking every SCSI command immediate would otherwise pin
+    // unbounded tasks and buffers. RFC 7143 §11.17.1: Reject reason 0x06.
+    let mut t = start(1, 4);
+    for i in 0..100 {
+        let mut p = read_cmd(i + 1, 1, 512);
+        p.bhs.0[0] |= 0x40;
+        t.send_ok(&p);
+    }
+    let running = t.scsi();
+    assert_eq!(running.len(), 4);
+    let o = t.out();
+    assert_eq!(o.len(), 96);
+    assert!(o
+        .iter()
+        .all(|p| p.op() == Opcode::Reject && p.bhs.0[2] == 0x06));
+    assert_eq!(t.s.in_flight(), 4);
+    // Immediate task management still gets through a full queue.
+    t.send_ok(&tmf(200, 1, 1, 0, 1, 0));
+    assert_eq!(t.out()[0].bhs.0[2], 0);
+}

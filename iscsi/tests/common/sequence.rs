@@ -199,7 +199,15 @@ pub fn run(data: &[u8]) -> Seen {
             "held {} > width {depth}",
             s.held()
         );
-        assert!(outstanding.len() <= 64 + depth as usize);
+        // Delivered and unanswered stays bounded: the queue depth of
+        // CmdSN-ordered commands the window granted, plus immediate ones
+        // taken while fewer than the depth were in flight (commands
+        // aborted while at SCSI have given their slot back).
+        assert!(
+            s.in_flight() <= 2 * depth,
+            "in flight {} > twice the depth {depth}",
+            s.in_flight()
+        );
     }
     // Every connection goes, every command comes back: nothing may stay.
     for l in conns.drain(..) {
