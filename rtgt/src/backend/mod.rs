@@ -9,8 +9,10 @@
 //! through the loop's io_uring; `-E rdwr` (the default) runs everything on
 //! the bounded worker pool, unless rtgtd runs with `--rdwr-engine uring`.
 
+pub mod engine;
 mod file;
 mod null;
+pub mod uring;
 
 pub use file::FileDevice;
 pub use null::NullDevice;

@@ -1,17 +1,20 @@
 //! SCSI execution on a target's loop: commands the session releases go
-//! through the LUNs' emulation, and media work to the loop's io_uring or
-//! the worker pool; results go back to the session.
+//! through the LUNs' emulation, media work to an engine (inline, the
+//! loop's io_uring, or the pool) with a tag, and finished tags come back
+//! through the loop's completion queue to their sessions. No task,
+//! channel or allocation per I/O: a tag is a slot in [`InFlightTable`].
 
 use std::cell::Cell;
 use std::rc::Rc;
-use std::sync::atomic::Ordering;
 
 use iscsi::session::{status, transport_sense, ConnId, Token};
-use scsi::{IoTask, LunId, Outcome, Request, SimpleIo};
+use scsi::{IoTask, LunId, Outcome, Request, Response, SimpleIo};
+use tokio::io::unix::AsyncFd;
 
 use super::conn::IO_BUDGET;
 use super::session::Session;
-use super::{LunGate, LunIo, TargetCtx};
+use super::{LunIo, TargetCtx};
+use crate::backend::engine::{Done, Finished, Job, Tag};
 
 /// Bytes charged to a connection's read budget until dropped (the command
 /// answered, aborted, or its connection gone).
@@ -36,22 +39,90 @@ impl Drop for Charge {
     }
 }
 
-/// One io_uring operation on a LUN ended (or was not started).
-fn ring_done(gate: &LunGate) {
-    if gate.ring_inflight.fetch_sub(1, Ordering::SeqCst) == 1 {
-        gate.ring_idle.notify_waiters();
+/// A media task in flight: whose it is, and what its completion needs.
+struct InFlight {
+    session: Rc<Session>,
+    token: Token,
+    /// Keeps the store open (and its fd valid) until the engine is done.
+    io: LunIo,
+    _charge: Option<Charge>,
+    /// Kept for [`IoTask::complete`] when an engine runs the transfer
+    /// natively; `None` when the pool runs the whole task.
+    task: Option<IoTask>,
+}
+
+/// Media tasks in flight on one loop, by tag (slots reused).
+#[derive(Default)]
+pub struct InFlightTable {
+    slots: Vec<Option<InFlight>>,
+    free: Vec<Tag>,
+}
+
+impl InFlightTable {
+    fn insert(&mut self, f: InFlight) -> Tag {
+        match self.free.pop() {
+            Some(t) => {
+                self.slots[t as usize] = Some(f);
+                t
+            }
+            None => {
+                self.slots.push(Some(f));
+                (self.slots.len() - 1) as Tag
+            }
+        }
+    }
+
+    fn remove(&mut self, t: Tag) -> Option<InFlight> {
+        let f = self.slots.get_mut(t as usize)?.take()?;
+        self.free.push(t);
+        Some(f)
     }
 }
 
-/// A command handed to media I/O.
+/// The parts of a command its media task needs after `poll_scsi`.
 struct Started {
     token: Token,
     conn: ConnId,
     read: bool,
 }
 
+/// Take finished media tasks to their sessions whenever the loop's
+/// eventfd fires; runs for the loop's life.
+pub async fn reap(ctx: Rc<TargetCtx>) {
+    let watched = ctx.cq.dup_fd().and_then(|fd| {
+        // SAFETY: the descriptor is our own duplicate of the eventfd; it
+        // moves into the AsyncFd and stays open, the same descriptor, for
+        // the AsyncFd's whole life.
+        unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+            .map_err(std::io::Error::from)
+    });
+    let afd = match watched {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the completion eventfd");
+            return;
+        }
+    };
+    let mut done: Vec<Done> = Vec::new();
+    loop {
+        let Ok(mut g) = afd.readable().await else {
+            return;
+        };
+        g.clear_ready();
+        ctx.cq.clear();
+        if let Some(u) = &ctx.uring {
+            u.drain(&mut done);
+        }
+        ctx.cq.take(&mut done);
+        for d in done.drain(..) {
+            ctx.finish_io(d);
+        }
+    }
+}
+
 impl TargetCtx {
-    /// Execute every command the session has ready, in order.
+    /// Execute every command the session has ready, in order; then hand
+    /// the ring's batch of submissions to the kernel at once.
     pub fn run_scsi(self: &Rc<Self>, s: &Rc<Session>) {
         loop {
             let mut m = s.m.borrow_mut();
@@ -91,6 +162,22 @@ impl TargetCtx {
                 }
             }
         }
+        if let Some(u) = &self.uring {
+            u.flush();
+        }
+    }
+
+    /// Finish a command with this answer.
+    fn answer(&self, s: &Session, token: Token, r: &Response, buf: Vec<u8>, io: Option<&LunIo>) {
+        let a = s.m.borrow_mut().handle_scsi_done(
+            token,
+            r.status as u8,
+            &r.sense,
+            r.data_len,
+            r.wanted,
+            buf,
+        );
+        s.record(a, &self.shared.stats.total, io);
     }
 
     /// Finish a command without media I/O: a CHECK CONDITION the transport
@@ -116,20 +203,11 @@ impl TargetCtx {
             self.refuse(s, c.token, status::CHECK_CONDITION, &sense, buf);
             return;
         };
-        let (dev, gate) = (io.0.clone(), io.2.clone());
-        if dev.is_nonblocking() {
-            // Nothing to wait for (null, memory): answer at once rather
-            // than paying for a trip through a worker.
-            let r = task.run(&*dev, &mut buf);
-            let a = s.m.borrow_mut().handle_scsi_done(
-                c.token,
-                r.status as u8,
-                &r.sense,
-                r.data_len,
-                r.wanted,
-                buf,
-            );
-            s.record(a, &self.shared.stats.total, Some(&io));
+        if io.dev.is_nonblocking() {
+            // Inline: nothing to wait for (null, memory), so answer at
+            // once rather than paying for a trip through an engine.
+            let r = task.run(&*io.dev, &mut buf);
+            self.answer(s, c.token, &r, buf, Some(&io));
             return;
         }
         // Reads in flight pin their buffers until answered: bound them
@@ -141,103 +219,75 @@ impl TargetCtx {
             self.refuse(s, c.token, status::TASK_SET_FULL, &[], buf);
             return;
         }
-        let charge = budget.map(|b| Charge::new(&b, need));
-        let s = s.clone();
-        let me = self.clone();
-        let ring = self.uring.clone();
         // Plain reads, writes and flushes go through the loop's io_uring
-        // unless a read-modify-write command holds this LU (the gate is per
-        // LUN: other LUNs are not disturbed). Count ourselves in before
-        // looking at `exclusive`, and an exclusive task counts itself in
-        // before waiting for the rings to drain: whichever comes second
-        // sees the other (SeqCst), so the two never overlap.
-        let simple = match (ring.zip(dev.raw_fd()), task.simple(&buf)) {
-            (Some(rf), Some(simple)) => {
-                gate.ring_inflight.fetch_add(1, Ordering::SeqCst);
-                if gate.exclusive.load(Ordering::SeqCst) == 0 {
-                    Some((rf, simple))
-                } else {
-                    ring_done(&gate);
-                    None
-                }
-            }
+        // unless a read-modify-write task holds this LUN (the gate is per
+        // LUN: other LUNs are not disturbed).
+        let native = match (&self.uring, io.dev.raw_fd(), task.simple(&buf)) {
+            (Some(_), Some(fd), Some(op)) if !empty(op) && io.gate.enter_native() => Some((fd, op)),
             _ => None,
         };
-        if let Some(((ring, fd), simple)) = simple {
-            tokio::task::spawn_local(async move {
-                let _charge = charge;
-                let (ok, mut buf) = match simple {
-                    SimpleIo::Read { offset, len } => ring.read(fd, offset, buf, len).await,
-                    SimpleIo::Write { offset, len, flush } => {
-                        ring.write(fd, offset, buf, len, flush).await
-                    }
-                    SimpleIo::Flush => ring.fsync(fd, buf).await,
-                };
-                // The store stays open until the kernel is done.
-                drop(dev);
-                ring_done(&gate);
-                let r = task.complete(ok, &mut buf);
-                let a = s.m.borrow_mut().handle_scsi_done(
-                    c.token,
-                    r.status as u8,
-                    &r.sense,
-                    r.data_len,
-                    r.wanted,
+        let charge = budget.map(|b| Charge::new(&b, need));
+        let gate = io.gate.clone();
+        let dev = io.dev.clone();
+        let mut f = InFlight {
+            session: s.clone(),
+            token: c.token,
+            io,
+            _charge: charge,
+            task: None,
+        };
+        match native {
+            Some((fd, op)) => {
+                f.task = Some(task);
+                let tag = self.inflight.borrow_mut().insert(f);
+                if let Some(u) = &self.uring {
+                    u.submit(tag, fd, op, buf);
+                }
+            }
+            None => {
+                let tag = self.inflight.borrow_mut().insert(f);
+                self.pool.submit(Job {
+                    tag,
+                    task,
+                    dev,
+                    gate,
                     buf,
-                );
-                s.record(a, &me.shared.stats.total, Some(&io));
-                s.wake(None);
-            });
+                });
+            }
+        }
+    }
+
+    /// An engine finished a media task: answer its command (unless it was
+    /// aborted meanwhile, which the session knows).
+    fn finish_io(&self, d: Done) {
+        let Some(f) = self.inflight.borrow_mut().remove(d.tag) else {
             return;
-        }
-        let exclusive = task.is_exclusive();
-        if exclusive {
-            gate.exclusive.fetch_add(1, Ordering::SeqCst);
-        }
-        tokio::task::spawn_local(async move {
-            let _charge = charge;
-            if exclusive {
-                // Let every loop's ring I/O on this LUN finish so this
-                // command sees and overlaps none of it (SBC-3 §5.2).
-                loop {
-                    let idle = gate.ring_idle.notified();
-                    if gate.ring_inflight.load(Ordering::SeqCst) == 0 {
-                        break;
-                    }
-                    idle.await;
-                }
+        };
+        let mut buf = d.buf;
+        let r = match (d.result, f.task) {
+            (Finished::Native(ok), Some(task)) => {
+                f.io.gate.leave_native();
+                task.complete(ok, &mut buf)
             }
-            let joined = tokio::task::spawn_blocking(move || {
-                let r = task.run(&*dev, &mut buf);
-                (r, buf)
-            })
-            .await;
-            if exclusive {
-                gate.exclusive.fetch_sub(1, Ordering::SeqCst);
-            }
-            let a = match joined {
-                Ok((r, buf)) => s.m.borrow_mut().handle_scsi_done(
-                    c.token,
-                    r.status as u8,
-                    &r.sense,
-                    r.data_len,
-                    r.wanted,
-                    buf,
-                ),
-                Err(_) => {
-                    let sense = transport_sense(0x04, 0x44, 0x00);
-                    s.m.borrow_mut().handle_scsi_done(
-                        c.token,
-                        status::CHECK_CONDITION,
-                        &sense,
-                        0,
-                        0,
-                        Vec::new(),
-                    )
-                }
-            };
-            s.record(a, &me.shared.stats.total, Some(&io));
-            s.wake(None);
-        });
+            // The pool caught a panic in the store.
+            (Finished::Native(_), None) => Response {
+                status: scsi::Status::CheckCondition,
+                sense: transport_sense(0x04, 0x44, 0x00).to_vec(),
+                data_len: 0,
+                wanted: 0,
+            },
+            (Finished::Ran(r), _) => r,
+        };
+        self.answer(&f.session, f.token, &r, buf, Some(&f.io));
+        f.session.wake(None);
+    }
+}
+
+/// A transfer of nothing never goes to the kernel (a zero-length read
+/// would read as end of file).
+fn empty(op: SimpleIo) -> bool {
+    match op {
+        SimpleIo::Read { len, .. } | SimpleIo::Write { len, .. } => len == 0,
+        SimpleIo::Flush => false,
     }
 }

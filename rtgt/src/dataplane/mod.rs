@@ -12,7 +12,6 @@ pub mod affinity;
 pub mod conn;
 mod io;
 pub mod session;
-pub mod uring;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -26,6 +25,9 @@ use iscsi::StatSn;
 use scsi::{BlockDevice, LunConfig, LunId, LunSet, TargetPort};
 use tokio::sync::mpsc;
 
+pub use crate::backend::engine::LunGate;
+use crate::backend::engine::{CompletionQueue, Pool};
+use crate::backend::uring::Uring;
 use crate::registry::Registry;
 use crate::stats::{Counters, TargetStats};
 use conn::{ConnHandle, ConnParams};
@@ -84,22 +86,11 @@ pub enum TargetMsg {
 }
 
 /// A LUN's store, its I/O counters and its media gate.
-pub type LunIo = (Arc<dyn BlockDevice>, Arc<Counters>, Arc<LunGate>);
-
-/// Orders one LUN's media access between the loops' io_uring and the
-/// read-modify-write commands (COMPARE AND WRITE, ORWRITE), per LUN: an
-/// ATS heartbeat on one LUN never drains another LUN's I/O (SBC-4 §5.3
-/// asks for atomicity on the LU the command addresses, nothing wider).
-#[derive(Default)]
-pub struct LunGate {
-    /// Read-modify-write tasks running or waiting on this LUN: while any
-    /// does, plain I/O on every loop takes the worker path, under the
-    /// LU's lock.
-    pub exclusive: AtomicUsize,
-    /// io_uring operations in flight on this LUN, on all loops.
-    pub ring_inflight: AtomicUsize,
-    /// Signalled when `ring_inflight` drops to zero.
-    pub ring_idle: tokio::sync::Notify,
+#[derive(Clone)]
+pub struct LunIo {
+    pub dev: Arc<dyn BlockDevice>,
+    pub counters: Arc<Counters>,
+    pub gate: Arc<LunGate>,
 }
 
 /// What the loops of one target share.
@@ -169,7 +160,14 @@ impl TargetShared {
         self.devices
             .write()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (dev, counters, Arc::default()));
+            .insert(
+                id,
+                LunIo {
+                    dev,
+                    counters,
+                    gate: Arc::default(),
+                },
+            );
         self.luns().insert(id, cfg);
     }
 
@@ -190,8 +188,15 @@ impl TargetShared {
             let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
             // The gate stays: I/O already in flight on the old store is
             // still counted in it.
-            let gate = devices.get(&id).map(|l| l.2.clone()).unwrap_or_default();
-            devices.insert(id, (d, counters, gate));
+            let gate = devices.get(&id).map(|l| l.gate.clone()).unwrap_or_default();
+            devices.insert(
+                id,
+                LunIo {
+                    dev: d,
+                    counters,
+                    gate,
+                },
+            );
         }
         self.luns().update(id, |c| *c = cfg);
     }
@@ -236,8 +241,16 @@ pub struct TargetCtx {
     /// This loop's place among the target's loops.
     pub index: usize,
     pub sessions: RefCell<HashMap<u16, Rc<Session>>>,
-    /// The loop's io_uring, when the kernel offers one (else workers).
-    pub uring: Option<Rc<uring::Uring>>,
+    /// The loop's io_uring, when the kernel offers one (else the pool).
+    /// Declared before `inflight`: dropping it waits for the kernel while
+    /// the stores in flight are still open.
+    pub uring: Option<Uring>,
+    /// Worker threads for blocking stores and whole SCSI media tasks.
+    pub pool: Arc<Pool>,
+    /// Where every engine reports finished tasks.
+    pub cq: Arc<CompletionQueue>,
+    /// Media tasks in flight, by tag.
+    pub inflight: RefCell<io::InFlightTable>,
     /// Adaptive polling window (see [`LoopConfig::poll_us`]).
     pub poll: std::time::Duration,
 }
@@ -349,14 +362,12 @@ impl TargetCtx {
 }
 
 /// The loop's io_uring unless unavailable or `RTGT_IO_ENGINE=threads`
-/// (for comparisons), in which case data I/O goes to workers.
-fn ring_for_loop() -> Option<Rc<uring::Uring>> {
+/// (for comparisons), in which case data I/O goes to the pool.
+fn ring_for_loop(cq: &CompletionQueue) -> Option<Uring> {
     if std::env::var("RTGT_IO_ENGINE").is_ok_and(|v| v == "threads") {
         return None;
     }
-    // The ring's eventfd is registered with this thread's runtime, so it
-    // must be created inside it.
-    match uring::Uring::new() {
+    match Uring::new(cq) {
         Ok(u) => Some(u),
         Err(e) => {
             tracing::info!(error = %e, "io_uring unavailable; disk I/O uses worker threads");
@@ -452,7 +463,7 @@ impl TargetHandle {
                 cfg.cpus[n % cfg.cpus.len()]
             });
             let t = std::thread::Builder::new()
-                .name(thread_name)
+                .name(thread_name.clone())
                 .spawn(move || {
                     if let Some(cpu) = pin {
                         affinity::pin_current_thread(cpu);
@@ -469,18 +480,27 @@ impl TargetHandle {
                         }
                     };
                     let _in_rt = rt.enter();
+                    let cq = match CompletionQueue::new() {
+                        Ok(cq) => cq,
+                        Err(e) => {
+                            tracing::error!(tid, error = %e, "cannot start target loop");
+                            return;
+                        }
+                    };
+                    let pool = Pool::new(io_threads, thread_name.clone(), cq.clone());
                     let ctx = Rc::new(TargetCtx {
                         shared: sh,
                         index: i,
                         sessions: RefCell::new(HashMap::new()),
-                        uring: ring_for_loop(),
+                        uring: ring_for_loop(&cq),
+                        pool,
+                        cq,
+                        inflight: RefCell::new(io::InFlightTable::default()),
                         poll: std::time::Duration::from_micros(poll_us as u64),
                     });
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, async move {
-                        if let Some(u) = &ctx.uring {
-                            tokio::task::spawn_local(u.clone().reap());
-                        }
+                        tokio::task::spawn_local(io::reap(ctx.clone()));
                         run_loop(ctx, rx).await
                     });
                 });
@@ -579,4 +599,5 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
     // Let connection tasks see their close and flush.
     tokio::task::yield_now().await;
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    ctx.pool.stop();
 }

@@ -92,8 +92,8 @@ impl Session {
             h.stats.1.record(a.read, a.written, !a.ok);
         }
         target.record(a.read, a.written, !a.ok);
-        if let Some((_, c, _)) = io {
-            c.record(a.read, a.written, !a.ok);
+        if let Some(io) = io {
+            io.counters.record(a.read, a.written, !a.ok);
         }
     }
 }

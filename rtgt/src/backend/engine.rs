@@ -1,0 +1,368 @@
+//! The completion-based seam between a target loop and its backing
+//! stores (firecracker's Submitted/Executed engines, cloud-hypervisor's
+//! AsyncIo): the loop submits a media task with a tag, and learns it is
+//! finished by a [`Done`] in its [`CompletionQueue`], whose eventfd it
+//! polls. One queue per loop takes completions from every engine:
+//!
+//! - io_uring ([`super::uring::Uring`]): plain reads, writes and flushes
+//!   go to the kernel from the loop itself; the ring signals the same
+//!   eventfd;
+//! - the pool ([`Pool`]): bounded worker threads for stores with no
+//!   asynchronous interface and for what a native engine does not offer
+//!   (verify, write same, unmap, compare and write);
+//! - inline: stores that never block (memory, `null`) answer at once
+//!   without a trip through either.
+//!
+//! An asynchronous store with its own threads (librbd) completes the same
+//! way: it pushes a [`Done`] from its callback, which wakes the loop.
+//! Nothing here allocates per command: completions go to a vector the
+//! loop swaps with its own, and jobs to a reused queue.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use scsi::{BlockDevice, IoTask, Response};
+
+/// The loop's name for one media task in flight.
+pub type Tag = u32;
+
+/// How a media task ended.
+#[derive(Debug)]
+pub enum Finished {
+    /// A native transfer (io_uring, an asynchronous store): whether it
+    /// fully succeeded; the loop turns it into the SCSI answer with
+    /// [`IoTask::complete`].
+    Native(bool),
+    /// The task ran whole on a worker ([`IoTask::run`]).
+    Ran(Response),
+}
+
+/// A finished media task and its buffer.
+#[derive(Debug)]
+pub struct Done {
+    pub tag: Tag,
+    pub result: Finished,
+    pub buf: Vec<u8>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Completions for one loop, from any thread, with the eventfd that
+/// signals them.
+pub struct CompletionQueue {
+    done: Mutex<Vec<Done>>,
+    efd: OwnedFd,
+}
+
+impl CompletionQueue {
+    pub fn new() -> io::Result<Arc<CompletionQueue>> {
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Arc::new(CompletionQueue {
+            done: Mutex::new(Vec::new()),
+            // SAFETY: `fd` is a fresh descriptor nobody else owns.
+            efd: unsafe { OwnedFd::from_raw_fd(fd) },
+        }))
+    }
+
+    /// The eventfd: readable when completions are waiting.
+    pub fn fd(&self) -> RawFd {
+        self.efd.as_raw_fd()
+    }
+
+    /// A second descriptor for the same eventfd, for a poller that must
+    /// own what it watches.
+    pub fn dup_fd(&self) -> io::Result<OwnedFd> {
+        self.efd.try_clone()
+    }
+
+    /// Hand a completion to the loop and wake it.
+    pub fn push(&self, d: Done) {
+        lock(&self.done).push(d);
+        self.signal();
+    }
+
+    /// Wake the loop.
+    pub fn signal(&self) {
+        let one = 1u64.to_ne_bytes();
+        // SAFETY: writing 8 bytes from a local array to our eventfd. A
+        // full counter (EAGAIN) still leaves it readable: nothing is lost.
+        unsafe { libc::write(self.efd.as_raw_fd(), one.as_ptr().cast(), 8) };
+    }
+
+    /// Reset the eventfd before draining (so a completion pushed while
+    /// the loop drains wakes it again).
+    pub fn clear(&self) {
+        let mut cnt = [0u8; 8];
+        // SAFETY: reading 8 bytes into a local array from our eventfd.
+        unsafe { libc::read(self.efd.as_raw_fd(), cnt.as_mut_ptr().cast(), 8) };
+    }
+
+    /// Move every waiting completion to `out` (swapping vectors, so
+    /// neither side allocates in steady state).
+    pub fn take(&self, out: &mut Vec<Done>) {
+        let mut d = lock(&self.done);
+        if out.is_empty() {
+            std::mem::swap(&mut *d, out);
+        } else {
+            out.append(&mut d);
+        }
+    }
+}
+
+/// Orders one LUN's media access between native engines and the
+/// read-modify-write tasks (COMPARE AND WRITE, ORWRITE), per LUN: an ATS
+/// heartbeat on one LUN never drains another LUN's I/O (SBC-4 §5.3 asks
+/// for atomicity on the LU the command addresses, nothing wider).
+#[derive(Default)]
+pub struct LunGate {
+    /// Read-modify-write tasks running or waiting on this LUN: while any
+    /// does, plain I/O on every loop takes the pool, under the LU's lock.
+    pub exclusive: AtomicUsize,
+    /// Native operations in flight on this LUN, on all loops.
+    pub native_inflight: AtomicUsize,
+    idle: Mutex<()>,
+    idle_cv: Condvar,
+}
+
+impl LunGate {
+    /// Count a native operation in, unless a read-modify-write task holds
+    /// the LUN. Counting in before looking at `exclusive`, while an
+    /// exclusive task counts itself in before waiting for natives to
+    /// drain, means whichever comes second sees the other (SeqCst).
+    pub fn enter_native(&self) -> bool {
+        self.native_inflight.fetch_add(1, Ordering::SeqCst);
+        if self.exclusive.load(Ordering::SeqCst) == 0 {
+            return true;
+        }
+        self.leave_native();
+        false
+    }
+
+    /// A native operation ended.
+    pub fn leave_native(&self) {
+        if self.native_inflight.fetch_sub(1, Ordering::SeqCst) == 1
+            && self.exclusive.load(Ordering::SeqCst) > 0
+        {
+            let _g = lock(&self.idle);
+            self.idle_cv.notify_all();
+        }
+    }
+
+    /// On a worker: wait until no native operation is in flight on the
+    /// LUN (the caller counted itself in `exclusive` first).
+    fn wait_natives_idle(&self) {
+        let mut g = lock(&self.idle);
+        while self.native_inflight.load(Ordering::SeqCst) > 0 {
+            // The timeout covers a wake-up between the load and the wait.
+            g = self
+                .idle_cv
+                .wait_timeout(g, Duration::from_millis(1))
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+}
+
+/// A task for the pool.
+pub struct Job {
+    pub tag: Tag,
+    pub task: IoTask,
+    pub dev: Arc<dyn BlockDevice>,
+    pub gate: Arc<LunGate>,
+    pub buf: Vec<u8>,
+}
+
+struct PoolState {
+    jobs: VecDeque<Job>,
+    idle: usize,
+    threads: usize,
+    stop: bool,
+}
+
+/// A bounded pool of worker threads for one loop, started on demand up to
+/// `max` (tgtd's `-t`), each running whole tasks against blocking stores.
+pub struct Pool {
+    state: Mutex<PoolState>,
+    cv: Condvar,
+    max: usize,
+    name: String,
+    cq: Arc<CompletionQueue>,
+}
+
+impl Pool {
+    pub fn new(max: usize, name: String, cq: Arc<CompletionQueue>) -> Arc<Pool> {
+        Arc::new(Pool {
+            state: Mutex::new(PoolState {
+                jobs: VecDeque::new(),
+                idle: 0,
+                threads: 0,
+                stop: false,
+            }),
+            cv: Condvar::new(),
+            max: max.max(1),
+            name,
+            cq,
+        })
+    }
+
+    /// Queue a task; its [`Done`] arrives in the loop's queue. A
+    /// read-modify-write task holds its LUN's gate from now until done.
+    pub fn submit(self: &Arc<Self>, job: Job) {
+        if job.task.is_exclusive() {
+            job.gate.exclusive.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut st = lock(&self.state);
+        st.jobs.push_back(job);
+        if st.idle == 0 && st.threads < self.max {
+            st.threads += 1;
+            let me = self.clone();
+            let n = st.threads;
+            drop(st);
+            let spawned = std::thread::Builder::new()
+                .name(format!("{}.io{n}", self.name))
+                .spawn(move || me.work());
+            if spawned.is_err() {
+                lock(&self.state).threads -= 1;
+            }
+            return;
+        }
+        drop(st);
+        self.cv.notify_one();
+    }
+
+    fn work(&self) {
+        loop {
+            let job = {
+                let mut st = lock(&self.state);
+                loop {
+                    if let Some(j) = st.jobs.pop_front() {
+                        break j;
+                    }
+                    if st.stop {
+                        st.threads -= 1;
+                        return;
+                    }
+                    st.idle += 1;
+                    st = self.cv.wait(st).unwrap_or_else(|p| p.into_inner());
+                    st.idle -= 1;
+                }
+            };
+            let Job {
+                tag,
+                task,
+                dev,
+                gate,
+                mut buf,
+            } = job;
+            let exclusive = task.is_exclusive();
+            if exclusive {
+                // Let every loop's native I/O on this LUN finish so this
+                // task sees and overlaps none of it (SBC-4 §5.3).
+                gate.wait_natives_idle();
+            }
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                task.run(&*dev, &mut buf)
+            }));
+            if exclusive {
+                gate.exclusive.fetch_sub(1, Ordering::SeqCst);
+            }
+            let result = match r {
+                Ok(r) => Finished::Ran(r),
+                // A store that panicked: the command fails, the pool lives.
+                Err(_) => Finished::Native(false),
+            };
+            self.cq.push(Done { tag, result, buf });
+        }
+    }
+
+    /// Let the workers end once the queue is empty.
+    pub fn stop(&self) {
+        lock(&self.state).stop = true;
+        self.cv.notify_all();
+    }
+}
+
+impl Drop for Pool {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scsi::MemDevice;
+
+    #[test]
+    fn completions_arrive_with_their_tags() {
+        let cq = CompletionQueue::new().unwrap();
+        let pool = Pool::new(2, "t".into(), cq.clone());
+        let dev: Arc<dyn BlockDevice> = Arc::new(MemDevice::new(1 << 20));
+        let gate = Arc::new(LunGate::default());
+        let mut luns = scsi::LunSet::new(
+            1,
+            scsi::TargetPort {
+                target_name: "iqn.x:t".into(),
+                tpgt: 1,
+                relative_port: 1,
+            },
+        );
+        let mut cfg = scsi::LunConfig::tgt_defaults(1, scsi::LunId(0));
+        cfg.size_bytes = 1 << 20;
+        luns.insert(scsi::LunId(0), cfg);
+        luns.add_nexus(scsi::NexusId(1));
+        let mut n = 0;
+        for tag in 0..20u32 {
+            // READ(10) of one block at `tag`; the first gets the power-on
+            // unit attention without reaching the pool.
+            let cdb = [0x28, 0, 0, 0, 0, tag as u8, 0, 0, 1, 0];
+            let req = scsi::Request {
+                cdb: &cdb,
+                nexus: scsi::NexusId(1),
+                lun: scsi::LunId(0),
+                expected_len: 512,
+            };
+            let mut buf = Vec::new();
+            if let scsi::Outcome::Io(task) = luns.execute(&req, &mut buf) {
+                pool.submit(Job {
+                    tag,
+                    task,
+                    dev: dev.clone(),
+                    gate: gate.clone(),
+                    buf,
+                });
+                n += 1;
+            }
+        }
+        let mut seen = Vec::new();
+        let mut out = Vec::new();
+        while seen.len() < n {
+            // Block on the eventfd as the loop would.
+            let mut p = libc::pollfd {
+                fd: cq.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            unsafe { libc::poll(&mut p, 1, 5000) };
+            cq.clear();
+            cq.take(&mut out);
+            for d in out.drain(..) {
+                assert!(matches!(d.result, Finished::Ran(ref r) if r.data_len == 512));
+                seen.push(d.tag);
+            }
+        }
+        seen.sort();
+        assert_eq!(seen, (20 - n as u32..20).collect::<Vec<_>>());
+    }
+}
