@@ -489,3 +489,74 @@ fn show_lists_initiator_alias() {
         "{show}"
     );
 }
+
+/// A backing store that takes long to open (a hung NFS server, a remote
+/// image) must not stop the main thread: while the LUN's creation waits,
+/// management requests and discovery sessions are still answered, and the
+/// creation finishes once the store opens.
+#[test]
+fn a_slow_store_open_blocks_nobody_else() {
+    let gate_dir = common::tempdir("gate");
+    let gate = gate_dir.join("open");
+    let d = Daemon::start_env(
+        "slowopen",
+        &[],
+        &[("RTGT_FAULT_OPEN_GATE", gate.to_str().unwrap())],
+    );
+    let img = sparse_file(&d.dir, "disk.img", 16 << 20);
+    d.must(&[
+        "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", "1", "-T", IQN,
+    ]);
+    d.must(&[
+        "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+    ]);
+    std::thread::scope(|s| {
+        let creating = s.spawn(|| {
+            d.adm(&[
+                "--lld",
+                "iscsi",
+                "--op",
+                "new",
+                "--mode",
+                "logicalunit",
+                "--tid",
+                "1",
+                "--lun",
+                "1",
+                "-b",
+                img.to_str().unwrap(),
+            ])
+        });
+        // Wait until the open has started (the fault hook says so).
+        let waiting = gate_dir.join("open.waiting");
+        for _ in 0..2000 {
+            if waiting.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(waiting.exists(), "the open never started");
+        // The main thread answers management and discovery meanwhile.
+        let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+        assert!(show.contains(IQN), "{show}");
+        let o = LoginOptions {
+            target_name: None,
+            timeout: Duration::from_secs(5),
+            ..opts(&d)
+        };
+        let (mut c, _) = Connection::login(d.portal, &o).expect("discovery login");
+        let found = c.send_targets("All").expect("SendTargets");
+        assert!(found.iter().any(|(n, _)| n == IQN), "{found:?}");
+        assert!(!creating.is_finished(), "the store opened before the gate");
+        std::fs::write(&gate, b"").unwrap();
+        let out = creating.join().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+    let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert!(show.contains("LUN: 1"), "{show}");
+    let _ = std::fs::remove_dir_all(gate_dir);
+}

@@ -18,6 +18,69 @@ pub struct DaemonLive {
     /// Stores opened by `open_backing`, waiting for their `LunAdded` /
     /// `LunUpdated` effect, by (tid, lun).
     opened: Vec<((u32, u64), Arc<dyn BlockDevice>)>,
+    /// An open put off to a blocking thread (see [`mgmt::Deferred`]).
+    deferred: Option<mgmt::Deferred>,
+    /// Opens done off the main thread, for the request handled again.
+    prefetched: Vec<Prefetched>,
+}
+
+/// What a deferred open is for: the same store, the same way.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct OpenKey {
+    kind: BackendKind,
+    path: Option<String>,
+    flags: OpenFlags,
+    size: u64,
+}
+
+/// A deferred open's result: the store and whether it fell back to
+/// read-only.
+struct Prefetched {
+    key: OpenKey,
+    result: Result<(Arc<dyn BlockDevice>, bool), String>,
+}
+
+/// Open a store as tgt's rdwr does: read-write, or read-only when the file
+/// refuses writing (the unit is then marked read-only).
+fn open_with_fallback(k: &OpenKey) -> Result<(Arc<dyn BlockDevice>, bool), backend::BackendError> {
+    slow_open_fault();
+    let path = k.path.as_deref();
+    match backend::open(k.kind, path, k.flags, k.size) {
+        Ok(d) => Ok((d, k.flags.readonly)),
+        Err(backend::BackendError::Open { source, .. })
+            if !k.flags.readonly
+                && matches!(
+                    source.raw_os_error(),
+                    Some(libc::EACCES) | Some(libc::EROFS)
+                ) =>
+        {
+            let flags = OpenFlags {
+                readonly: true,
+                ..k.flags
+            };
+            backend::open(k.kind, path, flags, k.size).map(|d| (d, true))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Fault injection for tests (issue 13's kind): with
+/// `RTGT_FAULT_OPEN_GATE=<path>`, every backing store open first creates
+/// `<path>.waiting`, then waits (up to a minute) until `<path>` exists,
+/// standing in for a store that takes long to open (a hung NFS server, a
+/// remote image).
+fn slow_open_fault() {
+    let Some(gate) = std::env::var_os("RTGT_FAULT_OPEN_GATE") else {
+        return;
+    };
+    let gate = std::path::PathBuf::from(gate);
+    let mut waiting = gate.clone().into_os_string();
+    waiting.push(".waiting");
+    let _ = std::fs::write(&waiting, b"");
+    let t0 = std::time::Instant::now();
+    while !gate.exists() && t0.elapsed() < std::time::Duration::from_secs(60) {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
 }
 
 impl DaemonLive {
@@ -25,7 +88,29 @@ impl DaemonLive {
         DaemonLive {
             state,
             opened: Vec::new(),
+            deferred: None,
+            prefetched: Vec::new(),
         }
+    }
+
+    /// The store for `key`: opened off the thread before this round, or
+    /// (a `null` store, which costs nothing) opened now; otherwise the
+    /// open is deferred and the request fails this round.
+    fn store(&mut self, key: OpenKey) -> Result<(Arc<dyn BlockDevice>, bool), TgtadmError> {
+        if let Some(i) = self.prefetched.iter().position(|p| p.key == key) {
+            return self.prefetched.swap_remove(i).result.map_err(|e| {
+                tracing::warn!(error = %e, "backing store");
+                TgtadmError::InvalidRequest
+            });
+        }
+        if key.kind == BackendKind::Null {
+            return open_with_fallback(&key).map_err(|_| TgtadmError::InvalidRequest);
+        }
+        self.deferred = Some(mgmt::Deferred(Box::new(move || {
+            let result = open_with_fallback(&key).map_err(|e| e.to_string());
+            mgmt::DeferredDone(Box::new(Prefetched { key, result }))
+        })));
+        Err(TgtadmError::InvalidRequest)
     }
 
     /// Run `f` on a target's shared state, if the target runs.
@@ -106,35 +191,33 @@ fn open_flags(spec: &LunSpec) -> OpenFlags {
 impl mgmt::Live for DaemonLive {
     fn open_backing(&mut self, tid: u32, spec: &LunSpec) -> Result<BackingInfo, TgtadmError> {
         let kind = BackendKind::parse(&spec.bstype).map_err(|_| TgtadmError::InvalidRequest)?;
-        let mut flags = open_flags(spec);
-        let dev = match backend::open(kind, spec.path.as_deref(), flags, spec.size_bytes) {
-            Ok(d) => d,
-            Err(backend::BackendError::Open { source, .. })
-                if matches!(
-                    source.raw_os_error(),
-                    Some(libc::EACCES) | Some(libc::EROFS)
-                ) =>
-            {
-                // tgt's rdwr falls back to read-only and marks the unit so.
-                flags.readonly = true;
-                backend::open(kind, spec.path.as_deref(), flags, spec.size_bytes).map_err(|e| {
-                    tracing::warn!(tid, lun = spec.lun, error = %e, "backing store");
-                    TgtadmError::InvalidRequest
-                })?
-            }
-            Err(e) => {
-                tracing::warn!(tid, lun = spec.lun, error = %e, "backing store");
-                return Err(TgtadmError::InvalidRequest);
-            }
+        let key = OpenKey {
+            kind,
+            path: spec.path.clone(),
+            flags: open_flags(spec),
+            size: spec.size_bytes,
         };
+        let (dev, readonly) = self.store(key)?;
         let info = BackingInfo {
             size_bytes: dev.size(),
-            readonly: flags.readonly,
+            readonly,
             physical_block_size: 0,
         };
         self.take_opened(tid, spec.lun);
         self.opened.push(((tid, spec.lun), dev));
         Ok(info)
+    }
+
+    fn take_deferred(&mut self) -> Option<mgmt::Deferred> {
+        self.deferred.take()
+    }
+
+    fn finish_deferred(&mut self, done: mgmt::DeferredDone) {
+        if let Ok(p) = done.0.downcast::<Prefetched>() {
+            // One open per request at a time: drop any stale one.
+            self.prefetched.clear();
+            self.prefetched.push(*p);
+        }
     }
 
     fn sessions(&self, tid: u32) -> Vec<SessionInfo> {
@@ -306,19 +389,19 @@ impl mgmt::Live for DaemonLive {
         // Open read-only and drop it again: the target loop keeps using the
         // store it has (file stores read their size with fstat or
         // BLKGETSIZE64 on each call, so it sees the new end too).
+        let _ = tid;
         let kind = BackendKind::parse(&spec.bstype).map_err(|_| TgtadmError::InvalidRequest)?;
-        let flags = OpenFlags {
-            sync: false,
-            direct: false,
-            readonly: true,
+        let key = OpenKey {
+            kind,
+            path: spec.path.clone(),
+            flags: OpenFlags {
+                sync: false,
+                direct: false,
+                readonly: true,
+            },
+            size: spec.size_bytes,
         };
-        match backend::open(kind, spec.path.as_deref(), flags, spec.size_bytes) {
-            Ok(d) => Ok(d.size()),
-            Err(e) => {
-                tracing::warn!(tid, lun = spec.lun, error = %e, "backing store size");
-                Err(TgtadmError::InvalidRequest)
-            }
-        }
+        self.store(key).map(|(d, _)| d.size())
     }
 }
 
@@ -385,7 +468,8 @@ pub fn setup_demo(
         };
         let mut t = state.table.borrow_mut();
         let mut l = live.borrow_mut();
-        mgmt::handle(&mut t, &req, &mut *l).map_err(|e| format!("{mode:?} {op:?}: {e}"))?;
+        mgmt::handle_blocking(&mut t, &req, &mut *l)
+            .map_err(|e| format!("{mode:?} {op:?}: {e}"))?;
     }
     tracing::info!(target = DEMO_IQN, %path, "demo target ready");
     Ok(())

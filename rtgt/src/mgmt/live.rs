@@ -147,8 +147,29 @@ pub enum Effect {
     SystemDeleted,
 }
 
+/// Work a [`Live`] put off because it could block the management thread
+/// (opening a backing store: a slow NFS file or a remote image). The
+/// request that needed it failed without changing anything; the caller
+/// runs the work on another thread, hands its result back with
+/// [`Live::finish_deferred`] and handles the request again, which then
+/// finds the store open.
+pub struct Deferred(pub Box<dyn FnOnce() -> DeferredDone + Send>);
+
+/// The result of a [`Deferred`], for [`Live::finish_deferred`].
+pub struct DeferredDone(pub Box<dyn std::any::Any + Send>);
+
 /// The running daemon, as seen from the management plane.
 pub trait Live {
+    /// Work put off during the last request (see [`Deferred`]).
+    fn take_deferred(&mut self) -> Option<Deferred> {
+        None
+    }
+
+    /// The result of work taken with [`take_deferred`](Live::take_deferred).
+    fn finish_deferred(&mut self, done: DeferredDone) {
+        let _ = done;
+    }
+
     /// Check (open or stat) the backing store for a new LUN or a new medium
     /// (`spec.path` is set, `spec.bstype` is a file-backed type). Called
     /// as the last fallible step: on `Ok` the change is committed and

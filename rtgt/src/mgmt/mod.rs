@@ -31,12 +31,34 @@ use tokio::net::{UnixListener, UnixStream};
 
 pub use handler::handle;
 pub use ipc::TgtadmError;
-pub use live::{BackingInfo, ConnInfo, Effect, Live, SessionInfo, TargetCounters};
+pub use live::{
+    BackingInfo, ConnInfo, Deferred, DeferredDone, Effect, Live, SessionInfo, TargetCounters,
+};
 pub use request::{Mode, Op, Request};
 pub use table::{LunSpec, TargetTable};
 
 /// How long a client may take to send its request before we drop it.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most times one request is handled again after deferred work (each
+/// round opens at most one store; a request opens at most one).
+const MAX_DEFERRED_ROUNDS: usize = 4;
+
+/// Handle a request, running any deferred work (see [`Deferred`]) right
+/// here on this thread: for start-up and tests, where nothing else waits.
+pub fn handle_blocking(
+    table: &mut TargetTable,
+    req: &Request,
+    live: &mut dyn Live,
+) -> Result<String, TgtadmError> {
+    let mut r = handle(table, req, live);
+    for _ in 0..MAX_DEFERRED_ROUNDS {
+        let Some(d) = live.take_deferred() else { break };
+        live.finish_deferred((d.0)());
+        r = handle(table, req, live);
+    }
+    r
+}
 
 /// Whether a peer may manage us: root or our own user (tgtd requires the
 /// peer's uid and gid to equal its own).
@@ -74,11 +96,23 @@ async fn serve_one(
         }
     };
     tracing::debug!(?req, "management request");
-    let result = {
-        let mut t = table.borrow_mut();
-        let mut l = live.borrow_mut();
-        handler::handle(&mut t, &req, &mut *l)
-    };
+    let mut result = Err(TgtadmError::InvalidRequest);
+    for _ in 0..=MAX_DEFERRED_ROUNDS {
+        result = {
+            let mut t = table.borrow_mut();
+            let mut l = live.borrow_mut();
+            handler::handle(&mut t, &req, &mut *l)
+        };
+        let deferred = live.borrow_mut().take_deferred();
+        let Some(d) = deferred else { break };
+        // Open the store on a blocking thread: logins, discovery and other
+        // management requests go on meanwhile. The table is not borrowed
+        // across the wait, so the request is validated afresh after it.
+        match tokio::task::spawn_blocking(d.0).await {
+            Ok(done) => live.borrow_mut().finish_deferred(done),
+            Err(_) => break,
+        }
+    }
     if let Err(e) = &result {
         tracing::debug!("management request failed: {e}");
     }

@@ -51,6 +51,11 @@ impl Daemon {
 
     /// Start with extra rtgtd options.
     pub fn start_with(tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_env(tag, extra, &[])
+    }
+
+    /// Start with extra rtgtd options and environment.
+    pub fn start_env(tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         for _ in 0..5 {
             let dir = tempdir(tag);
             let control_port = control_port();
@@ -64,6 +69,7 @@ impl Daemon {
                     &format!("portal={portal}"),
                 ])
                 .args(extra)
+                .envs(env.iter().copied())
                 .env("TGT_IPC_SOCKET", dir.join("socket"))
                 .stdout(Stdio::null())
                 .stderr(Stdio::from(
