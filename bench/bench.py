@@ -12,7 +12,8 @@ usage: bench/bench.py [--rounds 3] [--seconds 5] [--quick] [--json FILE]
                       [--rtgt-args "--poll-us 50"] [--variant "nopoll:--poll-us 0"]
 
 --variant adds another rtgtd with other options to the same run (its own
-column), e.g. to show what adaptive polling or pinning buys.
+column), e.g. to show what adaptive polling or pinning buys; "old:@/path/rtgtd"
+runs another build (an earlier commit) side by side.
 Needs: tgt, libiscsi-bin, and a release build (cargo build --release).
 """
 import argparse
@@ -140,7 +141,8 @@ def main():
     ap.add_argument("--json")
     ap.add_argument("--rtgt-args", default="", help="extra rtgtd options")
     ap.add_argument("--variant", action="append", default=[],
-                    help="LABEL:OPTIONS, another rtgtd with these options in the same run")
+                    help="LABEL:OPTIONS, another rtgtd with these options in the same run; "
+                         "OPTIONS starting with @PATH use the rtgtd binary at PATH")
     a = ap.parse_args()
     for tool in ("tgtd", "tgtadm", "iscsi-perf"):
         if not shutil.which(tool):
@@ -158,7 +160,12 @@ def main():
     targets = [Target("tgt", shutil.which("tgtd"), work), Target("rtgt", rtgtd, work, a.rtgt_args.split())]
     for v in a.variant:
         label, _, opts = v.partition(":")
-        targets.append(Target(label, rtgtd, work, opts.split()))
+        words = opts.split()
+        binary = rtgtd
+        if words and words[0].startswith("@"):
+            # Another build of rtgtd (e.g. an older commit's), same options otherwise.
+            binary, words = words[0][1:], words[1:]
+        targets.append(Target(label, binary, work, words))
     results = {}
     try:
         for t in targets:

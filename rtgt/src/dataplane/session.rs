@@ -87,7 +87,7 @@ impl Session {
         io: Option<&LunIo>,
     ) {
         let Some(a) = acct else { return };
-        if let Some(h) = self.handle(a.conn) {
+        if let Some(h) = self.conns.borrow().iter().find(|c| c.id == a.conn) {
             h.stats.0.record(a.read, a.written, !a.ok);
             h.stats.1.record(a.read, a.written, !a.ok);
         }
