@@ -403,6 +403,36 @@ impl PduView {
     }
 }
 
+/// The header of the PDU at the front of `buf`, once its BHS, AHS and
+/// header digest have arrived (its data may not have): lengths checked
+/// against the limits and the header digest verified. Returns the BHS,
+/// the header's length on the wire (BHS, AHS, digest), and the whole
+/// frame's length. Lets a receiver read a large data segment straight
+/// into its final buffer.
+pub fn decode_header(
+    buf: &[u8],
+    dg: Digests,
+    max_data: usize,
+) -> Result<Option<(Bhs, usize, usize)>, PduError> {
+    if buf.len() < BHS_LEN {
+        return Ok(None);
+    }
+    let bhs = Bhs(buf[..BHS_LEN].try_into().unwrap());
+    let total = frame_len(&bhs, dg, max_data)?;
+    let mut hlen = BHS_LEN + bhs.ahs_len();
+    if buf.len() < hlen + if dg.header { 4 } else { 0 } {
+        return Ok(None);
+    }
+    if dg.header {
+        let want = u32::from_le_bytes(buf[hlen..hlen + 4].try_into().unwrap());
+        if crc32c(&buf[..hlen]) != want {
+            return Err(PduError::HeaderDigest);
+        }
+        hlen += 4;
+    }
+    Ok(Some((bhs, hlen, total)))
+}
+
 /// Like [`decode`], without copying: the PDU's parts as ranges of `buf`.
 /// Digests are checked before the view is returned.
 pub fn decode_view(

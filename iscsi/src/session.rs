@@ -271,6 +271,13 @@ struct Conn {
     writes_pending: u64,
 }
 
+/// A PDU's data segment: in the receive buffer, or already in a buffer
+/// of its own (read there directly by the driver).
+enum Data<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
 /// The text host a normal session's Text exchange sees.
 struct Targets<'a>(&'a mut dyn SessionHost);
 
@@ -380,6 +387,11 @@ impl Session {
         self.conn_index(c).map(|i| self.conns[i].cfg.cid)
     }
 
+    /// The connection's MaxRecvDataSegmentLength (ours).
+    pub fn max_recv(&self, c: ConnId) -> Option<u32> {
+        self.conn_index(c).map(|i| self.conns[i].cfg.max_recv)
+    }
+
     /// Connections in the session.
     pub fn conn_count(&self) -> usize {
         self.conns.len()
@@ -448,7 +460,8 @@ impl Session {
                     at += n;
                     self.conns[ci].rx_activity = true;
                     self.received += 1;
-                    self.handle_pdu(ci, &v, frame, host)?;
+                    let data = Data::Borrowed(&frame[v.data.clone()]);
+                    self.handle_pdu(ci, v.bhs, &frame[v.ahs.clone()], data, host)?;
                 }
                 Ok(None) => break,
                 Err(PduError::DataDigest) => {
@@ -470,16 +483,60 @@ impl Session {
         Ok(at)
     }
 
+    /// Take one PDU whose data segment the driver read straight into
+    /// `data` (a buffer from [`buffer`](Session::buffer), exactly the
+    /// segment: no padding, digest already checked), so a large write's
+    /// data is never copied in user space. `header` holds the BHS and AHS.
+    pub fn receive_pdu(
+        &mut self,
+        c: ConnId,
+        header: &[u8],
+        data: Vec<u8>,
+        host: &mut dyn SessionHost,
+    ) -> Result<(), Close> {
+        let ci = self.conn_index(c).ok_or(Close::Gone)?;
+        if self.conns[ci].closing || header.len() < BHS_LEN {
+            self.give_buf(data);
+            return Ok(());
+        }
+        let bhs = Bhs(header[..BHS_LEN].try_into().unwrap());
+        let ahs_end = (BHS_LEN + bhs.ahs_len()).min(header.len());
+        self.conns[ci].rx_activity = true;
+        self.received += 1;
+        self.handle_pdu(ci, bhs, &header[BHS_LEN..ahs_end], Data::Owned(data), host)
+    }
+
+    /// A PDU the driver read straight into a buffer failed its data
+    /// digest: discard it and answer Reject (RFC 7143 §7.8).
+    pub fn data_digest_error(&mut self, c: ConnId, header: &[u8], data: Vec<u8>) {
+        self.give_buf(data);
+        if header.len() < BHS_LEN {
+            return;
+        }
+        let bhs = Bhs(header[..BHS_LEN].try_into().unwrap());
+        if let Some(ci) = self.conn_index(c) {
+            self.reject(ci, RejectReason::DataDigestError, &bhs);
+        }
+    }
+
+    /// An empty buffer from the session's pool (for [`receive_pdu`]).
+    ///
+    /// [`receive_pdu`]: Session::receive_pdu
+    pub fn buffer(&mut self) -> Vec<u8> {
+        self.take_buf()
+    }
+
     fn handle_pdu(
         &mut self,
         ci: usize,
-        v: &pdu::PduView,
-        frame: &[u8],
+        bhs: Bhs,
+        ahs: &[u8],
+        data: Data<'_>,
         host: &mut dyn SessionHost,
     ) -> Result<(), Close> {
-        let bhs = v.bhs;
         let Some(op) = bhs.opcode() else {
             self.reject(ci, RejectReason::CommandNotSupported, &bhs);
+            self.give_data(data);
             return Ok(());
         };
         if self.cfg.discovery
@@ -489,18 +546,26 @@ impl Session {
             )
         {
             self.reject(ci, RejectReason::ProtocolError, &bhs);
+            self.give_data(data);
             return Err(Close::Protocol("not allowed in a discovery session"));
         }
         match op {
             // Data-Out goes from the receive buffer straight into its
             // command's buffer: one copy, no allocation.
             Opcode::DataOut => {
-                self.data_out(ci, &bhs, &frame[v.data.clone()]);
+                match data {
+                    Data::Borrowed(d) => self.data_out(ci, &bhs, d),
+                    Data::Owned(d) => {
+                        self.data_out(ci, &bhs, &d);
+                        self.give_buf(d);
+                    }
+                }
                 Ok(())
             }
             Opcode::NopOut if bhs.itt().0 == RESERVED_TAG => {
                 // An answer to our ping (TTT ours, I bit set): nothing to send.
                 self.conns[ci].nop_missed = 0;
+                self.give_data(data);
                 Ok(())
             }
             Opcode::ScsiCommand
@@ -511,6 +576,7 @@ impl Session {
                 // §3.2.2.1, Reject reason 0x06). Task management, pings,
                 // Text and Logout answer at once and are always taken.
                 self.reject(ci, RejectReason::ImmediateCommandReject, &bhs);
+                self.give_data(data);
                 Ok(())
             }
             Opcode::ScsiCommand
@@ -518,15 +584,19 @@ impl Session {
             | Opcode::TextRequest
             | Opcode::LogoutRequest
             | Opcode::NopOut => {
-                let mut data = Vec::new();
-                if !v.data.is_empty() {
-                    data = self.take_buf();
-                    data.extend_from_slice(&frame[v.data.clone()]);
-                }
+                let data = match data {
+                    Data::Owned(d) => d,
+                    Data::Borrowed([]) => Vec::new(),
+                    Data::Borrowed(d) => {
+                        let mut b = self.take_buf();
+                        b.extend_from_slice(d);
+                        b
+                    }
+                };
                 let q = Queued {
                     conn: self.conns[ci].id,
                     bhs,
-                    ahs: frame[v.ahs.clone()].to_vec(),
+                    ahs: ahs.to_vec(),
                     data,
                 };
                 // Outside the window it is ignored (RFC 7143 §4.2.2.1).
@@ -538,16 +608,25 @@ impl Session {
             Opcode::Snack => {
                 // SNACK needs ErrorRecoveryLevel > 0 (RFC 7143 §11.16).
                 self.reject(ci, RejectReason::CommandNotSupported, &bhs);
+                self.give_data(data);
                 Ok(())
             }
             Opcode::LoginRequest => {
                 self.reject(ci, RejectReason::ProtocolError, &bhs);
+                self.give_data(data);
                 Err(Close::Protocol("login request in full feature phase"))
             }
             _ => {
                 self.reject(ci, RejectReason::ProtocolError, &bhs);
+                self.give_data(data);
                 Err(Close::Protocol("target opcode from initiator"))
             }
+        }
+    }
+
+    fn give_data(&mut self, d: Data<'_>) {
+        if let Data::Owned(v) = d {
+            self.give_buf(v);
         }
     }
 

@@ -11,6 +11,17 @@ pub trait BlockDevice: Send + Sync {
     fn size(&self) -> u64;
     /// Fill `buf` from `offset`.
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Replace `buf`'s contents with the `len` bytes at `offset`. The
+    /// default zero-fills the buffer first for [`read_at`]; stores that can
+    /// read into a buffer's spare capacity skip that fill (on a 256 KiB
+    /// read it was an eighth of the target's CPU).
+    ///
+    /// [`read_at`]: BlockDevice::read_at
+    fn read_into(&self, buf: &mut Vec<u8>, offset: u64, len: usize) -> io::Result<()> {
+        buf.clear();
+        buf.resize(len, 0);
+        self.read_at(buf, offset)
+    }
     /// Write `buf` at `offset`.
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()>;
     /// Make everything written so far durable.
@@ -82,6 +93,12 @@ impl BlockDevice for MemDevice {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         let d = self.data.lock().unwrap();
         buf.copy_from_slice(&d[range(d.len(), offset, buf.len())?]);
+        Ok(())
+    }
+    fn read_into(&self, buf: &mut Vec<u8>, offset: u64, len: usize) -> io::Result<()> {
+        let d = self.data.lock().unwrap();
+        buf.clear();
+        buf.extend_from_slice(&d[range(d.len(), offset, len)?]);
         Ok(())
     }
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {

@@ -245,11 +245,9 @@ impl IoTask {
 
     fn perform(&self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Result<(), Sense> {
         match &self.op {
-            &IoOp::Read { offset, len } => {
-                buf.clear();
-                buf.resize(len as usize, 0);
-                dev.read_at(buf, offset).map_err(|_| read_error())
-            }
+            &IoOp::Read { offset, len } => dev
+                .read_into(buf, offset, len as usize)
+                .map_err(|_| read_error()),
             &IoOp::Write {
                 offset,
                 len,

@@ -172,6 +172,45 @@ impl BlockDevice for FileDevice {
         self.file.read_exact_at(buf, offset)
     }
 
+    fn read_into(&self, buf: &mut Vec<u8>, offset: u64, len: usize) -> io::Result<()> {
+        if self.direct {
+            buf.clear();
+            buf.resize(len, 0);
+            return direct_read(&self.file, buf, offset);
+        }
+        // pread straight into the spare capacity: no zero-fill first.
+        buf.clear();
+        buf.reserve(len);
+        let mut at = 0usize;
+        while at < len {
+            // SAFETY: `buf` has capacity for `len` bytes, so `at..len` of
+            // its spare capacity is valid for writes; pread writes at most
+            // `len - at` bytes there and nothing reads them before it does.
+            let n = unsafe {
+                libc::pread(
+                    self.file.as_raw_fd(),
+                    buf.as_mut_ptr().add(at).cast(),
+                    len - at,
+                    (offset + at as u64) as libc::off_t,
+                )
+            };
+            match n {
+                n if n > 0 => at += n as usize,
+                // A read past the end of a regular file is a medium error.
+                0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+                _ => {
+                    let e = io::Error::last_os_error();
+                    if e.kind() != io::ErrorKind::Interrupted {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        // SAFETY: pread initialised all `len` bytes above.
+        unsafe { buf.set_len(len) };
+        Ok(())
+    }
+
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
         if self.direct {
             return direct_write(&self.file, buf, offset);

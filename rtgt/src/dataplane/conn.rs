@@ -242,6 +242,104 @@ impl Outbox {
     }
 }
 
+/// Data segments at least this long are read straight into their own
+/// buffer (a 256 KiB immediate write, a large Data-Out).
+const DIRECT_MIN: usize = 64 * 1024;
+/// How much to read into the receive buffer while large PDUs arrive: the
+/// next header and the start of its data, the rest then going direct.
+const HEADER_READ: usize = 8 * 1024;
+
+/// One PDU whose data segment is read from the socket straight into the
+/// buffer that becomes the command's (RFC 7143 framing: header, data,
+/// padding to 4 bytes, then the data digest if negotiated).
+struct LargeRx {
+    header: Vec<u8>,
+    data: Vec<u8>,
+    len: usize,
+    /// Padding and digest after the data.
+    tail: [u8; 7],
+    tail_len: usize,
+    tail_got: usize,
+    data_digest: bool,
+    /// Bytes of the receive buffer this PDU took when it started.
+    taken: usize,
+}
+
+impl LargeRx {
+    /// If `buf` starts with the complete header of a PDU with a large data
+    /// segment that has not all arrived, take what there is of it.
+    fn start(m: &mut proto::Session, buf: &[u8], dg: Digests, max_recv: usize) -> Option<LargeRx> {
+        let (bhs, hlen, total) = iscsi::pdu::decode_header(buf, dg, max_recv).ok()??;
+        let len = bhs.data_len();
+        if len < DIRECT_MIN || buf.len() >= total {
+            return None;
+        }
+        let pad = (4 - len % 4) % 4;
+        let mut data = m.buffer();
+        data.reserve(len);
+        let avail = &buf[hlen..];
+        let n = avail.len().min(len);
+        data.extend_from_slice(&avail[..n]);
+        let mut l = LargeRx {
+            header: buf[..hlen].to_vec(),
+            data,
+            len,
+            tail: [0; 7],
+            tail_len: pad + if dg.data { 4 } else { 0 },
+            tail_got: 0,
+            data_digest: dg.data,
+            taken: buf.len(),
+        };
+        let rest = &avail[n..];
+        l.tail[..rest.len()].copy_from_slice(rest);
+        l.tail_got = rest.len();
+        Some(l)
+    }
+
+    fn complete(&self) -> bool {
+        self.data.len() == self.len && self.tail_got == self.tail_len
+    }
+
+    /// Read what the socket has of this PDU, no further.
+    fn read(&mut self, stream: &TcpStream) -> std::io::Result<usize> {
+        if self.data.len() < self.len {
+            let want = self.len - self.data.len();
+            let mut lim = bytes::BufMut::limit(&mut self.data, want);
+            return stream.try_read_buf(&mut lim);
+        }
+        let n = stream.try_read(&mut self.tail[self.tail_got..self.tail_len])?;
+        self.tail_got += n;
+        Ok(n)
+    }
+
+    fn digest_ok(&self) -> bool {
+        if !self.data_digest {
+            return true;
+        }
+        let pad = self.tail_len - 4;
+        let want = u32::from_le_bytes(self.tail[pad..pad + 4].try_into().unwrap());
+        crc32c_append(crc32c(&self.data), &self.tail[..pad]) == want
+    }
+}
+
+/// Read from the socket into the PDU being received directly, or else
+/// into the receive buffer (only a little while large PDUs arrive).
+fn read_some(
+    stream: &TcpStream,
+    rbuf: &mut Vec<u8>,
+    large: &mut Option<LargeRx>,
+    expect_large: bool,
+) -> std::io::Result<usize> {
+    match large {
+        Some(l) => l.read(stream),
+        None if expect_large => {
+            let mut lim = bytes::BufMut::limit(rbuf, HEADER_READ);
+            stream.try_read_buf(&mut lim)
+        }
+        None => stream.try_read_buf(rbuf),
+    }
+}
+
 /// Read, run and answer until the connection ends, then leave the session.
 pub async fn run(
     target: Rc<TargetCtx>,
@@ -262,20 +360,44 @@ pub async fn run(
     let mut fresh = !rbuf.is_empty();
     // Whether PDUs were handled since the loop last yielded.
     let mut worked = false;
+    // A PDU whose large data segment is being read into its own buffer,
+    // and whether the initiator sends such PDUs (then reads into the
+    // receive buffer stay small, so the next one's data is not copied).
+    let mut large: Option<LargeRx> = None;
+    let mut expect_large = false;
+    let max_recv = session
+        .m
+        .borrow()
+        .max_recv(me.id)
+        .unwrap_or(iscsi::login::LOGIN_MAX_DATA as u32) as usize;
     let why: Option<&'static str> = 'conn: loop {
         if fresh {
             fresh = false;
             let before = session.m.borrow().pdus_received();
-            let r = {
-                let mut host = Host {
-                    target: &target,
-                    session: &session,
-                    local,
-                };
-                session
+            let mut host = Host {
+                target: &target,
+                session: &session,
+                local,
+            };
+            let was_large = large.is_some();
+            let r = match large.as_mut() {
+                // A large data segment read straight into its buffer.
+                Some(l) if l.complete() => {
+                    let l = large.take().expect("checked");
+                    let mut m = session.m.borrow_mut();
+                    if l.digest_ok() {
+                        m.receive_pdu(me.id, &l.header, l.data, &mut host)
+                            .map(|()| 0)
+                    } else {
+                        m.data_digest_error(me.id, &l.header, l.data);
+                        Ok(0)
+                    }
+                }
+                Some(_) => Ok(0),
+                None => session
                     .m
                     .borrow_mut()
-                    .receive(me.id, &rbuf[start..], &mut host)
+                    .receive(me.id, &rbuf[start..], &mut host),
             };
             let got = (session.m.borrow().pdus_received() - before).min(1024) as u32;
             let closing = match r {
@@ -297,6 +419,20 @@ pub async fn run(
                 worked = true;
                 last_work = Instant::now();
                 per_read16 = per_read16 - per_read16 / 8 + got * 2;
+            }
+            // A large data segment still on its way goes straight into a
+            // buffer of its own rather than through the receive buffer
+            // (one copy less for every large write).
+            if large.is_none() {
+                let m = &mut *session.m.borrow_mut();
+                large = LargeRx::start(m, &rbuf[start..], digests, max_recv);
+                if let Some(l) = &large {
+                    start += l.taken;
+                    expect_large = true;
+                } else if got > 0 && !was_large {
+                    // Whole PDUs from the receive buffer: small ones.
+                    expect_large = false;
+                }
             }
             // Move a partial PDU to the front only when room runs out, so a
             // large PDU arriving in pieces is not shifted on every read.
@@ -345,7 +481,7 @@ pub async fn run(
             && last_work.elapsed() < poll
             && session.m.borrow().in_flight() == 0
         {
-            match stream.try_read_buf(&mut rbuf) {
+            match read_some(&stream, &mut rbuf, &mut large, expect_large) {
                 Ok(0) => break None,
                 Ok(_) => {
                     fresh = true;
@@ -370,7 +506,7 @@ pub async fn run(
                 if r.is_err() {
                     break None;
                 }
-                match stream.try_read_buf(&mut rbuf) {
+                match read_some(&stream, &mut rbuf, &mut large, expect_large) {
                     Ok(0) => break None,
                     Ok(_) => fresh = true,
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
@@ -396,6 +532,9 @@ pub async fn run(
     };
     if let Some(why) = why {
         tracing::info!(peer = %me.peer, cid = me.cid, why, "connection dropped");
+    }
+    if let Some(l) = large.take() {
+        session.m.borrow_mut().give_buf(l.data);
     }
     out.abandon(&session.m);
     let ended = session.m.borrow_mut().remove_conn(me.id);
