@@ -62,6 +62,18 @@ def cpu_ticks(pid):
     return int(parts[11]) + int(parts[12])
 
 
+def peak_rss_mib(pid):
+    """The process's peak resident set (VmHWM), in MiB."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
 class Target:
     count = 0  # daemons started, for distinct control ports
 
@@ -187,7 +199,9 @@ def main():
                     print(f"round {rnd + 1} {name:32} {t.name:5} iops={r['iops']:.0f} "
                           f"cpu/io={r['cpu_us_per_io']:.1f}us", file=sys.stderr)
     finally:
+        peaks = {}
         for t in targets:
+            peaks[t.name] = peak_rss_mib(t.proc.pid)
             t.stop()
         shutil.rmtree(work, ignore_errors=True)
 
@@ -198,6 +212,7 @@ def main():
     def fmt(x, nd=0):
         return "-" if x is None else f"{x:.{nd}f}"
 
+    print("\npeak RSS (MiB): " + ", ".join(f"{k} {fmt(v, 1)}" for k, v in peaks.items()))
     print(f"\n{os.cpu_count()} CPUs, {a.rounds} rounds of {a.seconds} s, medians; "
           f"file in {os.path.dirname(work)}; {'tgt default' if a.defaults else 'tuned'} session parameters; "
           "CPU = target's CPU time per I/O\n")
