@@ -3,8 +3,9 @@
 
 Both daemons serve identical LUNs (a file in tmpfs as LUN 1, a null store as
 LUN 2); the same clients load each in turn, alternating, for several rounds:
-libiscsi's iscsi-perf for 4K random reads and rtgt's load generator
-(rtgt-load) for the rest. For every run it records IOPS, MB/s, p50/p99
+libiscsi's iscsi-perf for 4K random reads, qemu-img bench (QEMU's block
+layer over libiscsi) for three rows, and rtgt's load generator (rtgt-load)
+for the rest. For every run it records IOPS, MB/s, p50/p99
 latency (rtgt-load) and the target's CPU time per I/O (utime+stime of all its
 threads, from /proc). Prints a table of medians with rtgt/tgt ratios.
 
@@ -44,6 +45,10 @@ WORKLOADS = [
     ("4K read QD1", "load", 1, dict(rw="randread", bs=4096, qd=1)),
     ("4K randread QD32 x4 sessions", "load", 1, dict(rw="randread", bs=4096, qd=32, sessions=4)),
     ("4K randread QD64 null", "load", 2, dict(rw="randread", bs=4096, qd=64)),
+    # A second real client: QEMU's block layer over libiscsi.
+    ("256K seq write QD16 (qemu-img)", "qemu", 1, dict(write=True, bs=262144, qd=16, count=20000)),
+    ("256K seq read QD16 (qemu-img)", "qemu", 1, dict(write=False, bs=262144, qd=16, count=20000)),
+    ("4K read QD1 (qemu-img)", "qemu", 1, dict(write=False, bs=4096, qd=1, count=60000)),
 ]
 
 
@@ -125,6 +130,27 @@ def run_perf(t, lun, secs):
     return dict(iops=float(iops), mbs=float(mbs), ios=float(iops) * secs)
 
 
+def run_qemu(t, lun, args):
+    """qemu-img bench over libiscsi: a fixed number of requests, timed."""
+    if not shutil.which("qemu-img"):
+        return None
+    cmd = ["qemu-img", "bench", "-f", "raw", "-n", "-c", str(args["count"]), "-d", str(args["qd"]),
+           "-s", str(args["bs"])]
+    if args["write"]:
+        cmd.append("-w")
+    cmd.append(f"iscsi://127.0.0.1:{t.port}/{IQN}/{lun}")
+    t0 = time.monotonic()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    secs = time.monotonic() - t0
+    m = re.search(r"Run completed in ([0-9.]+) seconds", r.stdout)
+    if r.returncode != 0 or not m:
+        print(f"  {t.name}: qemu-img bench failed: {r.stdout[-300:]} {r.stderr[-300:]}", file=sys.stderr)
+        return None
+    run = float(m.group(1)) or secs
+    n = args["count"]
+    return dict(iops=n / run, mbs=n * args["bs"] / run / 1e6, ios=float(n))
+
+
 def run_load(t, lun, secs, args):
     cmd = [os.path.join(REL, "rtgt-load"), "--portal", f"127.0.0.1:{t.port}", "--target", IQN,
            "--lun", str(lun), "--seconds", str(secs), "--json", "--size-mib", "256"]
@@ -190,7 +216,12 @@ def main():
                 order = targets if rnd % 2 == 0 else targets[::-1]
                 for t in order:
                     c0 = cpu_ticks(t.proc.pid)
-                    r = run_perf(t, lun, a.seconds) if tool == "perf" else run_load(t, lun, a.seconds, args)
+                    if tool == "perf":
+                        r = run_perf(t, lun, a.seconds)
+                    elif tool == "qemu":
+                        r = run_qemu(t, lun, args)
+                    else:
+                        r = run_load(t, lun, a.seconds, args)
                     c1 = cpu_ticks(t.proc.pid)
                     if r is None:
                         continue

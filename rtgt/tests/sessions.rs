@@ -560,3 +560,48 @@ fn a_slow_store_open_blocks_nobody_else() {
     assert!(show.contains("LUN: 1"), "{show}");
     let _ = std::fs::remove_dir_all(gate_dir);
 }
+
+/// A loop caches each LUN's store; a LUN replaced under a live session
+/// (deleted, then created again on another file) must be served from the
+/// new file at once.
+#[test]
+fn a_replaced_lun_is_served_from_its_new_store() {
+    let d = Daemon::start("relun");
+    let a = d.dir.join("a.img");
+    let b = d.dir.join("b.img");
+    std::fs::write(&a, vec![0xaa; 1 << 20]).unwrap();
+    std::fs::write(&b, vec![0xbb; 1 << 20]).unwrap();
+    d.file_target(1, IQN, &a, false);
+    let (mut c, _) = Connection::login(d.portal, &opts(&d)).expect("login");
+    for _ in 0..4 {
+        if c.test_unit_ready(1).unwrap().is_good() {
+            break;
+        }
+    }
+    assert!(c.read(1, 0, 8, BS).unwrap().iter().all(|&x| x == 0xaa));
+    let lu = |op: &str, extra: &[&str]| {
+        let mut args = vec![
+            "--lld", "iscsi", "--op", op, "--mode", "logicalunit", "--tid", "1", "--lun", "1",
+        ];
+        args.extend_from_slice(extra);
+        d.must(&args);
+    };
+    lu("delete", &[]);
+    lu("new", &["-b", b.to_str().unwrap()]);
+    // The new LU reports its arrival first (unit attention), then reads.
+    let mut data = Vec::new();
+    for _ in 0..4 {
+        match c.read(1, 0, 8, BS) {
+            Ok(v) => {
+                data = v;
+                break;
+            }
+            Err(_) => continue,
+        }
+    }
+    assert!(
+        !data.is_empty() && data.iter().all(|&x| x == 0xbb),
+        "read {:x?}",
+        &data[..data.len().min(8)]
+    );
+}

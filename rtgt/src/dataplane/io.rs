@@ -44,7 +44,7 @@ struct InFlight {
     session: Rc<Session>,
     token: Token,
     /// Keeps the store open (and its fd valid) until the engine is done.
-    io: LunIo,
+    io: Rc<LunIo>,
     _charge: Option<Charge>,
     /// Kept for [`IoTask::complete`] when an engine runs the transfer
     /// natively; `None` when the pool runs the whole task.
@@ -135,7 +135,7 @@ impl TargetCtx {
                 conn: cmd.conn,
                 read: cmd.read,
             };
-            let io = self.shared.device(lun);
+            let io = self.device(lun);
             let req = Request {
                 cdb: cmd.cdb,
                 nexus: s.setup.nexus,
@@ -154,7 +154,7 @@ impl TargetCtx {
                         buf,
                     );
                     drop(m);
-                    s.record(a, &self.shared.stats.total, io.as_ref());
+                    s.record(a, &self.shared.stats.total, io.as_deref());
                 }
                 Outcome::Io(task) => {
                     drop(m);
@@ -193,7 +193,7 @@ impl TargetCtx {
         self: &Rc<Self>,
         s: &Rc<Session>,
         c: Started,
-        io: Option<LunIo>,
+        io: Option<Rc<LunIo>>,
         task: IoTask,
         mut buf: Vec<u8>,
     ) {

@@ -109,6 +109,10 @@ pub struct TargetShared {
     pub stats: Arc<TargetStats>,
     /// Every loop's mailbox, for resets that must reach all of them.
     pub loops: OnceLock<Vec<mpsc::UnboundedSender<TargetMsg>>>,
+    /// Bumped whenever a LUN's store changes, so loops know their cached
+    /// copies of `devices` are stale (their common path then reads no
+    /// lock at all).
+    pub lun_gen: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -168,6 +172,8 @@ impl TargetShared {
                     gate: Arc::default(),
                 },
             );
+        self.lun_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.luns().insert(id, cfg);
     }
 
@@ -178,6 +184,8 @@ impl TargetShared {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
+        self.lun_gen
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
         self.stats.remove_lun(id.0);
     }
 
@@ -197,6 +205,8 @@ impl TargetShared {
                     gate,
                 },
             );
+            self.lun_gen
+                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         self.luns().update(id, |c| *c = cfg);
     }
@@ -253,9 +263,32 @@ pub struct TargetCtx {
     pub inflight: RefCell<io::InFlightTable>,
     /// Adaptive polling window (see [`LoopConfig::poll_us`]).
     pub poll: std::time::Duration,
+    /// This loop's copy of the LUNs' stores, valid while
+    /// `shared.lun_gen` stays at the generation it was filled at.
+    pub lun_cache: RefCell<(u64, HashMap<LunId, Rc<LunIo>>)>,
 }
 
 impl TargetCtx {
+    /// A LUN's store, counters and gate, from this loop's cache: one
+    /// atomic load on the common path, no lock.
+    pub fn device(&self, id: LunId) -> Option<Rc<LunIo>> {
+        let gen = self
+            .shared
+            .lun_gen
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mut c = self.lun_cache.borrow_mut();
+        if c.0 != gen {
+            c.1.clear();
+            c.0 = gen;
+        }
+        if let Some(io) = c.1.get(&id) {
+            return Some(io.clone());
+        }
+        let io = Rc::new(self.shared.device(id)?);
+        c.1.insert(id, io.clone());
+        Some(io)
+    }
+
     /// A connection ended and left its session (`ended`: it was the last
     /// one; `None`: a login with its CID had already replaced it, and the
     /// registry entries now belong to the new one).
@@ -445,6 +478,7 @@ impl TargetHandle {
             knobs: Mutex::new(Knobs::default()),
             stats,
             loops: OnceLock::new(),
+            lun_gen: std::sync::atomic::AtomicU64::new(0),
         });
         let mut loops = Vec::new();
         let mut threads = Vec::new();
@@ -497,6 +531,7 @@ impl TargetHandle {
                         cq,
                         inflight: RefCell::new(io::InFlightTable::default()),
                         poll: std::time::Duration::from_micros(poll_us as u64),
+                        lun_cache: RefCell::new((u64::MAX, HashMap::new())),
                     });
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, async move {
