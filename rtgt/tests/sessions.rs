@@ -581,7 +581,16 @@ fn a_replaced_lun_is_served_from_its_new_store() {
     assert!(c.read(1, 0, 8, BS).unwrap().iter().all(|&x| x == 0xaa));
     let lu = |op: &str, extra: &[&str]| {
         let mut args = vec![
-            "--lld", "iscsi", "--op", op, "--mode", "logicalunit", "--tid", "1", "--lun", "1",
+            "--lld",
+            "iscsi",
+            "--op",
+            op,
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
         ];
         args.extend_from_slice(extra);
         d.must(&args);

@@ -188,6 +188,61 @@ impl LunSet {
     pub fn execute(&mut self, req: &Request<'_>, buf: &mut Vec<u8>) -> Outcome {
         let dout = std::mem::take(buf);
         let (result, format) = self.dispatch(req, &dout, buf);
+        self.outcome(req, result, format, dout, buf)
+    }
+
+    /// The common path on a shared reference, so that a target's loops
+    /// need not take turns: the SBC commands (READ, WRITE, VERIFY, WRITE
+    /// SAME, UNMAP, COMPARE AND WRITE, SYNCHRONIZE CACHE, READ CAPACITY,
+    /// ...), which change no SCSI state, on a LU where nothing pending can
+    /// change their outcome for this nexus. `None`, with `buf` untouched,
+    /// when the command needs [`execute`](LunSet::execute): another kind
+    /// of command, a unit attention pending for the nexus (SAM-5 §5.14),
+    /// an SPC-2 reservation held by another nexus, a persistent
+    /// reservation it conflicts with (SPC-4 §5.13.1), an unknown LUN,
+    /// opcode or nexus. Same answers as `execute` otherwise.
+    pub fn execute_shared(&self, req: &Request<'_>, buf: &mut Vec<u8>) -> Option<Outcome> {
+        cdb::check_length(req.cdb).ok()?;
+        let cdb = req.cdb;
+        let lun = self.luns.get(&req.lun)?;
+        if lun.ua.get(&req.nexus).is_some_and(|q| !q.is_empty()) {
+            return None;
+        }
+        if lun.reserved_by.is_some_and(|h| h != req.nexus) {
+            return None;
+        }
+        let info = opcodes::lookup(&lun.cfg, cdb[0], cdb::service_action(cdb))?;
+        if !matches!(info.handler, opcodes::Handler::Sbc) {
+            return None;
+        }
+        let initiator = self.nexuses.get(&req.nexus)?;
+        if lun.pr.check_access(initiator, cdb).is_err() {
+            return None;
+        }
+        let ctx = Ctx {
+            cdb,
+            nexus: req.nexus,
+            lun: req.lun,
+            tid: self.tid,
+            port: &self.port,
+            expected_len: req.expected_len,
+            initiator,
+            names: &self.nexuses,
+        };
+        let dout = std::mem::take(buf);
+        let r = sbc::execute(lun, &ctx, &dout, buf);
+        Some(self.outcome(req, r, lun.sense_format(), dout, buf))
+    }
+
+    /// A handler's result as the command's outcome.
+    fn outcome(
+        &self,
+        req: &Request<'_>,
+        result: HandlerResult,
+        format: SenseFormat,
+        dout: Vec<u8>,
+        buf: &mut Vec<u8>,
+    ) -> Outcome {
         match result {
             Ok(Reply::Good { wanted }) => Outcome::Done(Response {
                 status: Status::Good,

@@ -19,12 +19,7 @@ const FUA: u8 = 0x08;
 /// Most LBA status descriptors one GET LBA STATUS returns.
 const MAX_LBA_STATUS_DESCRIPTORS: usize = 1024;
 
-pub(crate) fn execute(
-    lun: &mut Lun,
-    ctx: &Ctx<'_>,
-    dout: &[u8],
-    din: &mut Vec<u8>,
-) -> HandlerResult {
+pub(crate) fn execute(lun: &Lun, ctx: &Ctx<'_>, dout: &[u8], din: &mut Vec<u8>) -> HandlerResult {
     if let Some(s) = not_ready(lun) {
         return Err(s);
     }

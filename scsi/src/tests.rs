@@ -168,7 +168,19 @@ impl H {
             lun,
             expected_len: dout.len() as u32,
         };
-        let resp = match self.set.execute(&req, &mut buf) {
+        // As the daemon does: the shared path first, `execute` when it
+        // declines, so every test here checks that both agree.
+        let outcome = match self.set.execute_shared(&req, &mut buf) {
+            Some(o) => o,
+            None => {
+                assert_eq!(
+                    buf, dout,
+                    "execute_shared declined after touching the buffer"
+                );
+                self.set.execute(&req, &mut buf)
+            }
+        };
+        let resp = match outcome {
             Outcome::Done(r) => r,
             Outcome::Io(t) => {
                 assert_eq!(t.lun(), lun);
@@ -1777,4 +1789,59 @@ fn orwrite() {
     let mut h = H::with(ro);
     h.cmd_out(&rw16(0x8b, 0, 1, 1), &[0; 512])
         .check(key::DATA_PROTECT, asc::WRITE_PROTECTED);
+}
+
+/// The shared path takes the plain SBC commands and declines whatever
+/// needs exclusive access: pending unit attentions, reservations held by
+/// another nexus, persistent reservation conflicts, other command sets.
+#[test]
+fn shared_path_declines_what_needs_exclusive_access() {
+    fn shared(h: &H, n: NexusId, cdb: &[u8]) -> bool {
+        let req = Request {
+            cdb,
+            nexus: n,
+            lun: L1,
+            expected_len: 512,
+        };
+        let mut buf = Vec::new();
+        h.set.execute_shared(&req, &mut buf).is_some()
+    }
+    let mut h = pr_h();
+    let read = rw10(0x28, 0, 0, 1);
+    assert!(shared(&h, A, &read));
+    assert!(
+        shared(&h, A, &[0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        "READ CAPACITY"
+    );
+    assert!(!shared(&h, A, &inquiry(false, 0, 36)), "not an SBC command");
+    assert!(
+        !shared(&h, A, &[0xa0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+        "REPORT LUNS"
+    );
+    // A reset leaves a unit attention for every nexus: each declines
+    // until it has been told, through the exclusive path.
+    h.set.lun_reset(L1, A);
+    assert!(!shared(&h, B, &read));
+    h.run(B, L1, &read, &[])
+        .check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET_FUNCTION);
+    assert!(shared(&h, B, &read));
+    assert!(!shared(&h, A, &read));
+    h.cmd(&read);
+    // SPC-2 reservation by A: B declines (and gets its conflict the slow way).
+    h.cmd(&[0x16, 0, 0, 0, 0, 0]).good();
+    assert!(shared(&h, A, &read));
+    assert!(!shared(&h, B, &read));
+    assert_eq!(h.run(B, L1, &read, &[]).status, Status::ReservationConflict);
+    h.cmd(&[0x17, 0, 0, 0, 0, 0]).good();
+    // WRITE EXCLUSIVE persistent reservation held by A: B's read is
+    // allowed, its write declines and conflicts.
+    h.register(A, 0xa);
+    h.pr_out(A, 1, 1, 0xa, 0).good();
+    assert!(shared(&h, B, &read));
+    let write = rw10(0x2a, 0, 0, 1);
+    assert!(!shared(&h, B, &write));
+    assert_eq!(
+        h.run(B, L1, &write, &[0; 512]).status,
+        Status::ReservationConflict
+    );
 }

@@ -142,7 +142,15 @@ impl TargetCtx {
                 lun,
                 expected_len: cmd.edtl,
             };
-            let outcome = self.shared.luns().execute(&req, &mut buf);
+            // Reads, writes and the other SBC commands that change no SCSI
+            // state run under the shared lock; the rest (and anything with
+            // a unit attention or reservation pending) under the exclusive
+            // one.
+            let shared = self.shared.luns_shared().execute_shared(&req, &mut buf);
+            let outcome = match shared {
+                Some(o) => o,
+                None => self.shared.luns().execute(&req, &mut buf),
+            };
             match outcome {
                 Outcome::Done(r) => {
                     let a = m.handle_scsi_done(

@@ -3,10 +3,14 @@
 //! sessions and connections outright. A new session goes to the next loop
 //! in turn; a connection joining a session (MC/S) goes to that session's
 //! loop. What the loops of one target share is only the SCSI state of its
-//! LUNs, under the target's own mutex held for the length of one
-//! `LunSet::execute`, as Curve's tgt fork does. Disk I/O goes through each
-//! loop's io_uring or its worker pool, so a loop never waits on a disk.
-//! The management thread reaches loops only through [`TargetMsg`].
+//! LUNs, under a reader-writer lock: the common path (reads, writes and
+//! the other SBC commands, with no unit attention or reservation pending)
+//! holds it shared, so loops never wait for each other there; commands
+//! that change SCSI state hold it exclusively for one `LunSet::execute`.
+//! COMPARE AND WRITE and ORWRITE serialize per LUN (`LunGate`), never per
+//! target. Disk I/O goes through each loop's engines (io_uring, the worker
+//! pool, or inline for memory), so a loop never waits on a disk. The
+//! management thread reaches loops only through [`TargetMsg`].
 
 pub mod affinity;
 pub mod conn;
@@ -99,7 +103,7 @@ pub struct TargetShared {
     pub name: RwLock<String>,
     /// The LUNs' SCSI state: the target's own mutex, held for one
     /// `execute` (or a management change) at a time.
-    pub luns: Mutex<LunSet>,
+    pub luns: RwLock<LunSet>,
     /// Each LUN's store and counters.
     pub devices: RwLock<HashMap<LunId, LunIo>>,
     pub registry: Arc<Registry>,
@@ -122,8 +126,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl TargetShared {
-    pub fn luns(&self) -> std::sync::MutexGuard<'_, LunSet> {
-        lock(&self.luns)
+    /// The LUNs' SCSI state for a command that may change it (or a
+    /// management change): exclusive.
+    pub fn luns(&self) -> std::sync::RwLockWriteGuard<'_, LunSet> {
+        self.luns.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The LUNs' SCSI state for [`LunSet::execute_shared`]: the common
+    /// path, on which a target's loops never wait for each other.
+    pub fn luns_shared(&self) -> std::sync::RwLockReadGuard<'_, LunSet> {
+        self.luns.read().unwrap_or_else(|p| p.into_inner())
     }
 
     pub fn knobs(&self) -> Knobs {
@@ -471,7 +483,7 @@ impl TargetHandle {
         let shared = Arc::new(TargetShared {
             tid,
             name: RwLock::new(name),
-            luns: Mutex::new(LunSet::new(tid, port)),
+            luns: RwLock::new(LunSet::new(tid, port)),
             devices: RwLock::new(HashMap::new()),
             registry,
             portals,
