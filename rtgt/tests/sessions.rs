@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use common::{sparse_file, Daemon};
 use initiator::{cdb, logout_reason, Connection, LoginOptions};
+use iscsi::pdu::{Bhs, Itt, Opcode, Pdu, RESERVED_TAG};
 
 const IQN: &str = "iqn.2026-11.io.rtgt.test:sessions";
 const BS: u32 = 512;
@@ -613,4 +614,58 @@ fn a_replaced_lun_is_served_from_its_new_store() {
         "read {:x?}",
         &data[..data.len().min(8)]
     );
+}
+
+/// An initiator that stops answering NOP-In pings is dropped after
+/// `nop_count` of them (RFC 7143 §11.19 leaves the policy to the target;
+/// tgt's `nop_interval`/`nop_count`); one that answers keeps its session.
+#[test]
+fn unanswered_pings_drop_the_connection() {
+    let d = setup("nop");
+    for (k, v) in [("nop_interval", "1"), ("nop_count", "2")] {
+        d.must(&[
+            "--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1", "--name", k,
+            "--value", v,
+        ]);
+    }
+    // This one answers every ping and is still served afterwards.
+    let (mut good, _) = Connection::login(d.portal, &opts(&d)).expect("login");
+    let mut answered = 0;
+    while answered < 2 {
+        let p = good.recv_pdu().expect("ping");
+        assert_eq!(p.bhs.opcode(), Some(Opcode::NopIn), "{p:?}");
+        assert_eq!(p.bhs.itt().0, RESERVED_TAG);
+        let mut b = Bhs::new(Opcode::NopOut);
+        b.0[0] |= 0x40;
+        b.set_flags(0x80);
+        b.set_itt(Itt(RESERVED_TAG));
+        b.set_u32_at(20, p.bhs.ttt().0);
+        b.set_u32_at(24, good.cmd_sn());
+        b.set_u32_at(28, good.exp_stat_sn());
+        good.send_pdu(&Pdu::new(b)).unwrap();
+        answered += 1;
+    }
+    for _ in 0..4 {
+        if good.test_unit_ready(1).unwrap().is_good() {
+            break;
+        }
+    }
+    assert!(good.test_unit_ready(1).unwrap().is_good());
+    // This one reads the pings but never answers: after two the target
+    // closes the connection.
+    let o = LoginOptions {
+        isid: [0x80, 0, 0, 0x12, 0x34, 0x57],
+        ..opts(&d)
+    };
+    let (mut silent, _) = Connection::login(d.portal, &o).expect("login");
+    let mut pings = 0;
+    let end = loop {
+        match silent.recv_pdu() {
+            Ok(p) if p.bhs.opcode() == Some(Opcode::NopIn) => pings += 1,
+            Ok(p) => panic!("unexpected {p:?}"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(pings, 2, "dropped after {pings} pings ({end})");
+    assert!(d.log().contains("initiator stopped answering NOP-In"));
 }

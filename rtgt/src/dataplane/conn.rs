@@ -360,6 +360,9 @@ pub async fn run(
     let mut fresh = !rbuf.is_empty();
     // Whether PDUs were handled since the loop last yielded.
     let mut worked = false;
+    let timer = tokio::time::sleep(std::time::Duration::from_secs(3600));
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     // A PDU whose large data segment is being read into its own buffer,
     // and whether the initiator sends such PDUs (then reads into the
     // receive buffer stay small, so the next one's data is not copied).
@@ -494,13 +497,15 @@ pub async fn run(
                 Err(_) => break None,
             }
         }
+        // One timer for the connection's life, moved only when the
+        // session's next deadline moves (not a new timer per wake-up).
         let deadline = session.m.borrow().poll_timeout(me.id);
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d.into()).await,
-                None => std::future::pending().await,
+        if deadline != armed {
+            if let Some(d) = deadline {
+                timer.as_mut().reset(d.into());
             }
-        };
+            armed = deadline;
+        }
         tokio::select! {
             r = stream.readable() => {
                 if r.is_err() {
@@ -519,7 +524,8 @@ pub async fn run(
                     break None;
                 }
             }
-            _ = sleep => {
+            _ = &mut timer, if armed.is_some() => {
+                armed = None;
                 let r = session.m.borrow_mut().handle_timeout(me.id, Instant::now());
                 if let Err(c) = r {
                     if let Close::Protocol(why) = c {
