@@ -43,6 +43,12 @@ pub enum TransferError {
     /// missing or repeated Data-Out is a protocol error.
     #[error("data-out DataSN {got}, expected {want}")]
     DataSn { got: u32, want: u32 },
+    /// A sequence ended (F bit) before all it had to carry: the unsolicited
+    /// burst before min(FirstBurstLength, EDTL), or an R2T's sequence
+    /// before its Desired Data Transfer Length (RFC 7143 §13.14, §11.8.4).
+    /// Nothing would ever ask for the missing bytes.
+    #[error("data-out sequence ended after {got} of {want} bytes")]
+    ShortSequence { got: u32, want: u32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -158,6 +164,12 @@ impl WriteTransfer {
                     want: self.unsolicited_sn,
                 });
             }
+            if final_bit && self.unsolicited + len < first {
+                return Err(TransferError::ShortSequence {
+                    got: self.unsolicited + len,
+                    want: first,
+                });
+            }
             self.unsolicited_sn += 1;
             self.unsolicited += len;
             self.received += len;
@@ -179,6 +191,12 @@ impl WriteTransfer {
             return Err(TransferError::DataSn {
                 got: data_sn,
                 want: o.next_sn,
+            });
+        }
+        if final_bit && o.got + len < o.len {
+            return Err(TransferError::ShortSequence {
+                got: o.got + len,
+                want: o.len,
             });
         }
         o.next_sn += 1;
@@ -289,6 +307,35 @@ mod tests {
         assert!(t.on_data_out(Ttt(7), 0, 512, 512, false).is_err());
         assert!(t.on_data_out(Ttt(7), 1, 1024, 512, false).is_err());
         t.on_data_out(Ttt(7), 1, 512, 512, false).unwrap();
+    }
+
+    /// A sequence that ends early would leave bytes nobody asks for: the
+    /// command would wait forever. It is an error instead.
+    #[test]
+    fn sequences_ending_early_are_errors() {
+        // Unsolicited burst ended at 4096 of FirstBurstLength 65536.
+        let mut t = WriteTransfer::new(100_000, 0, false, limits(false)).unwrap();
+        assert_eq!(
+            t.on_data_out(Ttt(RESERVED_TAG), 0, 0, 4096, true),
+            Err(TransferError::ShortSequence {
+                got: 4096,
+                want: 65536
+            })
+        );
+        // An R2T's sequence ended at 512 of 2048.
+        let mut t = WriteTransfer::new(2048, 0, true, limits(true)).unwrap();
+        t.next_r2ts(|| Ttt(7));
+        assert_eq!(
+            t.on_data_out(Ttt(7), 0, 0, 512, true),
+            Err(TransferError::ShortSequence {
+                got: 512,
+                want: 2048
+            })
+        );
+        // A write shorter than FirstBurstLength sends it all unsolicited.
+        let mut t = WriteTransfer::new(4096, 0, false, limits(false)).unwrap();
+        t.on_data_out(Ttt(RESERVED_TAG), 0, 0, 4096, true).unwrap();
+        assert!(t.complete());
     }
 
     #[test]

@@ -743,3 +743,24 @@ fn immediate_commands_cannot_overrun_the_queue() {
     t.send_ok(&tmf(200, 1, 1, 0, 1, 0));
     assert_eq!(t.out()[0].bhs.0[2], 0);
 }
+
+#[test]
+fn a_data_out_sequence_ending_early_fails_the_command() {
+    // The R2T asked for 16 KiB; the initiator sets F after 8 KiB. Nothing
+    // would ever ask for the rest: the command ends with a data phase
+    // error instead of waiting forever with its window slot.
+    let mut t = start(1, 16);
+    t.send_ok(&write_cmd(1, 1, 16384, &[], true));
+    let r2t = t.out();
+    assert_eq!(r2t.len(), 1);
+    let ttt = r2t[0].bhs.ttt().0;
+    t.send_ok(&data_out(1, ttt, 0, 0, &[5u8; 8192], true));
+    let o = t.out();
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].op(), Opcode::ScsiResponse);
+    assert_eq!(o[0].bhs.0[3], 0x02);
+    assert_eq!(o[0].data[2 + 12], 0x4b, "DATA PHASE ERROR");
+    assert!(t.scsi().is_empty());
+    assert_eq!(t.s.in_flight(), 0);
+    assert_eq!(t.s.tasks_live(), 0);
+}
