@@ -269,6 +269,12 @@ struct Conn {
     text: TextExchange,
     /// Bytes (ExpectedDataTransferLength) of writes collecting Data-Out.
     writes_pending: u64,
+    /// Bytes queued in `tx` (headers and data): what the peer has not
+    /// taken yet, for the driver's backpressure.
+    tx_bytes: u64,
+    /// A login with the same CID took this connection's place: it is
+    /// closing, and its end must not touch what now belongs to the new one.
+    replaced: bool,
 }
 
 /// A PDU's data segment: in the receive buffer, or already in a buffer
@@ -356,7 +362,7 @@ impl Session {
         let old = self
             .conns
             .iter()
-            .find(|c| c.cfg.cid == cfg.cid)
+            .find(|c| c.cfg.cid == cfg.cid && !c.replaced)
             .map(|c| c.id);
         self.conns.push(Conn {
             id,
@@ -371,9 +377,16 @@ impl Session {
             rx_activity: true,
             text: TextExchange::new(negotiated),
             writes_pending: 0,
+            tx_bytes: 0,
+            replaced: false,
         });
-        if let Some(old) = old {
-            self.remove_conn(old);
+        if let Some(old) = old.and_then(|o| self.conn_index(o)) {
+            // Its driver ends it (and may still hold PDUs pointing into
+            // its tasks): mark it, and let that driver call `remove_conn`.
+            let c = &mut self.conns[old];
+            c.closing = true;
+            c.replaced = true;
+            c.wake = true;
         }
         (id, old)
     }
@@ -385,6 +398,13 @@ impl Session {
     /// The connection's CID, if it is still part of the session.
     pub fn cid(&self, c: ConnId) -> Option<u16> {
         self.conn_index(c).map(|i| self.conns[i].cfg.cid)
+    }
+
+    /// Bytes of PDUs queued for the connection and not yet taken with
+    /// [`poll_transmit`](Session::poll_transmit): the driver stops reading
+    /// from a peer that does not read what it is sent.
+    pub fn tx_bytes(&self, c: ConnId) -> u64 {
+        self.conn_index(c).map_or(0, |i| self.conns[i].tx_bytes)
     }
 
     /// The connection's MaxRecvDataSegmentLength (ours).
@@ -836,6 +856,7 @@ impl Session {
         let c = &mut self.conns[ci];
         let next_ttt = &mut c.next_ttt;
         let tx = &mut c.tx;
+        let tx_bytes = &mut c.tx_bytes;
         x.each_r2t(
             || {
                 let t = *next_ttt;
@@ -848,6 +869,7 @@ impl Session {
             },
             |r| {
                 let p = pdu::r2t(itt, lun_raw, r.ttt, r.r2t_sn, r.offset, r.len);
+                *tx_bytes += BHS_LEN as u64;
                 tx.push_back((p.bhs, Payload::None, Stamp::Peek));
             },
         );
@@ -1187,7 +1209,11 @@ impl Session {
             }
             1 => {
                 let cid = b.logout_cid();
-                match self.conns.iter().position(|c| c.cfg.cid == cid) {
+                match self
+                    .conns
+                    .iter()
+                    .position(|c| c.cfg.cid == cid && !c.replaced)
+                {
                     Some(j) => {
                         respond(self, 0);
                         self.conns[j].closing = true;
@@ -1256,6 +1282,7 @@ impl Session {
             Payload::Task(_, r) => r.len(),
         });
         let c = &mut self.conns[ci];
+        c.tx_bytes += (BHS_LEN + bhs.data_len()) as u64;
         c.tx.push_back((bhs, data, stamp));
         c.wake = true;
     }
@@ -1271,6 +1298,9 @@ impl Session {
         let (mut bhs, data, stamp) = self.conns[ci].tx.pop_front()?;
         let (exp, max) = (self.window.exp_cmd_sn(), self.window.max_cmd_sn());
         let conn = &mut self.conns[ci];
+        conn.tx_bytes = conn
+            .tx_bytes
+            .saturating_sub((BHS_LEN + bhs.data_len()) as u64);
         bhs.set_stat_sn(conn.stat_sn);
         bhs.set_exp_cmd_sn(exp);
         bhs.set_max_cmd_sn(max);
@@ -1338,7 +1368,10 @@ impl Session {
 
     /// Ask one connection (by CID) to close.
     pub fn close_cid(&mut self, cid: u16) -> Option<ConnId> {
-        let c = self.conns.iter_mut().find(|c| c.cfg.cid == cid)?;
+        let c = self
+            .conns
+            .iter_mut()
+            .find(|c| c.cfg.cid == cid && !c.replaced)?;
         c.closing = true;
         c.wake = true;
         Some(c.id)
@@ -1377,6 +1410,10 @@ impl Session {
             }
         }
         let ended = self.conns.is_empty();
+        if conn.replaced && !ended {
+            // Its CID, registry entry and counters are the new one's now.
+            return None;
+        }
         if ended {
             for q in self.window.drain_held() {
                 self.give_buf(q.data);

@@ -764,3 +764,31 @@ fn a_data_out_sequence_ending_early_fails_the_command() {
     assert_eq!(t.s.in_flight(), 0);
     assert_eq!(t.s.tasks_live(), 0);
 }
+
+#[test]
+fn a_replaced_connection_keeps_its_unwritten_data_in_until_it_ends() {
+    // The driver of the old connection may hold Data-In it has started to
+    // write when a login with the same CID replaces it: those PDUs must
+    // stay whole until that driver ends the connection itself.
+    let mut t = start(1, 16);
+    t.send_ok(&read_cmd(1, 1, 8192));
+    let (tok, _, _, buf) = t.scsi().pop().unwrap();
+    assert!(t.read_done(tok, buf, 8192, 8192));
+    let held: Vec<_> = std::iter::from_fn(|| t.s.poll_transmit(t.c)).collect();
+    assert_eq!(held.len(), 2);
+    let (c2, old) = t.s.add_conn(conn_cfg(0), &negotiated(), t.now);
+    assert_eq!(old, Some(t.c));
+    assert!(t.s.is_closing(t.c));
+    assert!(!t.s.is_closing(c2));
+    for h in &held {
+        assert_eq!(t.s.payload(h).len(), 4096, "Data-In freed under its writer");
+    }
+    for h in held {
+        t.s.release(h);
+    }
+    // Its end does not count as the new connection's.
+    assert_eq!(t.s.remove_conn(t.c), None);
+    assert_eq!(t.s.conn_count(), 1);
+    assert_eq!(t.s.close_cid(0), Some(c2));
+    assert_eq!(t.s.tasks_live(), 0);
+}

@@ -481,3 +481,33 @@ fn large_pdus_arrive_whole() {
         }
     }
 }
+
+/// An initiator that keeps sending pings and never reads the answers must
+/// not make the target buffer them without bound. Immediate NOP-Outs pass
+/// the CmdSN window, and each asks for its data back (RFC 7143 §11.18.5);
+/// once several MiB wait for the peer, the target stops taking its
+/// requests (the peer's sends then block) and memory stays flat.
+#[test]
+fn a_peer_that_never_reads_cannot_grow_memory() {
+    let d = setup("noread");
+    let mut c = login(&d);
+    c.set_timeout(Duration::from_secs(2)).unwrap();
+    let before = rss_kib(&d);
+    let mut sent = 0u32;
+    // Up to 40000 pings of 8 KiB: 320 MiB of answers nobody reads.
+    for i in 0..40_000u32 {
+        let mut p = ping(&c, 0x9000 + i);
+        p.data = vec![0x5a; 8192];
+        p.bhs.set_data_len(p.data.len());
+        if c.send_pdu(&p).is_err() {
+            break;
+        }
+        sent += 1;
+    }
+    let grown = rss_kib(&d).saturating_sub(before);
+    assert!(
+        grown < 64 * 1024,
+        "rtgtd grew by {grown} KiB after {sent} unread 8 KiB pings"
+    );
+    assert!(sent < 40_000, "the target never stopped taking requests");
+}

@@ -173,10 +173,9 @@ pub fn run(data: &[u8]) -> Seen {
                     s.remove_conn(c);
                 } else if conns.len() < 3 {
                     let cid = (pick % 3) as u16;
-                    let (id, old) = s.add_conn(conn_cfg(cid), &p, now);
-                    if let Some(old) = old {
-                        conns.retain(|l| l.id != old);
-                    }
+                    // A connection this replaces is closing; its driver
+                    // ends it below, as any closing connection.
+                    let (id, _) = s.add_conn(conn_cfg(cid), &p, now);
                     conns.push(Live { id, stat_sn: None });
                 }
             }
@@ -194,6 +193,16 @@ pub fn run(data: &[u8]) -> Seen {
         for l in conns.iter_mut() {
             drain(&mut s, l, &mut ttts, &mut seen);
         }
+        // What a driver does with a connection that is closing (logged
+        // out, replaced, asked to): send what is queued, then end it.
+        conns.retain(|l| {
+            if s.is_closing(l.id) {
+                s.remove_conn(l.id);
+                false
+            } else {
+                true
+            }
+        });
         assert!(
             s.held() <= depth as usize,
             "held {} > width {depth}",

@@ -232,7 +232,25 @@ impl Pool {
                 .name(format!("{}.io{n}", self.name))
                 .spawn(move || me.work());
             if spawned.is_err() {
-                lock(&self.state).threads -= 1;
+                let mut st = lock(&self.state);
+                st.threads -= 1;
+                if st.threads == 0 {
+                    // Nobody would ever run what is queued: fail it (the
+                    // commands get CHECK CONDITION) rather than leave it.
+                    let jobs: Vec<Job> = st.jobs.drain(..).collect();
+                    drop(st);
+                    tracing::warn!(pool = %self.name, "cannot start an I/O thread");
+                    for j in jobs {
+                        if j.task.is_exclusive() {
+                            j.gate.exclusive.fetch_sub(1, Ordering::SeqCst);
+                        }
+                        self.cq.push(Done {
+                            tag: j.tag,
+                            result: Finished::Native(false),
+                            buf: j.buf,
+                        });
+                    }
+                }
             }
             return;
         }

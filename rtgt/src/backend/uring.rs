@@ -53,6 +53,9 @@ pub struct Uring {
     inflight: Cell<usize>,
     /// Entries pushed since the last submit.
     unsubmitted: Cell<bool>,
+    /// Operations waiting for room in the submission queue (it was full
+    /// and the kernel would not take entries right then).
+    waiting: RefCell<std::collections::VecDeque<usize>>,
 }
 
 impl Uring {
@@ -72,6 +75,7 @@ impl Uring {
             free: RefCell::new(Vec::new()),
             inflight: Cell::new(0),
             unsubmitted: Cell::new(false),
+            waiting: RefCell::new(std::collections::VecDeque::new()),
         })
     }
 
@@ -122,31 +126,55 @@ impl Uring {
         self.push(key);
     }
 
-    /// Queue the next kernel request of operation `key`.
+    /// Queue the next kernel request of operation `key` (behind any that
+    /// already wait for room, to keep their order).
     fn push(&self, key: usize) {
+        if !self.waiting.borrow().is_empty() || !self.try_push(key) {
+            self.waiting.borrow_mut().push_back(key);
+        }
+    }
+
+    /// Put operation `key`'s next request in the submission queue; false
+    /// if there is no room even after handing the queue to the kernel.
+    fn try_push(&self, key: usize) -> bool {
         let entry = {
             let mut ops = self.ops.borrow_mut();
             let op = ops[key].as_mut().expect("live op");
             entry_for(op).user_data(key as u64)
         };
         let mut ring = self.ring.borrow_mut();
-        // SAFETY: the entry points into `ops[key].buf`, whose heap block
-        // stays put (the Vec is never touched) until its completion is
-        // reaped; its fd is kept open by the caller's store handle.
-        unsafe {
-            while ring.submission().push(&entry).is_err() {
-                let _ = ring.submit();
-            }
+        // SAFETY (both pushes): the entry points into `ops[key].buf`,
+        // whose heap block stays put (the Vec is never touched) until its
+        // completion is reaped; its fd is kept open by the caller's store
+        // handle.
+        let pushed = unsafe { ring.submission().push(&entry).is_ok() }
+            || (ring.submit().is_ok() && unsafe { ring.submission().push(&entry).is_ok() });
+        if pushed {
+            self.unsubmitted.set(true);
         }
-        self.unsubmitted.set(true);
+        pushed
     }
 
-    /// Hand everything queued to the kernel in one system call.
+    /// Hand everything queued to the kernel in one system call. Entries
+    /// the kernel did not take (a busy completion queue, an error) stay
+    /// queued and go with the next flush, which `drain` also does.
     pub fn flush(&self) {
-        if self.unsubmitted.replace(false) {
-            if let Err(e) = self.ring.borrow_mut().submit() {
-                tracing::warn!(error = %e, "io_uring submit");
+        loop {
+            let next = self.waiting.borrow().front().copied();
+            match next {
+                Some(k) if self.try_push(k) => {
+                    self.waiting.borrow_mut().pop_front();
+                }
+                _ => break,
             }
+        }
+        if self.unsubmitted.get() {
+            let mut ring = self.ring.borrow_mut();
+            if let Err(e) = ring.submit() {
+                tracing::debug!(error = %e, "io_uring submit");
+            }
+            let left = !ring.submission().is_empty();
+            self.unsubmitted.set(left);
         }
     }
 
@@ -242,6 +270,10 @@ impl Drop for Uring {
     fn drop(&mut self) {
         // Buffers must outlive the kernel's use of them: wait out whatever
         // is still in flight before they are freed.
+        // Requests still waiting for room never reached the kernel.
+        let unsent = self.waiting.get_mut().len();
+        self.inflight
+            .set(self.inflight.get().saturating_sub(unsent));
         let ring = self.ring.get_mut();
         while self.inflight.get() > 0 {
             if ring.submit_and_wait(1).is_err() {

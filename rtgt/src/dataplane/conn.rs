@@ -202,7 +202,15 @@ impl Outbox {
                     slices[k] = IoSlice::new(&self.arena[h.clone()]);
                     k += 1;
                     if *dlen > 0 {
-                        slices[k] = IoSlice::new(m.payload(t));
+                        let d = m.payload(t);
+                        if d.len() != *dlen {
+                            // Its task is gone (never expected: a connection
+                            // ends before its tasks do). Stop rather than
+                            // send a PDU whose data is not what its header
+                            // and digest say.
+                            return Err(std::io::Error::other("PDU data went away"));
+                        }
+                        slices[k] = IoSlice::new(d);
                         k += 1;
                     }
                     if !tr.is_empty() {
@@ -233,6 +241,11 @@ impl Outbox {
         }
     }
 
+    /// Bytes taken from the session and not yet written.
+    fn unwritten(&self) -> u64 {
+        (self.total - self.done.min(self.total)) as u64
+    }
+
     /// Give everything back (the connection is closing).
     fn abandon(&mut self, s: &RefCell<proto::Session>) {
         let mut m = s.borrow_mut();
@@ -241,6 +254,11 @@ impl Outbox {
         }
     }
 }
+
+/// Most bytes of PDUs waiting for a peer that does not read them, before
+/// the connection stops reading its requests (so what a peer sends can
+/// never pin more than this plus what is already in flight).
+const TX_BACKLOG: u64 = 8 << 20;
 
 /// Data segments at least this long are read straight into their own
 /// buffer (a 256 KiB immediate write, a large Data-Out).
@@ -458,6 +476,9 @@ pub async fn run(
         if !blocked && session.m.borrow().is_closing(me.id) {
             break None;
         }
+        // Backpressure: while the peer leaves this much unread, take no
+        // new requests from it (only its reads of our PDUs make room).
+        let backlog = blocked && out.unwritten() + session.m.borrow().tx_bytes(me.id) > TX_BACKLOG;
         if worked {
             // Let the loop's other connections and its completions have a
             // turn before reading again: a busy initiator whose socket is
@@ -507,7 +528,7 @@ pub async fn run(
             armed = deadline;
         }
         tokio::select! {
-            r = stream.readable() => {
+            r = stream.readable(), if !backlog => {
                 if r.is_err() {
                     break None;
                 }

@@ -211,20 +211,23 @@ impl TargetCtx {
             self.refuse(s, c.token, status::CHECK_CONDITION, &sense, buf);
             return;
         };
+        // Reads pin their buffers until their Data-In is written: those
+        // in flight and those answered but not yet taken by the peer count
+        // against one budget per connection, like collecting writes (a
+        // hostile initiator could otherwise queue 128 x 32 MiB reads, or
+        // never read its answers).
+        let budget = s.handle(c.conn).map(|h| h.read_inflight.clone());
+        let need = if c.read { task.wanted() } else { 0 };
+        let used = budget.as_ref().map_or(0, |b| b.get()) + s.m.borrow().tx_bytes(c.conn);
+        if need > 0 && used > 0 && used + need > IO_BUDGET {
+            self.refuse(s, c.token, status::TASK_SET_FULL, &[], buf);
+            return;
+        }
         if io.dev.is_nonblocking() {
             // Inline: nothing to wait for (null, memory), so answer at
             // once rather than paying for a trip through an engine.
             let r = task.run(&*io.dev, &mut buf);
             self.answer(s, c.token, &r, buf, Some(&io));
-            return;
-        }
-        // Reads in flight pin their buffers until answered: bound them
-        // per connection like collecting writes.
-        let budget = s.handle(c.conn).map(|h| h.read_inflight.clone());
-        let need = if c.read { task.wanted() } else { 0 };
-        let used = budget.as_ref().map_or(0, |b| b.get());
-        if need > 0 && used > 0 && used + need > IO_BUDGET {
-            self.refuse(s, c.token, status::TASK_SET_FULL, &[], buf);
             return;
         }
         // Plain reads, writes and flushes go through the loop's io_uring
