@@ -51,6 +51,10 @@ pub mod status {
 const MAX_POOLED_CAPACITY: usize = 1 << 20;
 /// Most buffers the pool keeps idle.
 const MAX_IDLE: usize = 256;
+/// Most bytes of capacity the pool keeps idle: a session that once had
+/// 128 reads of 1 MiB in flight keeps 16 of those buffers, not all (the
+/// pool lives as long as its session), while 256 small ones fit.
+const MAX_IDLE_BYTES: usize = 16 << 20;
 
 /// Values negotiated for the whole session.
 #[derive(Debug, Clone)]
@@ -326,6 +330,8 @@ pub struct Session {
     conns: Vec<Conn>,
     next_conn: u32,
     pool: Vec<Vec<u8>>,
+    /// Capacity of the buffers in `pool`.
+    pool_bytes: usize,
     /// PDUs taken from the wire, all connections (the driver's measure of
     /// how deep the initiator's queue is).
     received: u64,
@@ -344,6 +350,7 @@ impl Session {
             conns: Vec::new(),
             next_conn: 1,
             pool: Vec::new(),
+            pool_bytes: 0,
             received: 0,
         }
     }
@@ -446,15 +453,23 @@ impl Session {
     // ---------------------------------------------------------------- pool
 
     fn take_buf(&mut self) -> Vec<u8> {
-        self.pool.pop().unwrap_or_default()
+        let b = self.pool.pop().unwrap_or_default();
+        self.pool_bytes -= b.capacity();
+        b
     }
 
     /// Keep a buffer for a later command (the driver gives back the ones
     /// it got from [`poll_scsi`](Session::poll_scsi) through
     /// [`handle_scsi_done`](Session::handle_scsi_done)).
     pub fn give_buf(&mut self, mut b: Vec<u8>) {
-        if b.capacity() > 0 && b.capacity() <= MAX_POOLED_CAPACITY && self.pool.len() < MAX_IDLE {
+        let cap = b.capacity();
+        if cap > 0
+            && cap <= MAX_POOLED_CAPACITY
+            && self.pool.len() < MAX_IDLE
+            && self.pool_bytes + cap <= MAX_IDLE_BYTES
+        {
             b.clear();
+            self.pool_bytes += cap;
             self.pool.push(b);
         }
     }
@@ -1423,5 +1438,46 @@ impl Session {
             }
         }
         Some(ended)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Session {
+        Session::new(SessionConfig {
+            exp_cmd_sn: CmdSn(1),
+            queue_depth: 128,
+            time2wait: 2,
+            time2retain: 20,
+            max_transfer: 1 << 20,
+            write_budget: 4 << 20,
+            discovery: false,
+        })
+    }
+
+    /// Idle buffers are bounded in number and in bytes: a burst of large
+    /// reads does not leave the session holding all their memory.
+    #[test]
+    fn the_pool_keeps_a_bounded_amount() {
+        let mut s = session();
+        for _ in 0..100 {
+            s.give_buf(Vec::with_capacity(1 << 20));
+        }
+        assert!(s.pool_bytes <= MAX_IDLE_BYTES);
+        assert_eq!(s.pool.len(), MAX_IDLE_BYTES >> 20);
+        let mut s = session();
+        for _ in 0..1000 {
+            s.give_buf(Vec::with_capacity(4096));
+        }
+        assert_eq!(s.pool.len(), MAX_IDLE);
+        // Too large to keep at all.
+        let mut s = session();
+        s.give_buf(Vec::with_capacity(MAX_POOLED_CAPACITY + 1));
+        assert!(s.pool.is_empty());
+        let b = s.buffer();
+        assert_eq!(s.pool_bytes, 0);
+        drop(b);
     }
 }
