@@ -351,28 +351,9 @@ TargetAddress=[::1]:3261,2\0TargetName=iqn.2024-01.org.example:disk2\0TargetAddr
 
     fn params(st: SessionType, max_xmit: u32) -> SessionParams {
         SessionParams {
-            initiator_name: "iqn.i".into(),
-            initiator_alias: None,
-            target_name: None,
-            session_type: st,
-            isid: [0; 6],
             tsih: 1,
-            cid: 0,
-            header_digest: false,
-            data_digest: false,
-            max_recv_data_segment_length: 8192,
             max_xmit_data_segment_length: max_xmit,
-            max_burst_length: 262144,
-            first_burst_length: 65536,
-            initial_r2t: true,
-            immediate_data: true,
-            max_outstanding_r2t: 1,
-            max_connections: 1,
-            data_pdu_in_order: true,
-            data_sequence_in_order: true,
-            default_time2wait: 2,
-            default_time2retain: 20,
-            error_recovery_level: 0,
+            ..SessionParams::rfc_defaults(st, "iqn.i", None)
         }
     }
 

@@ -132,6 +132,45 @@ pub struct SessionParams {
     pub error_recovery_level: u32,
 }
 
+impl SessionParams {
+    /// The values a session has when nothing is negotiated: the defaults
+    /// of RFC 7143 §13 (MaxRecvDataSegmentLength 8192 both ways,
+    /// MaxBurstLength 262144, FirstBurstLength 65536, InitialR2T and
+    /// ImmediateData Yes, one outstanding R2T and one connection, data in
+    /// order, DefaultTime2Wait 2, DefaultTime2Retain 20, ERL 0), for a
+    /// session of type `session_type` between these names.
+    pub fn rfc_defaults(
+        session_type: SessionType,
+        initiator_name: &str,
+        target_name: Option<&str>,
+    ) -> SessionParams {
+        SessionParams {
+            initiator_name: initiator_name.to_string(),
+            initiator_alias: None,
+            target_name: target_name.map(str::to_string),
+            session_type,
+            isid: [0; 6],
+            tsih: 0,
+            cid: 0,
+            header_digest: false,
+            data_digest: false,
+            max_recv_data_segment_length: 8192,
+            max_xmit_data_segment_length: 8192,
+            max_burst_length: 262_144,
+            first_burst_length: 65_536,
+            initial_r2t: true,
+            immediate_data: true,
+            max_outstanding_r2t: 1,
+            max_connections: 1,
+            data_pdu_in_order: true,
+            data_sequence_in_order: true,
+            default_time2wait: 2,
+            default_time2retain: 20,
+            error_recovery_level: 0,
+        }
+    }
+}
+
 /// Every key this module knows (RFC 7143 §13, §13.26 obsolete keys, RFC 7144
 /// iSCSIProtocolLevel). The discriminant indexes [`KEYS`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -36,28 +36,18 @@ impl SessionHost for Host {
 
 fn negotiated() -> SessionParams {
     SessionParams {
-        initiator_name: "iqn.2026-11.io.rtgt:test".into(),
-        initiator_alias: None,
-        target_name: Some(TARGET.into()),
-        session_type: SessionType::Normal,
         isid: [0x80, 0, 0, 0, 0, 1],
         tsih: 1,
-        cid: 0,
-        header_digest: false,
-        data_digest: false,
-        max_recv_data_segment_length: 8192,
         max_xmit_data_segment_length: 4096,
         max_burst_length: 16384,
         first_burst_length: 16384,
         initial_r2t: false,
-        immediate_data: true,
         max_outstanding_r2t: 2,
-        max_connections: 1,
-        data_pdu_in_order: true,
-        data_sequence_in_order: true,
-        default_time2wait: 2,
-        default_time2retain: 20,
-        error_recovery_level: 0,
+        ..SessionParams::rfc_defaults(
+            SessionType::Normal,
+            "iqn.2026-11.io.rtgt:test",
+            Some(TARGET),
+        )
     }
 }
 

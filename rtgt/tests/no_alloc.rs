@@ -150,28 +150,17 @@ fn steady_state_allocates_nothing() {
         discovery: false,
     });
     let params = SessionParams {
-        initiator_name: "iqn.2026-11.io.rtgt:alloc".into(),
-        initiator_alias: None,
-        target_name: Some("iqn.2026-11.io.rtgt:t".into()),
-        session_type: SessionType::Normal,
         isid: [0x80, 0, 0, 0, 0, 1],
         tsih: 1,
-        cid: 0,
-        header_digest: false,
-        data_digest: false,
-        max_recv_data_segment_length: 8192,
-        max_xmit_data_segment_length: 8192,
         max_burst_length: 16384,
         first_burst_length: 16384,
-        initial_r2t: true,
         immediate_data: false,
         max_outstanding_r2t: 2,
-        max_connections: 1,
-        data_pdu_in_order: true,
-        data_sequence_in_order: true,
-        default_time2wait: 2,
-        default_time2retain: 20,
-        error_recovery_level: 0,
+        ..SessionParams::rfc_defaults(
+            SessionType::Normal,
+            "iqn.2026-11.io.rtgt:alloc",
+            Some("iqn.2026-11.io.rtgt:t"),
+        )
     };
     let (c, _) = s.add_conn(
         ConnConfig {

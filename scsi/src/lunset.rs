@@ -219,16 +219,7 @@ impl LunSet {
         if lun.pr.check_access(initiator, cdb).is_err() {
             return None;
         }
-        let ctx = Ctx {
-            cdb,
-            nexus: req.nexus,
-            lun: req.lun,
-            tid: self.tid,
-            port: &self.port,
-            expected_len: req.expected_len,
-            initiator,
-            names: &self.nexuses,
-        };
+        let ctx = command_ctx(req, self.tid, &self.port, &self.nexuses, initiator);
         let dout = std::mem::take(buf);
         let r = sbc::execute(lun, &ctx, &dout, buf);
         Some(self.outcome(req, r, lun.sense_format(), dout, buf))
@@ -299,16 +290,7 @@ impl LunSet {
                 &anonymous
             }
         };
-        let ctx = Ctx {
-            cdb,
-            nexus: req.nexus,
-            lun: req.lun,
-            tid: self.tid,
-            port: &self.port,
-            expected_len: req.expected_len,
-            initiator,
-            names: &self.nexuses,
-        };
+        let ctx = command_ctx(req, self.tid, &self.port, &self.nexuses, initiator);
 
         if opcode == op::REPORT_LUNS {
             // SPC-4 §6.33: REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED.
@@ -389,6 +371,27 @@ impl LunSet {
         };
         let format = self.luns.get(&req.lun).map_or(format, |l| l.sense_format());
         (r, format)
+    }
+}
+
+/// What a handler sees of one command (taking the set's fields one by
+/// one, so the dispatcher may still change its LUNs).
+fn command_ctx<'a>(
+    req: &Request<'a>,
+    tid: u32,
+    port: &'a TargetPort,
+    names: &'a Names,
+    initiator: &'a str,
+) -> Ctx<'a> {
+    Ctx {
+        cdb: req.cdb,
+        nexus: req.nexus,
+        lun: req.lun,
+        tid,
+        port,
+        expected_len: req.expected_len,
+        initiator,
+        names,
     }
 }
 
