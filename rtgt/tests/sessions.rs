@@ -669,3 +669,46 @@ fn unanswered_pings_drop_the_connection() {
     assert_eq!(pings, 2, "dropped after {pings} pings ({end})");
     assert!(d.log().contains("initiator stopped answering NOP-In"));
 }
+
+/// With a target on two loops, two sessions land on different loops; the
+/// common path of each runs on its loop's copy of the LUN state, which
+/// must follow what the other loop changes: a reservation made through
+/// one session conflicts at once with reads from the other, and its
+/// release lets them through again.
+#[test]
+fn state_changed_on_one_loop_holds_on_the_other() {
+    let d = Daemon::start_with("twoloops", &["--target-loops", "2"]);
+    let img = sparse_file(&d.dir, "disk.img", 16 << 20);
+    d.file_target(1, IQN, &img, false);
+    let login = |isid_last: u8| {
+        let o = LoginOptions {
+            isid: [0x80, 0, 0, 0x12, 0x34, isid_last],
+            ..opts(&d)
+        };
+        Connection::login(d.portal, &o).expect("login").0
+    };
+    // New sessions go to the loops in turn: these two run on different
+    // ones. Both log in before either sends a command, so each loop's
+    // first copy of the state already knows both.
+    let mut a = login(1);
+    let mut b = login(2);
+    for c in [&mut a, &mut b] {
+        for _ in 0..4 {
+            if c.test_unit_ready(1).unwrap().is_good() {
+                break;
+            }
+        }
+    }
+    let read = cdb::read16(0, 1);
+    // Both read on their loop's common path (copies made and in use).
+    for c in [&mut a, &mut b] {
+        assert_eq!(c.scsi(1, &read, &[], BS).unwrap().status, 0);
+    }
+    // RESERVE(6) through A; B's next read conflicts.
+    assert_eq!(a.scsi(1, &[0x16, 0, 0, 0, 0, 0], &[], 0).unwrap().status, 0);
+    assert_eq!(b.scsi(1, &read, &[], BS).unwrap().status, 0x18);
+    assert_eq!(a.scsi(1, &read, &[], BS).unwrap().status, 0);
+    // RELEASE(6); B reads again.
+    assert_eq!(a.scsi(1, &[0x17, 0, 0, 0, 0, 0], &[], 0).unwrap().status, 0);
+    assert_eq!(b.scsi(1, &read, &[], BS).unwrap().status, 0);
+}

@@ -27,7 +27,7 @@ pub(crate) enum Reply {
 pub(crate) type HandlerResult = Result<Reply, Sense>;
 
 /// One logical unit and the state SCSI keeps for it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Lun {
     pub cfg: LunConfig,
     /// Control mode page SWP (software write protect), set by MODE SELECT.

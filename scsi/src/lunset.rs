@@ -17,7 +17,7 @@ use crate::{inquiry, mode, sbc, spc};
 use crate::{LunId, NexusId, Outcome, Request, Response, Status};
 
 /// All LUNs of one target plus the I_T nexus state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LunSet {
     tid: u32,
     port: TargetPort,

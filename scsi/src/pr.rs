@@ -90,7 +90,7 @@ struct Reservation {
 }
 
 /// PR state of one logical unit.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(crate) struct PrState {
     /// PRGENERATION (SPC-4 §6.15.2): bumped by every PROUT that changes
     /// registrations, never by RESERVE or RELEASE.

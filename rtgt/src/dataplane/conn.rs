@@ -91,7 +91,11 @@ pub struct Host<'a> {
 
 impl SessionHost for Host<'_> {
     fn lun_exists(&mut self, lun: u64) -> bool {
-        self.target.shared.luns().config(LunId(lun)).is_some()
+        self.target
+            .shared
+            .luns_shared()
+            .config(LunId(lun))
+            .is_some()
     }
 
     fn targets(&mut self) -> Vec<iscsi::TargetEntry> {

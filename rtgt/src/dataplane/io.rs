@@ -143,10 +143,10 @@ impl TargetCtx {
                 expected_len: cmd.edtl,
             };
             // Reads, writes and the other SBC commands that change no SCSI
-            // state run under the shared lock; the rest (and anything with
-            // a unit attention or reservation pending) under the exclusive
-            // one.
-            let shared = self.shared.luns_shared().execute_shared(&req, &mut buf);
+            // state run on this loop's copy of the state, without a lock;
+            // the rest (and anything with a unit attention or reservation
+            // pending) under the exclusive lock.
+            let shared = self.execute_shared(&req, &mut buf);
             let outcome = match shared {
                 Some(o) => o,
                 None => self.shared.luns().execute(&req, &mut buf),
@@ -173,6 +173,21 @@ impl TargetCtx {
         if let Some(u) = &self.uring {
             u.flush();
         }
+    }
+
+    /// The common path on this loop's copy of the LUN state, refreshed
+    /// first if anything took the state exclusively since it was made.
+    fn execute_shared(&self, req: &Request<'_>, buf: &mut Vec<u8>) -> Option<Outcome> {
+        let gen = self
+            .shared
+            .lun_state_gen
+            .load(std::sync::atomic::Ordering::Acquire);
+        let mut st = self.lun_state.borrow_mut();
+        if !matches!(&*st, Some((g, _)) if *g == gen) {
+            let copy = self.shared.luns_shared().clone();
+            *st = Some((gen, copy));
+        }
+        st.as_ref()?.1.execute_shared(req, buf)
     }
 
     /// Finish a command with this answer.

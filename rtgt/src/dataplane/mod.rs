@@ -3,10 +3,11 @@
 //! sessions and connections outright. A new session goes to the next loop
 //! in turn; a connection joining a session (MC/S) goes to that session's
 //! loop. What the loops of one target share is only the SCSI state of its
-//! LUNs, under a reader-writer lock: the common path (reads, writes and
-//! the other SBC commands, with no unit attention or reservation pending)
-//! holds it shared, so loops never wait for each other there; commands
-//! that change SCSI state hold it exclusively for one `LunSet::execute`.
+//! LUNs. Commands that may change it hold it exclusively for one
+//! `LunSet::execute`; the common path (reads, writes and the other SBC
+//! commands, with no unit attention or reservation pending) takes no lock:
+//! each loop runs it on its own copy of the state, which it refreshes
+//! after any exclusive use (one atomic load per command tells it).
 //! COMPARE AND WRITE and ORWRITE serialize per LUN (`LunGate`), never per
 //! target. Disk I/O goes through each loop's engines (io_uring, the worker
 //! pool, or inline for memory), so a loop never waits on a disk. The
@@ -97,13 +98,41 @@ pub struct LunIo {
     pub gate: Arc<LunGate>,
 }
 
+/// Exclusive access to a target's LUN state; bumps the state generation
+/// when dropped, while still holding the lock, so a loop that sees the new
+/// generation and takes the lock to copy the state gets this change.
+pub struct LunsMut<'a> {
+    guard: std::sync::RwLockWriteGuard<'a, LunSet>,
+    gen: &'a std::sync::atomic::AtomicU64,
+}
+
+impl std::ops::Deref for LunsMut<'_> {
+    type Target = LunSet;
+    fn deref(&self) -> &LunSet {
+        &self.guard
+    }
+}
+
+impl std::ops::DerefMut for LunsMut<'_> {
+    fn deref_mut(&mut self) -> &mut LunSet {
+        &mut self.guard
+    }
+}
+
+impl Drop for LunsMut<'_> {
+    fn drop(&mut self) {
+        self.gen.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
 /// What the loops of one target share.
 pub struct TargetShared {
     pub tid: u32,
     pub name: RwLock<String>,
-    /// The LUNs' SCSI state: the target's own mutex, held for one
-    /// `execute` (or a management change) at a time.
-    pub luns: RwLock<LunSet>,
+    /// The LUNs' SCSI state. Private: every exclusive use goes through
+    /// [`luns`](TargetShared::luns), which tells the loops to refresh
+    /// their copies for the common path.
+    luns: RwLock<LunSet>,
     /// Each LUN's store and counters.
     pub devices: RwLock<HashMap<LunId, LunIo>>,
     pub registry: Arc<Registry>,
@@ -117,6 +146,9 @@ pub struct TargetShared {
     /// copies of `devices` are stale (their common path then reads no
     /// lock at all).
     pub lun_gen: std::sync::atomic::AtomicU64,
+    /// Bumped by every exclusive use of `luns`: loops then refresh their
+    /// copy of the LUN state for the common path.
+    pub lun_state_gen: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -127,13 +159,16 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl TargetShared {
     /// The LUNs' SCSI state for a command that may change it (or a
-    /// management change): exclusive.
-    pub fn luns(&self) -> std::sync::RwLockWriteGuard<'_, LunSet> {
-        self.luns.write().unwrap_or_else(|p| p.into_inner())
+    /// management change): exclusive. Letting go of it tells every loop
+    /// that its copy for the common path is out of date.
+    pub fn luns(&self) -> LunsMut<'_> {
+        LunsMut {
+            guard: self.luns.write().unwrap_or_else(|p| p.into_inner()),
+            gen: &self.lun_state_gen,
+        }
     }
 
-    /// The LUNs' SCSI state for [`LunSet::execute_shared`]: the common
-    /// path, on which a target's loops never wait for each other.
+    /// The LUNs' SCSI state, read-only (a loop refreshing its copy).
     pub fn luns_shared(&self) -> std::sync::RwLockReadGuard<'_, LunSet> {
         self.luns.read().unwrap_or_else(|p| p.into_inner())
     }
@@ -278,6 +313,9 @@ pub struct TargetCtx {
     /// This loop's copy of the LUNs' stores, valid while
     /// `shared.lun_gen` stays at the generation it was filled at.
     pub lun_cache: RefCell<(u64, HashMap<LunId, Rc<LunIo>>)>,
+    /// This loop's copy of the LUNs' SCSI state, for the common path
+    /// ([`LunSet::execute_shared`]), with the generation it was copied at.
+    pub lun_state: RefCell<Option<(u64, LunSet)>>,
 }
 
 impl TargetCtx {
@@ -491,6 +529,7 @@ impl TargetHandle {
             stats,
             loops: OnceLock::new(),
             lun_gen: std::sync::atomic::AtomicU64::new(0),
+            lun_state_gen: std::sync::atomic::AtomicU64::new(0),
         });
         let mut loops = Vec::new();
         let mut threads = Vec::new();
@@ -544,6 +583,7 @@ impl TargetHandle {
                         inflight: RefCell::new(io::InFlightTable::default()),
                         poll: std::time::Duration::from_micros(poll_us as u64),
                         lun_cache: RefCell::new((u64::MAX, HashMap::new())),
+                        lun_state: RefCell::new(None),
                     });
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, async move {
