@@ -191,6 +191,28 @@ impl LunSet {
         self.outcome(req, result, format, dout, buf)
     }
 
+    /// [`execute`](LunSet::execute), also saying whether the command may
+    /// have changed state that [`execute_shared`](LunSet::execute_shared)
+    /// reads: a unit attention reported or cleared, or a command outside
+    /// the read-only set (MODE SELECT, RESERVE, PERSISTENT RESERVE OUT,
+    /// START STOP UNIT, ...). A caller keeping copies of the state for the
+    /// shared path need not refresh them after the others (TEST UNIT
+    /// READY, INQUIRY and media commands on the exclusive path).
+    pub fn execute_tracked(&mut self, req: &Request<'_>, buf: &mut Vec<u8>) -> (Outcome, bool) {
+        let before = self.pending_uas(req.nexus);
+        let out = self.execute(req, buf);
+        let changed = !leaves_state_alone(req.cdb) || self.pending_uas(req.nexus) != before;
+        (out, changed)
+    }
+
+    /// Unit attentions waiting for a nexus, on every LU.
+    fn pending_uas(&self, n: NexusId) -> usize {
+        self.luns
+            .values()
+            .map(|l| l.ua.get(&n).map_or(0, |q| q.len()))
+            .sum()
+    }
+
     /// The common path on a shared reference, so that a target's loops
     /// need not take turns: the SBC commands (READ, WRITE, VERIFY, WRITE
     /// SAME, UNMAP, COMPARE AND WRITE, SYNCHRONIZE CACHE, READ CAPACITY,
@@ -393,6 +415,48 @@ fn command_ctx<'a>(
         initiator,
         names,
     }
+}
+
+/// Commands that change no SCSI state beyond unit attentions (counted
+/// separately): reads of state, and media commands, whose data is not LU
+/// state. Anything not listed may change it.
+fn leaves_state_alone(cdb: &[u8]) -> bool {
+    matches!(
+        cdb.first().copied().unwrap_or(0xff),
+        op::TEST_UNIT_READY
+            | op::REQUEST_SENSE
+            | op::INQUIRY
+            | op::MODE_SENSE_6
+            | op::MODE_SENSE_10
+            | op::READ_CAPACITY_10
+            | op::SERVICE_ACTION_IN_16
+            | op::REPORT_LUNS
+            | op::MAINTENANCE_IN
+            | op::PERSISTENT_RESERVE_IN
+            | op::READ_6
+            | op::READ_10
+            | op::READ_12
+            | op::READ_16
+            | op::WRITE_6
+            | op::WRITE_10
+            | op::WRITE_12
+            | op::WRITE_16
+            | op::WRITE_AND_VERIFY_10
+            | op::WRITE_AND_VERIFY_12
+            | op::WRITE_AND_VERIFY_16
+            | op::VERIFY_10
+            | op::VERIFY_12
+            | op::VERIFY_16
+            | op::PRE_FETCH_10
+            | op::PRE_FETCH_16
+            | op::SYNCHRONIZE_CACHE_10
+            | op::SYNCHRONIZE_CACHE_16
+            | op::WRITE_SAME_10
+            | op::WRITE_SAME_16
+            | op::UNMAP
+            | op::COMPARE_AND_WRITE
+            | op::ORWRITE_16
+    )
 }
 
 /// SPC-2 §5.5.1 table: commands allowed from a nexus that does not hold

@@ -1845,3 +1845,30 @@ fn shared_path_declines_what_needs_exclusive_access() {
         Status::ReservationConflict
     );
 }
+
+/// `execute_tracked` says when a command may have changed what the
+/// shared path reads, so copies of the state are refreshed only then.
+#[test]
+fn tracked_execution_reports_state_changes() {
+    let mut h = H::new();
+    let run = |h: &mut H, n: NexusId, cdb: &[u8]| {
+        let req = Request {
+            cdb,
+            nexus: n,
+            lun: L1,
+            expected_len: 0,
+        };
+        let mut buf = Vec::new();
+        h.set.execute_tracked(&req, &mut buf).1
+    };
+    assert!(!run(&mut h, A, &[0; 6]), "TEST UNIT READY");
+    assert!(!run(&mut h, A, &inquiry(false, 0, 36)));
+    assert!(!run(&mut h, A, &rw10(0x28, 0, 0, 1)), "READ");
+    assert!(run(&mut h, A, &[0x16, 0, 0, 0, 0, 0]), "RESERVE");
+    assert!(run(&mut h, A, &[0x17, 0, 0, 0, 0, 0]), "RELEASE");
+    // A unit attention reported counts as a change (it was consumed).
+    h.set.lun_reset(L1, A);
+    assert!(run(&mut h, A, &[0; 6]), "TUR reporting a unit attention");
+    assert!(!run(&mut h, A, &[0; 6]));
+    assert!(run(&mut h, A, &[0x1b, 0, 0, 0, 1, 0]), "START STOP UNIT");
+}

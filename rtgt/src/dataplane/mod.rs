@@ -104,6 +104,19 @@ pub struct LunIo {
 pub struct LunsMut<'a> {
     guard: std::sync::RwLockWriteGuard<'a, LunSet>,
     gen: &'a std::sync::atomic::AtomicU64,
+    /// Whether to tell the loops (always, unless `execute` learnt the
+    /// command left the state alone).
+    changed: bool,
+}
+
+impl LunsMut<'_> {
+    /// Run a command exclusively; the loops refresh their copies only if
+    /// it may have changed what their common path reads.
+    pub fn execute(&mut self, req: &scsi::Request<'_>, buf: &mut Vec<u8>) -> scsi::Outcome {
+        let (out, changed) = self.guard.execute_tracked(req, buf);
+        self.changed = changed;
+        out
+    }
 }
 
 impl std::ops::Deref for LunsMut<'_> {
@@ -121,7 +134,9 @@ impl std::ops::DerefMut for LunsMut<'_> {
 
 impl Drop for LunsMut<'_> {
     fn drop(&mut self) {
-        self.gen.fetch_add(1, std::sync::atomic::Ordering::Release);
+        if self.changed {
+            self.gen.fetch_add(1, std::sync::atomic::Ordering::Release);
+        }
     }
 }
 
@@ -165,6 +180,7 @@ impl TargetShared {
         LunsMut {
             guard: self.luns.write().unwrap_or_else(|p| p.into_inner()),
             gen: &self.lun_state_gen,
+            changed: true,
         }
     }
 
