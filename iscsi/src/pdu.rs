@@ -702,6 +702,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn lun_decoding() {
+        assert_eq!(decode_lun(0), 0);
+        assert_eq!(decode_lun(0x0001_0000_0000_0000), 1);
+        assert_eq!(decode_lun(0x4101_0000_0000_0000), 0x101);
+        assert_eq!(decode_lun(0x0001_0000_0000_0001), u64::MAX);
+        assert_eq!(decode_lun(0x8000_0000_0000_0000), u64::MAX);
+    }
+
+    #[test]
     fn roundtrip_with_digests() {
         let dg = Digests {
             header: true,

@@ -402,11 +402,6 @@ impl Session {
         self.conns.iter().position(|x| x.id == c)
     }
 
-    /// The connection's CID, if it is still part of the session.
-    pub fn cid(&self, c: ConnId) -> Option<u16> {
-        self.conn_index(c).map(|i| self.conns[i].cfg.cid)
-    }
-
     /// Bytes of PDUs queued for the connection and not yet taken with
     /// [`poll_transmit`](Session::poll_transmit): the driver stops reading
     /// from a peer that does not read what it is sent.
@@ -1373,12 +1368,6 @@ impl Session {
     /// (logged out, asked to, or no longer in the session).
     pub fn is_closing(&self, c: ConnId) -> bool {
         self.conn_index(c).is_none_or(|i| self.conns[i].closing)
-    }
-
-    /// Whether the connection has PDUs waiting.
-    pub fn has_transmit(&self, c: ConnId) -> bool {
-        self.conn_index(c)
-            .is_some_and(|i| !self.conns[i].tx.is_empty())
     }
 
     /// Ask one connection (by CID) to close.

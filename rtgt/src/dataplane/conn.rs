@@ -76,11 +76,6 @@ impl ConnHandle {
     }
 }
 
-/// Decode the LUN field (see [`iscsi::pdu::decode_lun`]).
-pub fn decode_lun(raw: u64) -> LunId {
-    LunId(iscsi::pdu::decode_lun(raw))
-}
-
 /// What the session asks of the target: LUNs, the listing for Text, and
 /// resets that reach beyond the session.
 pub struct Host<'a> {
