@@ -409,11 +409,6 @@ impl Session {
         self.conn_index(c).map_or(0, |i| self.conns[i].tx_bytes)
     }
 
-    /// The connection's MaxRecvDataSegmentLength (ours).
-    pub fn max_recv(&self, c: ConnId) -> Option<u32> {
-        self.conn_index(c).map(|i| self.conns[i].cfg.max_recv)
-    }
-
     /// Connections in the session.
     pub fn conn_count(&self) -> usize {
         self.conns.len()

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use iscsi::digest::{crc32c, crc32c_append};
+use iscsi::pdu::BHS_LEN;
 use iscsi::session::{self as proto, Close, ConnId, Reset, SessionHost, Transmit};
 use iscsi::transfer::BurstLimits;
 use iscsi::Digests;
@@ -270,7 +271,9 @@ const HEADER_READ: usize = 8 * 1024;
 /// buffer that becomes the command's (RFC 7143 framing: header, data,
 /// padding to 4 bytes, then the data digest if negotiated).
 struct LargeRx {
-    header: Vec<u8>,
+    /// BHS and header digest (a PDU with an AHS is not read this way).
+    header: [u8; BHS_LEN + 4],
+    header_len: usize,
     data: Vec<u8>,
     len: usize,
     /// Padding and digest after the data.
@@ -288,9 +291,11 @@ impl LargeRx {
     fn start(m: &mut proto::Session, buf: &[u8], dg: Digests, max_recv: usize) -> Option<LargeRx> {
         let (bhs, hlen, total) = iscsi::pdu::decode_header(buf, dg, max_recv).ok()??;
         let len = bhs.data_len();
-        if len < DIRECT_MIN || buf.len() >= total {
+        if len < DIRECT_MIN || buf.len() >= total || bhs.ahs_len() > 0 {
             return None;
         }
+        let mut header = [0u8; BHS_LEN + 4];
+        header[..hlen].copy_from_slice(&buf[..hlen]);
         let pad = (4 - len % 4) % 4;
         let mut data = m.buffer();
         data.reserve(len);
@@ -298,7 +303,8 @@ impl LargeRx {
         let n = avail.len().min(len);
         data.extend_from_slice(&avail[..n]);
         let mut l = LargeRx {
-            header: buf[..hlen].to_vec(),
+            header,
+            header_len: hlen,
             data,
             len,
             tail: [0; 7],
@@ -364,8 +370,10 @@ pub async fn run(
     me: Rc<ConnHandle>,
     stream: TcpStream,
     mut rbuf: Vec<u8>,
-    digests: Digests,
+    params: ConnParams,
 ) {
+    let digests = params.digests;
+    let max_recv = params.max_recv as usize;
     let local = stream.local_addr().unwrap_or(me.peer);
     let mut out = Outbox::new(digests);
     let mut start = 0usize;
@@ -385,11 +393,6 @@ pub async fn run(
     // receive buffer stay small, so the next one's data is not copied).
     let mut large: Option<LargeRx> = None;
     let mut expect_large = false;
-    let max_recv = session
-        .m
-        .borrow()
-        .max_recv(me.id)
-        .unwrap_or(iscsi::login::LOGIN_MAX_DATA as u32) as usize;
     let why: Option<&'static str> = 'conn: loop {
         if fresh {
             fresh = false;
@@ -405,11 +408,11 @@ pub async fn run(
                 Some(l) if l.complete() => {
                     let l = large.take().expect("checked");
                     let mut m = session.m.borrow_mut();
+                    let header = &l.header[..l.header_len];
                     if l.digest_ok() {
-                        m.receive_pdu(me.id, &l.header, l.data, &mut host)
-                            .map(|()| 0)
+                        m.receive_pdu(me.id, header, l.data, &mut host).map(|()| 0)
                     } else {
-                        m.data_digest_error(me.id, &l.header, l.data);
+                        m.data_digest_error(me.id, header, l.data);
                         Ok(0)
                     }
                 }

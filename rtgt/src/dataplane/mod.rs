@@ -448,8 +448,9 @@ impl TargetCtx {
         let handle = Rc::new(ConnHandle::new(id, h.cid, h.peer, stats));
         session.conns.borrow_mut().push(handle.clone());
         let ctx = self.clone();
-        let digests = h.params.digests;
-        tokio::task::spawn_local(conn::run(ctx, session, handle, stream, h.leftover, digests));
+        tokio::task::spawn_local(conn::run(
+            ctx, session, handle, stream, h.leftover, h.params,
+        ));
     }
 
     fn close_session(&self, tsih: u16) {
