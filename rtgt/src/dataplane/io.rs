@@ -175,19 +175,14 @@ impl TargetCtx {
         }
     }
 
-    /// The common path on this loop's copy of the LUN state, refreshed
-    /// first if anything took the state exclusively since it was made.
+    /// The common path on this loop's copy of the LUN state, copied again
+    /// first if the state may have changed since.
     fn execute_shared(&self, req: &Request<'_>, buf: &mut Vec<u8>) -> Option<Outcome> {
-        let gen = self
-            .shared
-            .lun_state_gen
-            .load(std::sync::atomic::Ordering::Acquire);
-        let mut st = self.lun_state.borrow_mut();
-        if !matches!(&*st, Some((g, _)) if *g == gen) {
-            let copy = self.shared.luns_shared().clone();
-            *st = Some((gen, copy));
-        }
-        st.as_ref()?.1.execute_shared(req, buf)
+        let mut l = self.loop_luns();
+        let state = l
+            .state
+            .get_or_insert_with(|| self.shared.luns_shared().clone());
+        state.execute_shared(req, buf)
     }
 
     /// Finish a command with this answer.

@@ -157,13 +157,10 @@ pub struct TargetShared {
     pub stats: Arc<TargetStats>,
     /// Every loop's mailbox, for resets that must reach all of them.
     pub loops: OnceLock<Vec<mpsc::UnboundedSender<TargetMsg>>>,
-    /// Bumped whenever a LUN's store changes, so loops know their cached
-    /// copies of `devices` are stale (their common path then reads no
-    /// lock at all).
+    /// Bumped by every exclusive use of `luns` that may change it (LUNs
+    /// and their stores change that way too): loops then drop their
+    /// copies of the LU state and of `devices` (see [`LoopLuns`]).
     pub lun_gen: std::sync::atomic::AtomicU64,
-    /// Bumped by every exclusive use of `luns`: loops then refresh their
-    /// copy of the LUN state for the common path.
-    pub lun_state_gen: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -179,7 +176,7 @@ impl TargetShared {
     pub fn luns(&self) -> LunsMut<'_> {
         LunsMut {
             guard: self.luns.write().unwrap_or_else(|p| p.into_inner()),
-            gen: &self.lun_state_gen,
+            gen: &self.lun_gen,
             changed: true,
         }
     }
@@ -235,20 +232,20 @@ impl TargetShared {
                     gate: Arc::default(),
                 },
             );
-        self.lun_gen
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        // Telling the loops to look again, this also retires their copy
+        // of `devices`.
         self.luns().insert(id, cfg);
     }
 
     pub fn remove_lun(&self, id: LunId) {
         self.abort_on_all_loops(Some(id));
-        self.luns().remove(id);
+        // The store goes first: the LU state's generation moving then
+        // makes the loops drop their copies of both.
         self.devices
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        self.lun_gen
-            .fetch_add(1, std::sync::atomic::Ordering::Release);
+        self.luns().remove(id);
         self.stats.remove_lun(id.0);
     }
 
@@ -268,8 +265,6 @@ impl TargetShared {
                     gate,
                 },
             );
-            self.lun_gen
-                .fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         self.luns().update(id, |c| *c = cfg);
     }
@@ -326,32 +321,48 @@ pub struct TargetCtx {
     pub inflight: RefCell<io::InFlightTable>,
     /// Adaptive polling window (see [`LoopConfig::poll_us`]).
     pub poll: std::time::Duration,
-    /// This loop's copy of the LUNs' stores, valid while
-    /// `shared.lun_gen` stays at the generation it was filled at.
-    pub lun_cache: RefCell<(u64, HashMap<LunId, Rc<LunIo>>)>,
-    /// This loop's copy of the LUNs' SCSI state, for the common path
-    /// ([`LunSet::execute_shared`]), with the generation it was copied at.
-    pub lun_state: RefCell<Option<(u64, LunSet)>>,
+    /// This loop's copies of what the common path reads of its LUNs.
+    pub luns: RefCell<LoopLuns>,
+}
+
+/// A loop's copies of its target's LUN state and stores, valid while
+/// `TargetShared::lun_gen` stays at `gen`: the common path reads them with
+/// one atomic load and no lock.
+#[derive(Default)]
+pub struct LoopLuns {
+    gen: u64,
+    /// The SCSI state, for [`LunSet::execute_shared`] (copied when first
+    /// needed in a generation).
+    pub state: Option<LunSet>,
+    /// The stores, filled as commands name them.
+    pub devices: HashMap<LunId, Rc<LunIo>>,
 }
 
 impl TargetCtx {
-    /// A LUN's store, counters and gate, from this loop's cache: one
-    /// atomic load on the common path, no lock.
-    pub fn device(&self, id: LunId) -> Option<Rc<LunIo>> {
+    /// This loop's copies, emptied first if the target's LUN state moved
+    /// on since they were made.
+    pub fn loop_luns(&self) -> std::cell::RefMut<'_, LoopLuns> {
         let gen = self
             .shared
             .lun_gen
             .load(std::sync::atomic::Ordering::Acquire);
-        let mut c = self.lun_cache.borrow_mut();
-        if c.0 != gen {
-            c.1.clear();
-            c.0 = gen;
+        let mut l = self.luns.borrow_mut();
+        if l.gen != gen {
+            l.gen = gen;
+            l.state = None;
+            l.devices.clear();
         }
-        if let Some(io) = c.1.get(&id) {
+        l
+    }
+
+    /// A LUN's store, counters and gate, from this loop's copies.
+    pub fn device(&self, id: LunId) -> Option<Rc<LunIo>> {
+        let mut l = self.loop_luns();
+        if let Some(io) = l.devices.get(&id) {
             return Some(io.clone());
         }
         let io = Rc::new(self.shared.device(id)?);
-        c.1.insert(id, io.clone());
+        l.devices.insert(id, io.clone());
         Some(io)
     }
 
@@ -546,7 +557,6 @@ impl TargetHandle {
             stats,
             loops: OnceLock::new(),
             lun_gen: std::sync::atomic::AtomicU64::new(0),
-            lun_state_gen: std::sync::atomic::AtomicU64::new(0),
         });
         let mut loops = Vec::new();
         let mut threads = Vec::new();
@@ -599,8 +609,10 @@ impl TargetHandle {
                         cq,
                         inflight: RefCell::new(io::InFlightTable::default()),
                         poll: std::time::Duration::from_micros(poll_us as u64),
-                        lun_cache: RefCell::new((u64::MAX, HashMap::new())),
-                        lun_state: RefCell::new(None),
+                        luns: RefCell::new(LoopLuns {
+                            gen: u64::MAX,
+                            ..LoopLuns::default()
+                        }),
                     });
                     let local = tokio::task::LocalSet::new();
                     local.block_on(&rt, async move {
