@@ -414,19 +414,18 @@ fn held_commands_do_not_outlive_their_connection() {
 #[test]
 fn large_pdus_arrive_whole() {
     let d = setup("large");
-    for (k, v) in [
-        ("MaxRecvDataSegmentLength", "262144"),
-        ("FirstBurstLength", "262144"),
-        ("MaxBurstLength", "262144"),
-        ("ImmediateData", "Yes"),
-        ("InitialR2T", "No"),
-        ("HeaderDigest", "CRC32C,None"),
-        ("DataDigest", "CRC32C,None"),
-    ] {
-        d.must(&[
-            "--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1", "-n", k, "-v", v,
-        ]);
-    }
+    d.target_params(
+        1,
+        &[
+            ("MaxRecvDataSegmentLength", "262144"),
+            ("FirstBurstLength", "262144"),
+            ("MaxBurstLength", "262144"),
+            ("ImmediateData", "Yes"),
+            ("InitialR2T", "No"),
+            ("HeaderDigest", "CRC32C,None"),
+            ("DataDigest", "CRC32C,None"),
+        ],
+    );
     for digests in [false, true] {
         let o = LoginOptions {
             target_name: Some(IQN.into()),

@@ -459,15 +459,14 @@ fn hundreds_of_idle_connections() {
 #[test]
 fn redirect_sends_the_initiator_elsewhere() {
     let d = setup("redirect");
-    for (k, v) in [
-        ("RedirectAddress", "10.1.2.3"),
-        ("RedirectPort", "3261"),
-        ("RedirectReason", "Temporary"),
-    ] {
-        d.must(&[
-            "--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1", "-n", k, "-v", v,
-        ]);
-    }
+    d.target_params(
+        1,
+        &[
+            ("RedirectAddress", "10.1.2.3"),
+            ("RedirectPort", "3261"),
+            ("RedirectReason", "Temporary"),
+        ],
+    );
     let r = Connection::login_raw(d.portal, &opts(&d)).unwrap();
     assert_eq!((r.class, r.detail), (1, 1), "moved temporarily");
     let last = r.responses.last().unwrap();
@@ -512,22 +511,7 @@ fn a_slow_store_open_blocks_nobody_else() {
         "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
     ]);
     std::thread::scope(|s| {
-        let creating = s.spawn(|| {
-            d.adm(&[
-                "--lld",
-                "iscsi",
-                "--op",
-                "new",
-                "--mode",
-                "logicalunit",
-                "--tid",
-                "1",
-                "--lun",
-                "1",
-                "-b",
-                img.to_str().unwrap(),
-            ])
-        });
+        let creating = s.spawn(|| d.lu("new", 1, 1, &["-b", img.to_str().unwrap()]));
         // Wait until the open has started (the fault hook says so).
         let waiting = gate_dir.join("open.waiting");
         for _ in 0..2000 {
@@ -580,24 +564,9 @@ fn a_replaced_lun_is_served_from_its_new_store() {
         }
     }
     assert!(c.read(1, 0, 8, BS).unwrap().iter().all(|&x| x == 0xaa));
-    let lu = |op: &str, extra: &[&str]| {
-        let mut args = vec![
-            "--lld",
-            "iscsi",
-            "--op",
-            op,
-            "--mode",
-            "logicalunit",
-            "--tid",
-            "1",
-            "--lun",
-            "1",
-        ];
-        args.extend_from_slice(extra);
-        d.must(&args);
-    };
-    lu("delete", &[]);
-    lu("new", &["-b", b.to_str().unwrap()]);
+    for (op, extra) in [("delete", vec![]), ("new", vec!["-b", b.to_str().unwrap()])] {
+        assert!(d.lu(op, 1, 1, &extra).status.success());
+    }
     // The new LU reports its arrival first (unit attention), then reads.
     let mut data = Vec::new();
     for _ in 0..4 {
@@ -622,12 +591,7 @@ fn a_replaced_lun_is_served_from_its_new_store() {
 #[test]
 fn unanswered_pings_drop_the_connection() {
     let d = setup("nop");
-    for (k, v) in [("nop_interval", "1"), ("nop_count", "2")] {
-        d.must(&[
-            "--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", "1", "--name", k,
-            "--value", v,
-        ]);
-    }
+    d.target_params(1, &[("nop_interval", "1"), ("nop_count", "2")]);
     // This one answers every ping and is still served afterwards.
     let (mut good, _) = Connection::login(d.portal, &opts(&d)).expect("login");
     let mut answered = 0;

@@ -125,6 +125,36 @@ impl Daemon {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Set target parameters (`--op update --mode target -n K -v V`).
+    pub fn target_params(&self, tid: u32, kv: &[(&str, &str)]) {
+        let t = tid.to_string();
+        for (k, v) in kv {
+            self.must(&[
+                "--lld", "iscsi", "--op", "update", "--mode", "target", "--tid", &t, "-n", k, "-v",
+                v,
+            ]);
+        }
+    }
+
+    /// `--op OP --mode logicalunit` on a LUN, with more options.
+    pub fn lu(&self, op: &str, tid: u32, lun: u64, extra: &[&str]) -> Output {
+        let (t, l) = (tid.to_string(), lun.to_string());
+        let mut args = vec![
+            "--lld",
+            "iscsi",
+            "--op",
+            op,
+            "--mode",
+            "logicalunit",
+            "--tid",
+            &t,
+            "--lun",
+            &l,
+        ];
+        args.extend_from_slice(extra);
+        self.adm(&args)
+    }
+
     /// A target with one file LUN, open to all initiators.
     pub fn file_target(&self, tid: u32, iqn: &str, path: &Path, thin: bool) {
         let t = tid.to_string();
