@@ -107,6 +107,18 @@ impl CompletionQueue {
         unsafe { libc::read(self.efd.as_raw_fd(), cnt.as_mut_ptr().cast(), 8) };
     }
 
+    /// Block until the eventfd is readable or `ms` pass (for tests and
+    /// tools without an event loop).
+    pub fn wait(&self, ms: i32) {
+        let mut p = libc::pollfd {
+            fd: self.fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut p, 1, ms) };
+    }
+
     /// Move every waiting completion to `out` (swapping vectors, so
     /// neither side allocates in steady state).
     pub fn take(&self, out: &mut Vec<Done>) {
@@ -365,14 +377,7 @@ mod tests {
         let mut seen = Vec::new();
         let mut out = Vec::new();
         while seen.len() < n {
-            // Block on the eventfd as the loop would.
-            let mut p = libc::pollfd {
-                fd: cq.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            unsafe { libc::poll(&mut p, 1, 5000) };
+            cq.wait(5000);
             cq.clear();
             cq.take(&mut out);
             for d in out.drain(..) {

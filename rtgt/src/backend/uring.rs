@@ -296,13 +296,7 @@ mod tests {
 
     /// Wait for the eventfd, then collect what finished.
     fn wait(cq: &CompletionQueue, u: &Uring, out: &mut Vec<Done>) {
-        let mut p = libc::pollfd {
-            fd: cq.fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut p, 1, 5000) };
+        cq.wait(5000);
         cq.clear();
         u.drain(out);
     }

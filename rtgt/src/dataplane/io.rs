@@ -135,7 +135,6 @@ impl TargetCtx {
                 conn: cmd.conn,
                 read: cmd.read,
             };
-            let io = self.device(lun);
             let req = Request {
                 cdb: cmd.cdb,
                 nexus: s.setup.nexus,
@@ -146,7 +145,7 @@ impl TargetCtx {
             // state run on this loop's copy of the state, without a lock;
             // the rest (and anything with a unit attention or reservation
             // pending) under the exclusive lock.
-            let shared = self.execute_shared(&req, &mut buf);
+            let (io, shared) = self.on_copies(&req, &mut buf);
             let outcome = match shared {
                 Some(o) => o,
                 None => self.shared.luns().execute(&req, &mut buf),
@@ -175,14 +174,27 @@ impl TargetCtx {
         }
     }
 
-    /// The common path on this loop's copy of the LUN state, copied again
-    /// first if the state may have changed since.
-    fn execute_shared(&self, req: &Request<'_>, buf: &mut Vec<u8>) -> Option<Outcome> {
+    /// From this loop's copies (one atomic load says they are current):
+    /// the command's LUN store, and its outcome if the common path takes
+    /// it ([`scsi::LunSet::execute_shared`]).
+    fn on_copies(
+        &self,
+        req: &Request<'_>,
+        buf: &mut Vec<u8>,
+    ) -> (Option<Rc<LunIo>>, Option<Outcome>) {
         let mut l = self.loop_luns();
+        let io = match l.devices.get(&req.lun) {
+            Some(io) => Some(io.clone()),
+            None => self.shared.device(req.lun).map(|io| {
+                let io = Rc::new(io);
+                l.devices.insert(req.lun, io.clone());
+                io
+            }),
+        };
         let state = l
             .state
             .get_or_insert_with(|| self.shared.luns_shared().clone());
-        state.execute_shared(req, buf)
+        (io, state.execute_shared(req, buf))
     }
 
     /// Finish a command with this answer.

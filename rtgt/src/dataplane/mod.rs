@@ -355,17 +355,6 @@ impl TargetCtx {
         l
     }
 
-    /// A LUN's store, counters and gate, from this loop's copies.
-    pub fn device(&self, id: LunId) -> Option<Rc<LunIo>> {
-        let mut l = self.loop_luns();
-        if let Some(io) = l.devices.get(&id) {
-            return Some(io.clone());
-        }
-        let io = Rc::new(self.shared.device(id)?);
-        l.devices.insert(id, io.clone());
-        Some(io)
-    }
-
     /// A connection ended and left its session (`ended`: it was the last
     /// one; `None`: a login with its CID had already replaced it, and the
     /// registry entries now belong to the new one).
