@@ -40,7 +40,7 @@ impl Live for FakeLive {
     fn apply(&mut self, _effect: Effect) {}
 }
 
-/// What tgtd 1.0.85 (Debian 12) lists in `system show`.
+/// What tgtd 1.0.85 (Debian 12, with tgt-rbd) lists in `system show`.
 fn tgt_system_info() -> SystemInfo {
     let sd = OpenFlags {
         sync: true,
@@ -50,6 +50,7 @@ fn tgt_system_info() -> SystemInfo {
         name: name.into(),
         oflags,
         needs_file: name != "null",
+        thin: name == "rbd",
     };
     let none = OpenFlags::default();
     SystemInfo {
@@ -58,6 +59,7 @@ fn tgt_system_info() -> SystemInfo {
             ("iser".into(), "error".into()),
         ],
         backing_stores: vec![
+            bs("rbd", sd),
             bs("sheepdog", none),
             bs("bsg", none),
             bs("sg", none),
@@ -481,6 +483,7 @@ LLDs:
     iscsi: ready
     iser: error
 Backing stores:
+    rbd (bsoflags sync:direct)
     sheepdog
     bsg
     sg
@@ -1860,6 +1863,7 @@ LLDs:
     iscsi: ready
     iser: error
 Backing stores:
+    rbd (bsoflags sync:direct)
     sheepdog
     bsg
     sg
@@ -1924,6 +1928,7 @@ LLDs:
     iscsi: ready
     iser: error
 Backing stores:
+    rbd (bsoflags sync:direct)
     sheepdog
     bsg
     sg

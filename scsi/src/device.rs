@@ -3,6 +3,16 @@
 //! devices, null); [`MemDevice`] serves tests.
 
 use std::io;
+use std::sync::Arc;
+
+use crate::io::{MediaResult, NativeIo};
+
+/// Where an asynchronous store reports a finished [`BlockDevice::submit`]:
+/// called once per submission, from any thread (librbd's callback
+/// thread); it only hands the result over.
+pub trait CompletionSink: Send + Sync {
+    fn complete(&self, tag: u32, result: MediaResult, buf: Vec<u8>);
+}
 
 /// A byte-addressed store behind a LUN. Methods block; the daemon calls them
 /// off its event loops.
@@ -43,6 +53,31 @@ pub trait BlockDevice: Send + Sync {
     /// `fdatasync` for `flush`); `None` for stores without one.
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+    /// True for stores that refuse writes whatever was asked (an RBD
+    /// snapshot): the LU is then write-protected.
+    fn read_only(&self) -> bool {
+        false
+    }
+    /// True for stores with an asynchronous interface of their own
+    /// ([`submit`](BlockDevice::submit)).
+    fn is_async(&self) -> bool {
+        false
+    }
+    /// Start `op` and return at once; `sink` gets `tag`, the result and
+    /// `buf` back when it is done. `buf` holds the Data-Out, and on a
+    /// successful read the Data-In. A store that cannot run this `op`
+    /// natively (now, or ever) gives `buf` back, and the caller runs the
+    /// task through the blocking methods instead.
+    fn submit(
+        &self,
+        tag: u32,
+        op: NativeIo<'_>,
+        buf: Vec<u8>,
+        sink: &Arc<dyn CompletionSink>,
+    ) -> Result<(), Vec<u8>> {
+        let _ = (tag, op, sink);
+        Err(buf)
     }
     /// True when no call can block (null and memory stores): the daemon may
     /// then run I/O on its event loop instead of handing it to a worker.

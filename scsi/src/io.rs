@@ -105,11 +105,116 @@ pub enum SimpleIo {
     Flush,
 }
 
+/// An operation an asynchronous store ([`BlockDevice::submit`]) runs
+/// itself: the plain transfers of [`SimpleIo`] and the offloads a store
+/// such as librbd has verbs for. Borrowed from the task; the store copies
+/// what it needs before `submit` returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NativeIo<'a> {
+    Simple(SimpleIo),
+    /// Deallocate these `(offset, len)` byte ranges; they read back as
+    /// zeros (UNMAP, SBC-3 §5.28, with LBPRZ).
+    Discard {
+        ranges: &'a [(u64, u64)],
+    },
+    /// Write the first `block` bytes of the buffer repeatedly over `len`
+    /// bytes at `offset` (WRITE SAME, SBC-3 §5.45). `zeros`: the pattern is
+    /// all zeros (or NDOB); `unmap`: the range may be deallocated instead.
+    WriteSame {
+        offset: u64,
+        len: u64,
+        block: usize,
+        zeros: bool,
+        unmap: bool,
+    },
+    /// Compare the medium with the buffer's first `len` bytes and, when
+    /// equal, write its next `len` bytes, atomically (SBC-3 §5.2).
+    CompareAndWrite {
+        offset: u64,
+        len: usize,
+    },
+}
+
+/// How an operation on the medium ended, for the SCSI answer
+/// ([`IoTask::complete`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MediaResult {
+    Ok,
+    /// The medium failed the operation: MEDIUM ERROR.
+    Failed,
+    /// COMPARE AND WRITE found a difference at this byte of the compared
+    /// data: MISCOMPARE.
+    Miscompare(u64),
+    /// The store is out of reach for now (a timeout, a lost connection, a
+    /// fenced client reopening): NOT READY, LOGICAL UNIT IS IN PROCESS OF
+    /// BECOMING READY, which initiators retry (Linux requeues it, as do
+    /// ESXi and Windows).
+    Unavailable,
+    /// The store refuses writes (a snapshot, a read-only file): DATA
+    /// PROTECT, WRITE PROTECTED.
+    WriteProtected,
+}
+
+impl MediaResult {
+    /// The result for a negative errno (io_uring, librbd) or zero and up.
+    pub fn from_errno(r: i64) -> MediaResult {
+        if r >= 0 {
+            return MediaResult::Ok;
+        }
+        match i32::try_from(-r).unwrap_or(0) {
+            // ETIMEDOUT, ESHUTDOWN (Ceph's EBLOCKLISTED), ENOTCONN,
+            // ECONNREFUSED, ECONNRESET, EAGAIN, EHOSTUNREACH, ENETUNREACH.
+            110 | 108 | 107 | 111 | 104 | 11 | 113 | 101 => MediaResult::Unavailable,
+            // EROFS
+            30 => MediaResult::WriteProtected,
+            _ => MediaResult::Failed,
+        }
+    }
+
+    /// The result for an error from a blocking store call.
+    pub fn from_io(e: &std::io::Error) -> MediaResult {
+        match e.raw_os_error() {
+            Some(n) => MediaResult::from_errno(-i64::from(n)),
+            None => match e.kind() {
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::NotConnected => {
+                    MediaResult::Unavailable
+                }
+                _ => MediaResult::Failed,
+            },
+        }
+    }
+
+    /// The sense for a failure (`None` for [`MediaResult::Ok`]); `read`
+    /// picks the medium error's kind.
+    fn sense(self, read: bool) -> Option<Sense> {
+        Some(match self {
+            MediaResult::Ok => return None,
+            MediaResult::Failed if read => read_error(),
+            MediaResult::Failed => write_error(),
+            MediaResult::Miscompare(at) => miscompare(at),
+            MediaResult::Unavailable => Sense::new(key::NOT_READY, asc::LUN_BECOMING_READY),
+            MediaResult::WriteProtected => Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED),
+        })
+    }
+}
+
 fn read_error() -> Sense {
     Sense::new(key::MEDIUM_ERROR, asc::UNRECOVERED_READ_ERROR)
 }
 fn write_error() -> Sense {
     Sense::new(key::MEDIUM_ERROR, asc::WRITE_ERROR)
+}
+/// The sense for a failed blocking read.
+fn read_fault(e: std::io::Error) -> Sense {
+    MediaResult::from_io(&e)
+        .sense(true)
+        .unwrap_or_else(read_error)
+}
+/// The sense for a failed blocking write, flush or deallocation.
+fn write_fault(e: std::io::Error) -> Sense {
+    MediaResult::from_io(&e)
+        .sense(false)
+        .unwrap_or_else(write_error)
 }
 fn miscompare(at: u64) -> Sense {
     Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_info(at)
@@ -168,6 +273,47 @@ impl IoTask {
         }
     }
 
+    /// The operation an asynchronous store may run for this task itself
+    /// (see [`NativeIo`]); `None` for what only [`run`] does (verify,
+    /// ORWRITE, GET LBA STATUS, write-and-verify).
+    ///
+    /// [`run`]: IoTask::run
+    pub fn native<'a>(&'a self, buf: &[u8]) -> Option<NativeIo<'a>> {
+        match &self.op {
+            IoOp::Unmap { ranges } => Some(NativeIo::Discard { ranges }),
+            &IoOp::WriteSame {
+                offset,
+                blocks,
+                block,
+                unmap,
+                ndob,
+                flush: false,
+            } => {
+                let block = usize::try_from(block).ok()?;
+                let pattern = buf.get(..block);
+                if !ndob && !unmap && pattern.is_none() {
+                    return None;
+                }
+                Some(NativeIo::WriteSame {
+                    offset,
+                    len: blocks.checked_mul(block as u64)?,
+                    block,
+                    zeros: ndob || pattern.is_some_and(|p| p.iter().all(|&b| b == 0)),
+                    unmap,
+                })
+            }
+            &IoOp::CompareAndWrite {
+                offset,
+                len,
+                flush: false,
+            } if buf.len() as u64 >= 2 * len => Some(NativeIo::CompareAndWrite {
+                offset,
+                len: len as usize,
+            }),
+            _ => self.simple(buf).map(NativeIo::Simple),
+        }
+    }
+
     /// Whether this task must not overlap any other I/O of its LU
     /// (COMPARE AND WRITE, ORWRITE): an engine that bypasses [`run`] must
     /// drain its own I/O first.
@@ -177,11 +323,13 @@ impl IoTask {
         matches!(self.op, IoOp::CompareAndWrite { .. } | IoOp::OrWrite { .. })
     }
 
-    /// The answer for a task whose [`simple`](IoTask::simple) transfer an
-    /// engine performed: `ok` says it fully succeeded. On success `buf`
-    /// holds the Data-In (for a read); on failure it is cleared.
-    pub fn complete(self, ok: bool, buf: &mut Vec<u8>) -> Response {
-        if ok {
+    /// The answer for a task whose [`simple`](IoTask::simple) or
+    /// [`native`](IoTask::native) operation an engine performed. On
+    /// success `buf` holds the Data-In (for a read); on failure it is
+    /// cleared.
+    pub fn complete(self, result: MediaResult, buf: &mut Vec<u8>) -> Response {
+        let read = matches!(self.op, IoOp::Read { .. });
+        let Some(sense) = result.sense(read) else {
             if !matches!(self.op, IoOp::Read { .. }) {
                 buf.clear();
             }
@@ -191,13 +339,8 @@ impl IoTask {
                 data_len: buf.len(),
                 wanted: self.wanted,
             };
-        }
-        buf.clear();
-        let sense = if matches!(self.op, IoOp::Read { .. }) {
-            read_error()
-        } else {
-            write_error()
         };
+        buf.clear();
         Response {
             status: Status::CheckCondition,
             sense: sense.to_bytes(self.format),
@@ -245,9 +388,9 @@ impl IoTask {
 
     fn perform(&self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Result<(), Sense> {
         match &self.op {
-            &IoOp::Read { offset, len } => dev
-                .read_into(buf, offset, len as usize)
-                .map_err(|_| read_error()),
+            &IoOp::Read { offset, len } => {
+                dev.read_into(buf, offset, len as usize).map_err(read_fault)
+            }
             &IoOp::Write {
                 offset,
                 len,
@@ -255,9 +398,9 @@ impl IoTask {
                 verify,
             } => {
                 let n = (len as usize).min(buf.len());
-                dev.write_at(&buf[..n], offset).map_err(|_| write_error())?;
+                dev.write_at(&buf[..n], offset).map_err(write_fault)?;
                 if flush {
-                    dev.flush().map_err(|_| write_error())?;
+                    dev.flush().map_err(write_fault)?;
                 }
                 if verify {
                     compare_range(dev, offset, &buf[..n])?;
@@ -307,7 +450,7 @@ impl IoTask {
                 // whatever the Data-Out holds; with LBPRZ they then read as
                 // zeros, as libiscsi's WRITE SAME tests expect.
                 if unmap {
-                    dev.punch_hole(offset, len).map_err(|_| write_error())?;
+                    dev.punch_hole(offset, len).map_err(write_fault)?;
                 } else {
                     let pattern: &[u8] = if ndob {
                         &[]
@@ -317,14 +460,14 @@ impl IoTask {
                     write_repeated(dev, offset, len, block, pattern)?;
                 }
                 if flush {
-                    dev.flush().map_err(|_| write_error())?;
+                    dev.flush().map_err(write_fault)?;
                 }
                 buf.clear();
                 Ok(())
             }
             IoOp::Unmap { ranges } => {
                 for &(offset, len) in ranges {
-                    dev.punch_hole(offset, len).map_err(|_| write_error())?;
+                    dev.punch_hole(offset, len).map_err(write_fault)?;
                 }
                 buf.clear();
                 Ok(())
@@ -337,10 +480,9 @@ impl IoTask {
                 // MISCOMPARE carries the offset of the first differing
                 // byte from the start of the Data-Out (SBC-3 §5.2).
                 compare_range(dev, offset, &buf[..n])?;
-                dev.write_at(&buf[n..2 * n], offset)
-                    .map_err(|_| write_error())?;
+                dev.write_at(&buf[n..2 * n], offset).map_err(write_fault)?;
                 if flush {
-                    dev.flush().map_err(|_| write_error())?;
+                    dev.flush().map_err(write_fault)?;
                 }
                 buf.clear();
                 Ok(())
@@ -348,20 +490,20 @@ impl IoTask {
             &IoOp::OrWrite { offset, len, flush } => {
                 let n = (len as usize).min(buf.len());
                 let mut cur = vec![0u8; n];
-                dev.read_at(&mut cur, offset).map_err(|_| read_error())?;
+                dev.read_at(&mut cur, offset).map_err(read_fault)?;
                 for (c, d) in cur.iter_mut().zip(&buf[..n]) {
                     *c |= *d;
                 }
-                dev.write_at(&cur, offset).map_err(|_| write_error())?;
+                dev.write_at(&cur, offset).map_err(write_fault)?;
                 if flush {
-                    dev.flush().map_err(|_| write_error())?;
+                    dev.flush().map_err(write_fault)?;
                 }
                 buf.clear();
                 Ok(())
             }
             IoOp::Sync => {
                 buf.clear();
-                dev.flush().map_err(|_| write_error())
+                dev.flush().map_err(write_fault)
             }
             &IoOp::GetLbaStatus {
                 lba,
@@ -385,7 +527,7 @@ fn check_readable(dev: &dyn BlockDevice, offset: u64, len: u64) -> Result<(), Se
     while at < len {
         let n = (len - at).min(CHUNK) as usize;
         dev.read_at(&mut tmp[..n], offset + at)
-            .map_err(|_| read_error())?;
+            .map_err(read_fault)?;
         at += n as u64;
     }
     Ok(())
@@ -399,7 +541,7 @@ fn compare_range(dev: &dyn BlockDevice, offset: u64, want: &[u8]) -> Result<(), 
     while at < want.len() {
         let n = (want.len() - at).min(CHUNK as usize);
         dev.read_at(&mut tmp[..n], offset + at as u64)
-            .map_err(|_| read_error())?;
+            .map_err(read_fault)?;
         if let Some(i) = tmp[..n]
             .iter()
             .zip(&want[at..at + n])
@@ -431,7 +573,7 @@ fn write_repeated(
     while at < len {
         let n = (len - at).min(chunk_len as u64) as usize;
         dev.write_at(&chunk[..n], offset + at)
-            .map_err(|_| write_error())?;
+            .map_err(write_fault)?;
         at += n as u64;
     }
     Ok(())
@@ -454,7 +596,7 @@ fn get_lba_status(
     while at < total_blocks && count < max_descriptors {
         let (mapped, run) = dev
             .map_status(at.saturating_mul(block))
-            .map_err(|_| read_error())?;
+            .map_err(read_fault)?;
         let run_blocks = (run / block)
             .clamp(1, total_blocks - at)
             .min(u64::from(u32::MAX));

@@ -45,8 +45,8 @@ mod spc;
 mod tests;
 
 pub use config::{DeviceType, LunConfig, TargetPort};
-pub use device::{BlockDevice, MemDevice};
-pub use io::{IoTask, SimpleIo};
+pub use device::{BlockDevice, CompletionSink, MemDevice};
+pub use io::{IoTask, MediaResult, NativeIo, SimpleIo};
 pub use lunset::LunSet;
 pub use pr::iscsi_initiator_port_name;
 pub use sense::SenseFormat;

@@ -2,6 +2,9 @@
 # Run libiscsi's iscsi-test-cu (family ALL) against a fresh rtgtd serving a
 # thin-provisioned 1 GiB file, suite by suite with time limits so one hang
 # cannot stall the run, and check the pass count against floor.txt.
+# With RTGT_CONFORMANCE_RBD=<ceph.conf> the LUN is instead a fresh 1 GiB
+# RBD image in that cluster's pool `rbd` (tests/ceph/cluster.sh starts
+# one), held to the same floor: an RBD LUN must pass what a file LUN does.
 # usage: tests/conformance/run.sh [RTGTD_BINARY] [OUTDIR]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +25,14 @@ pid=$!
 for _ in $(seq 50); do [ -S "$work/socket.$ctl" ] && break; sleep 0.1; done
 export TGT_IPC_SOCKET=$work/socket
 "$adm" -C $ctl --lld iscsi --op new --mode target --tid 1 -T $iqn || exit 1
-"$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img" || exit 1
+if [ -n "${RTGT_CONFORMANCE_RBD:-}" ]; then
+  image=conformance-$$-$RANDOM
+  rbd -c "$RTGT_CONFORMANCE_RBD" create --size 1G "rbd/$image" || exit 1
+  "$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 --bstype rbd \
+    -b "rbd/$image" --bsopts "conf=$RTGT_CONFORMANCE_RBD" || exit 1
+else
+  "$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img" || exit 1
+fi
 "$adm" -C $ctl --lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1 || exit 1
 "$adm" -C $ctl --lld iscsi --op bind --mode target --tid 1 -I ALL || exit 1
 url=iscsi://127.0.0.1:$port/$iqn/1

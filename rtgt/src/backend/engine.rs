@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use scsi::{BlockDevice, IoTask, Response};
+use scsi::{BlockDevice, CompletionSink, IoTask, MediaResult, Response};
 
 /// The loop's name for one media task in flight.
 pub type Tag = u32;
@@ -33,10 +33,10 @@ pub type Tag = u32;
 /// How a media task ended.
 #[derive(Debug)]
 pub enum Finished {
-    /// A native transfer (io_uring, an asynchronous store): whether it
-    /// fully succeeded; the loop turns it into the SCSI answer with
+    /// A native operation (io_uring, an asynchronous store) and how it
+    /// ended; the loop turns it into the SCSI answer with
     /// [`IoTask::complete`].
-    Native(bool),
+    Native(MediaResult),
     /// The task ran whole on a worker ([`IoTask::run`]).
     Ran(Response),
 }
@@ -128,6 +128,17 @@ impl CompletionQueue {
         } else {
             out.append(&mut d);
         }
+    }
+}
+
+/// An asynchronous store (librbd) completes straight into the loop's queue.
+impl CompletionSink for CompletionQueue {
+    fn complete(&self, tag: u32, result: MediaResult, buf: Vec<u8>) {
+        self.push(Done {
+            tag,
+            result: Finished::Native(result),
+            buf,
+        });
     }
 }
 
@@ -258,7 +269,7 @@ impl Pool {
                         }
                         self.cq.push(Done {
                             tag: j.tag,
-                            result: Finished::Native(false),
+                            result: Finished::Native(MediaResult::Failed),
                             buf: j.buf,
                         });
                     }
@@ -309,7 +320,7 @@ impl Pool {
             let result = match r {
                 Ok(r) => Finished::Ran(r),
                 // A store that panicked: the command fails, the pool lives.
-                Err(_) => Finished::Native(false),
+                Err(_) => Finished::Native(MediaResult::Failed),
             };
             self.cq.push(Done { tag, result, buf });
         }

@@ -12,6 +12,7 @@
 pub mod engine;
 mod file;
 mod null;
+pub mod rbd;
 pub mod uring;
 
 pub use file::FileDevice;
@@ -41,6 +42,9 @@ pub enum BackendKind {
     Aio,
     /// Zeros on read, writes discarded.
     Null,
+    /// A Ceph RBD image through librbd's asynchronous calls
+    /// ([`rbd::RbdDevice`]).
+    Rbd,
 }
 
 /// Errors opening a backing store.
@@ -52,6 +56,9 @@ pub enum BackendError {
     /// A file or device backend was given no path.
     #[error("backing store path is required")]
     NoPath,
+    /// The `--bsopts` or image path of an RBD store do not parse.
+    #[error("{0}")]
+    BadOptions(String),
     /// Opening or sizing the file failed.
     #[error("{path}: {source}")]
     Open {
@@ -67,6 +74,7 @@ impl BackendKind {
             "" | "rdwr" => Ok(BackendKind::Rdwr),
             "aio" => Ok(BackendKind::Aio),
             "null" => Ok(BackendKind::Null),
+            "rbd" => Ok(BackendKind::Rbd),
             other => Err(BackendError::UnknownType(other.to_string())),
         }
     }
@@ -75,6 +83,7 @@ impl BackendKind {
             BackendKind::Rdwr => "rdwr",
             BackendKind::Aio => "aio",
             BackendKind::Null => "null",
+            BackendKind::Rbd => "rbd",
         }
     }
 }
@@ -102,15 +111,28 @@ impl OpenFlags {
     }
 }
 
-/// Open a backing store. `null_size` is the size a null store reports.
+/// Open a backing store (blocking: RBD connects to its cluster). `null_size`
+/// is the size a null store reports; `bsopts` are the store's own options.
 pub fn open(
     kind: BackendKind,
     path: Option<&str>,
+    bsopts: Option<&str>,
     flags: OpenFlags,
     null_size: u64,
 ) -> Result<Arc<dyn BlockDevice>, BackendError> {
     match kind {
         BackendKind::Null => Ok(Arc::new(NullDevice::new(null_size))),
+        BackendKind::Rbd => {
+            let path = path.filter(|p| !p.is_empty()).ok_or(BackendError::NoPath)?;
+            let spec = rbd::RbdSpec::parse(path, bsopts).map_err(BackendError::BadOptions)?;
+            let dev = rbd::RbdDevice::open(spec, flags.readonly).map_err(|source| {
+                BackendError::Open {
+                    path: path.to_string(),
+                    source,
+                }
+            })?;
+            Ok(Arc::new(dev))
+        }
         BackendKind::Rdwr | BackendKind::Aio => {
             let path = path.filter(|p| !p.is_empty()).ok_or(BackendError::NoPath)?;
             let mut dev =
@@ -139,12 +161,12 @@ mod tests {
         let p = dir.join("disk.img");
         std::fs::File::create(&p).unwrap().set_len(1 << 20).unwrap();
         let path = p.to_str();
-        let aio = open(BackendKind::Aio, path, OpenFlags::default(), 0).unwrap();
+        let aio = open(BackendKind::Aio, path, None, OpenFlags::default(), 0).unwrap();
         assert!(aio.raw_fd().is_some());
-        let rdwr = open(BackendKind::Rdwr, path, OpenFlags::default(), 0).unwrap();
+        let rdwr = open(BackendKind::Rdwr, path, None, OpenFlags::default(), 0).unwrap();
         assert!(rdwr.raw_fd().is_none());
         set_rdwr_uses_uring(true);
-        let rdwr = open(BackendKind::Rdwr, path, OpenFlags::default(), 0).unwrap();
+        let rdwr = open(BackendKind::Rdwr, path, None, OpenFlags::default(), 0).unwrap();
         set_rdwr_uses_uring(false);
         assert!(rdwr.raw_fd().is_some());
         std::fs::remove_dir_all(&dir).unwrap();

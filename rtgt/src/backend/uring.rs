@@ -13,7 +13,7 @@ use std::io;
 use std::os::fd::RawFd;
 
 use io_uring::{opcode, squeue, types, IoUring};
-use scsi::SimpleIo;
+use scsi::{MediaResult, SimpleIo};
 
 use super::engine::{CompletionQueue, Done, Finished, Tag};
 
@@ -237,7 +237,11 @@ impl Uring {
                 }
                 out.push(Done {
                     tag: op.tag,
-                    result: Finished::Native(ok),
+                    result: Finished::Native(if ok {
+                        MediaResult::Ok
+                    } else {
+                        MediaResult::Failed
+                    }),
                     buf: op.buf,
                 });
             }
@@ -341,7 +345,7 @@ mod tests {
         }
         assert_eq!(out.len(), 200, "completions lost");
         for d in &out {
-            assert!(matches!(d.result, Finished::Native(true)));
+            assert!(matches!(d.result, Finished::Native(MediaResult::Ok)));
             assert!(d.buf.len() == 512 && d.buf.iter().all(|&x| x == 3));
         }
         assert_eq!(u.inflight(), 0);
@@ -366,7 +370,7 @@ mod tests {
                 wait(&cq, &u, &mut out);
             }
             let d = out.pop().unwrap();
-            (matches!(d.result, Finished::Native(true)), d.buf)
+            (matches!(d.result, Finished::Native(MediaResult::Ok)), d.buf)
         };
         let w = SimpleIo::Write {
             offset: 4096,

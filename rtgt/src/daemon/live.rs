@@ -29,6 +29,7 @@ pub struct DaemonLive {
 struct OpenKey {
     kind: BackendKind,
     path: Option<String>,
+    bsopts: Option<String>,
     flags: OpenFlags,
     size: u64,
 }
@@ -45,8 +46,12 @@ struct Prefetched {
 fn open_with_fallback(k: &OpenKey) -> Result<(Arc<dyn BlockDevice>, bool), backend::BackendError> {
     slow_open_fault();
     let path = k.path.as_deref();
-    match backend::open(k.kind, path, k.flags, k.size) {
-        Ok(d) => Ok((d, k.flags.readonly)),
+    let bsopts = k.bsopts.as_deref();
+    match backend::open(k.kind, path, bsopts, k.flags, k.size) {
+        Ok(d) => {
+            let ro = k.flags.readonly || d.read_only();
+            Ok((d, ro))
+        }
         Err(backend::BackendError::Open { source, .. })
             if !k.flags.readonly
                 && matches!(
@@ -58,7 +63,7 @@ fn open_with_fallback(k: &OpenKey) -> Result<(Arc<dyn BlockDevice>, bool), backe
                 readonly: true,
                 ..k.flags
             };
-            backend::open(k.kind, path, flags, k.size).map(|d| (d, true))
+            backend::open(k.kind, path, bsopts, flags, k.size).map(|d| (d, true))
         }
         Err(e) => Err(e),
     }
@@ -194,6 +199,7 @@ impl mgmt::Live for DaemonLive {
         let key = OpenKey {
             kind,
             path: spec.path.clone(),
+            bsopts: spec.bsopts.clone(),
             flags: open_flags(spec),
             size: spec.size_bytes,
         };
@@ -394,6 +400,7 @@ impl mgmt::Live for DaemonLive {
         let key = OpenKey {
             kind,
             path: spec.path.clone(),
+            bsopts: spec.bsopts.clone(),
             flags: OpenFlags {
                 sync: false,
                 direct: false,

@@ -317,6 +317,8 @@ pub struct TargetCtx {
     pub pool: Arc<Pool>,
     /// Where every engine reports finished tasks.
     pub cq: Arc<CompletionQueue>,
+    /// `cq` as asynchronous stores (librbd) see it.
+    pub sink: Arc<dyn scsi::CompletionSink>,
     /// Media tasks in flight, by tag.
     pub inflight: RefCell<io::InFlightTable>,
     /// Adaptive polling window (see [`LoopConfig::poll_us`]).
@@ -595,6 +597,7 @@ impl TargetHandle {
                         sessions: RefCell::new(HashMap::new()),
                         uring: ring_for_loop(&cq),
                         pool,
+                        sink: cq.clone(),
                         cq,
                         inflight: RefCell::new(io::InFlightTable::default()),
                         poll: std::time::Duration::from_micros(poll_us as u64),

@@ -517,6 +517,7 @@ fn lun_new(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
         return Err(TgtadmError::InvalidRequest);
     }
     let mut spec = LunSpec::new(tid, req.lun, dev_type, bstype);
+    spec.thin_provisioning = bs.thin;
     spec.bsoflags = oflags;
     spec.bsopts = bsopts.map(str::to_string);
     if let Some(bsz) = blocksize {

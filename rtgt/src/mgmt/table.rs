@@ -381,6 +381,9 @@ pub struct BackingStoreInfo {
     /// Whether a LUN of this type needs a real file (false for `null`,
     /// whose medium is a 1 TiB void).
     pub needs_file: bool,
+    /// Whether the store allocates on write (RBD): its LUNs report thin
+    /// provisioning (SBC-3 §4.7) from the start.
+    pub thin: bool,
 }
 
 /// What the daemon supports, as `system show` lists it.
@@ -402,11 +405,22 @@ impl Default for SystemInfo {
                 ("iscsi".into(), "ready".into()),
                 ("iser".into(), "error".into()),
             ],
+            // rbd first, where tgt with Debian's tgt-rbd lists it.
             backing_stores: vec![
+                BackingStoreInfo {
+                    name: "rbd".into(),
+                    oflags: OpenFlags {
+                        sync: true,
+                        direct: true,
+                    },
+                    needs_file: true,
+                    thin: true,
+                },
                 BackingStoreInfo {
                     name: "null".into(),
                     oflags: OpenFlags::default(),
                     needs_file: false,
+                    thin: false,
                 },
                 BackingStoreInfo {
                     name: "rdwr".into(),
@@ -415,11 +429,13 @@ impl Default for SystemInfo {
                         direct: true,
                     },
                     needs_file: true,
+                    thin: false,
                 },
                 BackingStoreInfo {
                     name: "aio".into(),
                     oflags: OpenFlags::default(),
                     needs_file: true,
+                    thin: false,
                 },
             ],
             device_types: vec![DeviceType::Disk, DeviceType::Controller],

@@ -1,0 +1,104 @@
+//! The few librados and librbd calls the RBD store makes, loaded at run
+//! time with `dlopen`: rtgtd builds and runs where Ceph is not installed,
+//! and serves RBD wherever Debian's `librbd1` is (Ceph 16 ships
+//! librbd.so.1 and librados.so.2). No maintained Rust binding fits
+//! librbd 1.16, and we need a dozen functions, so we declare them here
+//! from the C headers (`rbd/librbd.h`, `rados/librados.h`).
+
+use std::ffi::{c_char, c_int, c_void, CStr};
+use std::sync::OnceLock;
+
+pub type Rados = *mut c_void;
+pub type IoCtx = *mut c_void;
+pub type Image = *mut c_void;
+pub type Completion = *mut c_void;
+pub type Callback = unsafe extern "C" fn(c: Completion, arg: *mut c_void);
+pub type DiffCallback =
+    unsafe extern "C" fn(off: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int;
+
+macro_rules! api {
+    ($($lib:ident :: $name:ident : fn($($arg:ty),*) $(-> $ret:ty)?;)*) => {
+        /// Entry points resolved from librados and librbd.
+        #[allow(non_snake_case)]
+        pub struct Api {
+            $(pub $name: unsafe extern "C" fn($($arg),*) $(-> $ret)?,)*
+        }
+
+        impl Api {
+            fn load(rados: *mut c_void, rbd: *mut c_void) -> Result<Api, String> {
+                Ok(Api {
+                    $($name: {
+                        let h = match stringify!($lib) { "rados" => rados, _ => rbd };
+                        let sym = concat!(stringify!($name), "\0");
+                        // SAFETY: `h` is a live handle from dlopen and `sym`
+                        // is NUL-terminated.
+                        let p = unsafe { libc::dlsym(h, sym.as_ptr().cast()) };
+                        if p.is_null() {
+                            return Err(format!("{} lacks {}", stringify!($lib), stringify!($name)));
+                        }
+                        // SAFETY: the symbol has the C signature declared
+                        // here (copied from the Ceph 16 headers).
+                        unsafe { std::mem::transmute::<*mut c_void, unsafe extern "C" fn($($arg),*) $(-> $ret)?>(p) }
+                    },)*
+                })
+            }
+        }
+    };
+}
+
+api! {
+    rados::rados_create2: fn(*mut Rados, *const c_char, *const c_char, u64) -> c_int;
+    rados::rados_conf_read_file: fn(Rados, *const c_char) -> c_int;
+    rados::rados_conf_set: fn(Rados, *const c_char, *const c_char) -> c_int;
+    rados::rados_connect: fn(Rados) -> c_int;
+    rados::rados_shutdown: fn(Rados);
+    rados::rados_ioctx_create: fn(Rados, *const c_char, *mut IoCtx) -> c_int;
+    rados::rados_ioctx_destroy: fn(IoCtx);
+    rbd::rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
+    rbd::rbd_open_read_only: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
+    rbd::rbd_close: fn(Image) -> c_int;
+    rbd::rbd_get_size: fn(Image, *mut u64) -> c_int;
+    rbd::rbd_read: fn(Image, u64, usize, *mut c_char) -> isize;
+    rbd::rbd_write: fn(Image, u64, usize, *const c_char) -> isize;
+    rbd::rbd_flush: fn(Image) -> c_int;
+    rbd::rbd_discard: fn(Image, u64, u64) -> c_int;
+    rbd::rbd_diff_iterate2: fn(Image, *const c_char, u64, u64, u8, u8, DiffCallback, *mut c_void) -> c_int;
+    rbd::rbd_aio_create_completion: fn(*mut c_void, Callback, *mut Completion) -> c_int;
+    rbd::rbd_aio_get_return_value: fn(Completion) -> isize;
+    rbd::rbd_aio_release: fn(Completion);
+    rbd::rbd_aio_read: fn(Image, u64, usize, *mut c_char, Completion) -> c_int;
+    rbd::rbd_aio_write: fn(Image, u64, usize, *const c_char, Completion) -> c_int;
+    rbd::rbd_aio_flush: fn(Image, Completion) -> c_int;
+    rbd::rbd_aio_discard: fn(Image, u64, u64, Completion) -> c_int;
+    rbd::rbd_aio_writesame: fn(Image, u64, usize, *const c_char, usize, Completion, c_int) -> c_int;
+    rbd::rbd_aio_write_zeroes: fn(Image, u64, usize, Completion, c_int, c_int) -> c_int;
+    rbd::rbd_aio_compare_and_write: fn(Image, u64, usize, *const c_char, *const c_char, Completion, *mut u64, c_int) -> isize;
+}
+
+fn open_lib(names: &[&CStr]) -> Result<*mut c_void, String> {
+    for n in names {
+        // SAFETY: a NUL-terminated library name; the handle is kept for
+        // the process's life (never dlclose'd: librbd's threads outlive
+        // any one image).
+        let h = unsafe { libc::dlopen(n.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+        if !h.is_null() {
+            return Ok(h);
+        }
+    }
+    Err(format!(
+        "cannot load {} (install Debian's librbd1)",
+        names[0].to_string_lossy()
+    ))
+}
+
+/// librados and librbd, loaded on first use; an error says what is missing.
+pub fn api() -> Result<&'static Api, String> {
+    static API: OnceLock<Result<Api, String>> = OnceLock::new();
+    API.get_or_init(|| {
+        let rados = open_lib(&[c"librados.so.2", c"librados.so"])?;
+        let rbd = open_lib(&[c"librbd.so.1", c"librbd.so"])?;
+        Api::load(rados, rbd)
+    })
+    .as_ref()
+    .map_err(Clone::clone)
+}
