@@ -23,7 +23,17 @@ free_port() {
 }
 
 start_osd() {
-    ceph-osd -i 0 -c "$dir/ceph.conf" 2>>"$dir/osd.0.stderr"
+    # Ceph 16's OSD now and then asks the monitor to place it before it
+    # knows the cluster's fsid, is refused ("wrong fsid") and exits at
+    # once: start it again.
+    local tries=0
+    until ceph-osd -i 0 -c "$dir/ceph.conf" 2>>"$dir/osd.0.stderr"; do
+        tries=$((tries + 1))
+        if [ $tries -ge 5 ]; then
+            echo "cluster.sh: ceph-osd would not start (see $dir/osd.0.stderr)" >&2
+            return 1
+        fi
+    done
     # Up when the monitor says so.
     for _ in $(seq 1 300); do
         if ceph -c "$dir/ceph.conf" osd dump 2>/dev/null | grep -q '^osd.0 up'; then
@@ -69,7 +79,7 @@ start)
         echo "osd data = $dir/\$name"
         echo "run dir = $dir/run"
         echo "log file = $dir/\$name.log"
-        echo "admin socket = $dir/run/\$name.asok"
+        echo "admin socket = $dir/run/\$name.\$pid.asok"
         echo "pid file = $dir/run/\$name.pid"
         echo "mon cluster log file = $dir/cluster.log"
         echo "osd op num shards = 1"
@@ -80,8 +90,11 @@ start)
     monmaptool --create --add a "v1:127.0.0.1:$port" --fsid "$fsid" "$dir/monmap" >/dev/null
     ceph-mon --mkfs -i a --monmap "$dir/monmap" -c "$dir/ceph.conf"
     ceph-mon -i a -c "$dir/ceph.conf"
-    ceph -c "$dir/ceph.conf" osd create >/dev/null
-    ceph-osd -i 0 --mkfs -c "$dir/ceph.conf" 2>/dev/null
+    # Name the OSD's uuid ourselves: left to mkfs it was sometimes all
+    # zeros, and the monitor then refused the OSD ("wrong fsid").
+    osd_uuid=$(python3 -c 'import uuid; print(uuid.uuid4())')
+    ceph -c "$dir/ceph.conf" osd create "$osd_uuid" 0 >/dev/null
+    ceph-osd -i 0 --mkfs --osd-uuid "$osd_uuid" -c "$dir/ceph.conf" 2>>"$dir/osd.0.stderr"
     start_osd
     ceph -c "$dir/ceph.conf" osd pool create rbd 8 >/dev/null 2>&1
     rbd -c "$dir/ceph.conf" pool init rbd

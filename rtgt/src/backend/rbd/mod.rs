@@ -366,8 +366,9 @@ struct Pending {
     conn: Arc<Conn>,
     /// A read of this many bytes into `buf`'s spare capacity.
     read_len: Option<usize>,
-    /// COMPARE AND WRITE, and where librbd reports the first difference.
-    caw: bool,
+    /// COMPARE AND WRITE's range, and where librbd reports the first
+    /// difference.
+    caw: Option<(u64, u64)>,
     mismatch: u64,
     /// Completions still to come (several for a multi-range UNMAP).
     left: AtomicUsize,
@@ -405,15 +406,29 @@ impl Pending {
             if err == -ESHUTDOWN {
                 pend.conn.fenced.store(true, Ordering::Release);
             }
-            // librbd reports the first difference from the start of the
-            // compared range, as SBC-3 §5.2 wants it.
             match pend.caw {
-                true if err == -i64::from(libc::EILSEQ) => MediaResult::Miscompare(pend.mismatch),
+                Some((offset, len)) if err == -i64::from(libc::EILSEQ) => {
+                    MediaResult::Miscompare(caw_mismatch(pend.mismatch, offset, len))
+                }
                 _ => MediaResult::from_errno(err),
             }
         };
         let Pending { tag, sink, buf, .. } = *pend;
         sink.complete(tag, result, buf);
+    }
+}
+
+/// The first differing byte from the start of a compare-and-write, from
+/// librbd's `mismatch_off`. librbd 16 gives the object's start in the
+/// image plus the offset within the request (measured: 37 for a
+/// difference at byte 37 of a request at 4608, 4 MiB for byte 0 of one at
+/// 4 MiB); an image offset, as the header documents, is taken too. The
+/// range lies within one sector, so the remainder modulo the sector is
+/// the offset either way when the first reading does not apply.
+fn caw_mismatch(mismatch: u64, offset: u64, len: u64) -> u64 {
+    match mismatch.checked_sub(offset) {
+        Some(rel) if rel < len => rel,
+        _ => mismatch % CAW_SECTOR,
     }
 }
 
@@ -617,7 +632,10 @@ impl BlockDevice for RbdDevice {
                 NativeIo::Simple(SimpleIo::Read { len, .. }) => Some(len),
                 _ => None,
             },
-            caw: matches!(op, NativeIo::CompareAndWrite { .. }),
+            caw: match op {
+                NativeIo::CompareAndWrite { offset, len } => Some((offset, len as u64)),
+                _ => None,
+            },
             conn: conn.clone(),
             mismatch: 0,
             left: AtomicUsize::new(calls),
@@ -717,6 +735,16 @@ unsafe extern "C" fn on_extent(off: u64, len: usize, exists: c_int, arg: *mut c_
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compare_and_write_mismatch_offsets() {
+        // librbd 16's form: object start + offset in the request.
+        assert_eq!(caw_mismatch(37, 4608, 512), 37);
+        assert_eq!(caw_mismatch(4 << 20, 4 << 20, 512), 0);
+        assert_eq!(caw_mismatch((4 << 20) + 5, (4 << 20) + 1024, 512), 5);
+        // An image offset.
+        assert_eq!(caw_mismatch(4608 + 37, 4608, 512), 37);
+    }
 
     #[test]
     fn paths_and_options_parse_as_tgt_names_them() {

@@ -1,0 +1,502 @@
+//! RBD LUNs against a real one-node Ceph cluster (tests/ceph/cluster.sh):
+//! configured with the stock tgtadm, data checked against `rbd export`,
+//! the offloads, a snapshot served read-only, and the faults (a fenced
+//! client, a frozen OSD, an OSD killed and restarted mid-I/O).
+//!
+//! The tests skip when Ceph is not installed, unless `RTGT_REQUIRE_CEPH`
+//! is set (the README's test command sets it, and `.ci/run` installs
+//! Ceph), so a machine without Ceph still runs the rest.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{have, sparse_file, tempdir, Daemon};
+use initiator::{Connection, LoginOptions, ScsiResult};
+
+const BS: u32 = 512;
+
+/// One cluster at a time: each OSD wants most of a core here.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+struct Cluster {
+    dir: PathBuf,
+    conf: String,
+}
+
+fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/ceph/cluster.sh")
+}
+
+impl Cluster {
+    /// A fresh cluster, or `None` (test skipped) when Ceph is absent and
+    /// not required.
+    fn start(tag: &str, store: &str) -> Option<Cluster> {
+        if !have("ceph-mon") || !have("ceph-osd") || !have("rbd") {
+            assert!(
+                std::env::var_os("RTGT_REQUIRE_CEPH").is_none(),
+                "RTGT_REQUIRE_CEPH is set but ceph-mon, ceph-osd or rbd is missing"
+            );
+            eprintln!(
+                "skipped: Ceph not installed (apt-get install ceph-mon ceph-osd ceph-common)"
+            );
+            return None;
+        }
+        let dir = tempdir(&format!("ceph-{tag}"));
+        let o = Command::new(script())
+            .args(["start", dir.to_str().unwrap(), store])
+            .output()
+            .unwrap();
+        // Built before the check so that a failed start is cleaned up.
+        let c = Cluster {
+            conf: dir.join("ceph.conf").to_str().unwrap().to_string(),
+            dir,
+        };
+        assert!(
+            o.status.success(),
+            "cluster.sh start ({}): {}{}\nosd.0.stderr: {}",
+            o.status,
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+            std::fs::read_to_string(c.dir.join("osd.0.stderr")).unwrap_or_default()
+        );
+        Some(c)
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> Output {
+        let o = Command::new(prog)
+            .arg("-c")
+            .arg(&self.conf)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{prog} {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        o
+    }
+
+    fn rbd(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.run("rbd", args).stdout).into_owned()
+    }
+
+    fn osd_pid(&self) -> String {
+        std::fs::read_to_string(self.dir.join("run/osd.0.pid"))
+            .unwrap_or_default()
+            .trim()
+            .to_string()
+    }
+
+    fn signal_osd(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.osd_pid()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// The image's contents as `rbd export` gives them.
+    fn export(&self, image: &str) -> Vec<u8> {
+        let out = self.dir.join(format!("{image}.export"));
+        let _ = std::fs::remove_file(&out);
+        self.rbd(&["export", &format!("rbd/{image}"), out.to_str().unwrap()]);
+        std::fs::read(&out).unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // SIGCONT first: a frozen OSD ignores SIGKILL until resumed.
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.osd_pid()])
+            .status();
+        let _ = Command::new(script())
+            .args(["stop", self.dir.to_str().unwrap()])
+            .status();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The stock tgtadm when installed (the interface users script), else ours.
+fn tgtadm(d: &Daemon, args: &[&str]) -> String {
+    let bin = if have("tgtadm") {
+        "tgtadm"
+    } else {
+        env!("CARGO_BIN_EXE_rtgtadm")
+    };
+    let o = d.adm_with(bin, args);
+    assert!(
+        o.status.success(),
+        "{bin} {args:?}: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        d.log()
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn new_target(d: &Daemon, tid: u32, iqn: &str) {
+    let t = tid.to_string();
+    tgtadm(
+        d,
+        &[
+            "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", &t, "-T", iqn,
+        ],
+    );
+    tgtadm(
+        d,
+        &[
+            "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", &t, "-I", "ALL",
+        ],
+    );
+}
+
+fn rbd_lun(d: &Daemon, tid: u32, lun: u64, path: &str, bsopts: &str) {
+    let (t, l) = (tid.to_string(), lun.to_string());
+    tgtadm(
+        d,
+        &[
+            "--lld",
+            "iscsi",
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            &t,
+            "--lun",
+            &l,
+            "--bstype",
+            "rbd",
+            "-b",
+            path,
+            "--bsopts",
+            bsopts,
+        ],
+    );
+}
+
+fn login(d: &Daemon, iqn: &str) -> Connection {
+    let o = LoginOptions {
+        target_name: Some(iqn.into()),
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let (mut c, _) = Connection::login(d.portal, &o).expect("login");
+    // Clear the power-on unit attentions.
+    for lun in 0..4 {
+        for _ in 0..4 {
+            if c.test_unit_ready(lun).unwrap().is_good() {
+                break;
+            }
+        }
+    }
+    c
+}
+
+fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn cdb16(op: u8, lba: u64, blocks: u32) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = op;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[10..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+fn write_cmd(c: &mut Connection, lun: u64, lba: u64, data: &[u8]) -> ScsiResult {
+    c.scsi(lun, &cdb16(0x8a, lba, data.len() as u32 / BS), data, 0)
+        .unwrap()
+}
+
+fn read(c: &mut Connection, lun: u64, lba: u64, len: usize) -> Vec<u8> {
+    c.read(lun, lba, (len / BS as usize) as u32, BS).unwrap()
+}
+
+/// Write, retrying while the LU answers NOT READY (as initiators do),
+/// up to `limit`.
+fn write_retrying(c: &mut Connection, lun: u64, lba: u64, data: &[u8], limit: Duration) {
+    let t0 = Instant::now();
+    loop {
+        let r = write_cmd(c, lun, lba, data);
+        if r.is_good() {
+            return;
+        }
+        assert_eq!(
+            r.sense_key(),
+            Some((0x02, 0x04, 0x01)),
+            "only NOT READY, BECOMING READY may interrupt the writes"
+        );
+        assert!(
+            t0.elapsed() < limit,
+            "the LU stayed NOT READY for {limit:?}"
+        );
+    }
+}
+
+#[test]
+fn rbd_lun_serves_the_image_and_survives_faults() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(cl) = Cluster::start("main", "memstore") else {
+        return;
+    };
+    cl.rbd(&["create", "--size", "128M", "rbd/disk1"]);
+    let d = Daemon::start("rbd");
+    let iqn = "iqn.2026-11.io.rtgt:rbd";
+    new_target(&d, 1, iqn);
+    let opts = format!(
+        "conf={};id=admin;cluster=ceph;rados_osd_op_timeout=3",
+        cl.conf
+    );
+    rbd_lun(&d, 1, 1, "rbd/disk1", &opts);
+
+    // `show` as tgt prints an rbd LUN (thin: the image allocates on write).
+    let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    for want in [
+        "Size: 134 MB, Block size: 512",
+        "Thin-provisioning: Yes",
+        "Backing store type: rbd",
+        "Backing store path: rbd/disk1",
+    ] {
+        assert!(show.contains(want), "{want} not in\n{show}");
+    }
+
+    // 64 MiB through a real client, found in the image.
+    let data = pattern(1, 64 << 20);
+    let url = format!("iscsi://{}/{iqn}/1", d.portal);
+    if have("qemu-img") {
+        let src = d.dir.join("src.img");
+        std::fs::write(&src, &data).unwrap();
+        let st = Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(&url)
+            .status()
+            .unwrap();
+        assert!(st.success(), "qemu-img write failed: {}", d.log());
+    } else {
+        let mut c = login(&d, iqn);
+        for (i, chunk) in data.chunks(256 << 10).enumerate() {
+            assert!(write_cmd(&mut c, 1, (i * 512) as u64, chunk).is_good());
+        }
+    }
+    let img = cl.export("disk1");
+    assert!(
+        img[..64 << 20] == data[..],
+        "the image differs from what was written"
+    );
+    assert!(img[64 << 20..].iter().all(|&b| b == 0));
+
+    let mut c = login(&d, iqn);
+    assert_eq!(read(&mut c, 1, 2048, 1 << 20), data[1 << 20..2 << 20]);
+
+    // GET LBA STATUS (SBC-3 §5.6): written blocks mapped, the rest of the
+    // image deallocated.
+    let mut gls = [0u8; 16];
+    gls[0] = 0x9e;
+    gls[1] = 0x12;
+    gls[10..14].copy_from_slice(&64u32.to_be_bytes());
+    let lba_status = |c: &mut Connection, lba: u64| {
+        let mut g = gls;
+        g[2..10].copy_from_slice(&lba.to_be_bytes());
+        let r = c.scsi_ok(1, &g, &[], 64).unwrap();
+        r[8 + 12] & 0x0f
+    };
+    assert_eq!(lba_status(&mut c, 0), 0, "written data reads as mapped");
+    assert_eq!(
+        lba_status(&mut c, 100 << 11),
+        1,
+        "never-written space reads as deallocated"
+    );
+
+    // UNMAP (SBC-3 §5.28): the range reads back as zeros (LBPRZ).
+    let mut unmap = [0u8; 10];
+    unmap[0] = 0x42;
+    unmap[8] = 24;
+    let mut param = vec![0u8; 24];
+    param[0..2].copy_from_slice(&22u16.to_be_bytes());
+    param[2..4].copy_from_slice(&16u16.to_be_bytes());
+    param[8..16].copy_from_slice(&8u64.to_be_bytes());
+    param[16..20].copy_from_slice(&16u32.to_be_bytes());
+    c.scsi_ok(1, &unmap, &param, 0).unwrap();
+    let back = read(&mut c, 1, 0, 32 * BS as usize);
+    assert_eq!(back[..8 * 512], data[..8 * 512]);
+    assert!(
+        back[8 * 512..24 * 512].iter().all(|&b| b == 0),
+        "unmapped blocks must read as zeros"
+    );
+    assert_eq!(back[24 * 512..], data[24 * 512..32 * 512]);
+
+    // WRITE SAME (16) with a pattern, and with zeros.
+    let block = pattern(7, 512);
+    c.scsi_ok(1, &cdb16(0x93, 4096, 16), &block, 0).unwrap();
+    let back = read(&mut c, 1, 4096, 16 * 512);
+    assert!(back.chunks(512).all(|b| b == block.as_slice()));
+    c.scsi_ok(1, &cdb16(0x93, 4096, 8), &[0u8; 512], 0).unwrap();
+    let back = read(&mut c, 1, 4096, 16 * 512);
+    assert!(back[..8 * 512].iter().all(|&b| b == 0));
+    assert!(back[8 * 512..].chunks(512).all(|b| b == block.as_slice()));
+
+    // COMPARE AND WRITE (SBC-3 §5.2): one block natively, eight through
+    // the serialized path; a difference answers MISCOMPARE at its offset.
+    for blocks in [1u8, 8] {
+        let n = blocks as usize * 512;
+        let lba = 8192u64;
+        let old = pattern(u64::from(blocks) + 20, n);
+        let new = pattern(u64::from(blocks) + 40, n);
+        c.write(1, lba, &old, BS).unwrap();
+        let mut caw = [0u8; 16];
+        caw[0] = 0x89;
+        caw[2..10].copy_from_slice(&lba.to_be_bytes());
+        caw[13] = blocks;
+        let mut both = old.clone();
+        both.extend_from_slice(&new);
+        c.scsi_ok(1, &caw, &both, 0).unwrap();
+        assert_eq!(read(&mut c, 1, lba, n), new);
+        // Compare against stale data: byte 100 differs.
+        let r = c.scsi(1, &caw, &both, 0).unwrap();
+        assert_eq!(r.sense_key(), Some((0x0e, 0x1d, 0x00)), "{blocks} blocks");
+        let info = u32::from_be_bytes(r.sense[3..7].try_into().unwrap());
+        let first = old.iter().zip(&new).position(|(a, b)| a != b).unwrap();
+        assert_eq!(info as usize, first, "MISCOMPARE's INFORMATION");
+        assert_eq!(read(&mut c, 1, lba, n), new, "a miscompare writes nothing");
+    }
+
+    // A snapshot is served read-only, with the data as it was.
+    cl.rbd(&["snap", "create", "rbd/disk1@snap1"]);
+    rbd_lun(&d, 1, 2, "rbd/disk1@snap1", &opts);
+    let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    let lun2 = &show[show.find("LUN: 2").unwrap()..];
+    assert!(lun2.contains("Readonly: Yes"), "{lun2}");
+    drop(c);
+    let mut c = login(&d, iqn);
+    let r = write_cmd(&mut c, 2, 0, &[1u8; 512]);
+    assert_eq!(r.sense_key(), Some((0x07, 0x27, 0x00)), "DATA PROTECT");
+    assert_eq!(read(&mut c, 2, 2048, 4096), data[1 << 20..(1 << 20) + 4096]);
+
+    // A second target on a file keeps working while the cluster is away.
+    let fdir = tempdir("rbd-file");
+    let file = sparse_file(&fdir, "f.img", 16 << 20);
+    let iqn2 = "iqn.2026-11.io.rtgt:file";
+    d.file_target(2, iqn2, &file, false);
+    let mut f = login(&d, iqn2);
+
+    // Fenced: the cluster blocklists our client. Commands get NOT READY
+    // (retried) until the image is reopened on a fresh client, then
+    // succeed.
+    let status = cl.rbd(&["status", "rbd/disk1"]);
+    let watcher = status
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("watcher="))
+        .expect("rtgtd watches its image")
+        .to_string();
+    cl.run("ceph", &["osd", "blocklist", "add", &watcher]);
+    let w = pattern(3, 64 << 10);
+    write_retrying(&mut c, 1, 30_000, &w, Duration::from_secs(60));
+    assert_eq!(read(&mut c, 1, 30_000, w.len()), w);
+    let status = cl.rbd(&["status", "rbd/disk1"]);
+    assert!(
+        !status.contains(&watcher),
+        "still the fenced client:\n{status}"
+    );
+
+    // A frozen OSD: the command ends NOT READY within the configured
+    // timeout (3 s here, not minutes), while the other target and the
+    // management plane answer meanwhile.
+    cl.signal_osd("-STOP");
+    let t0 = Instant::now();
+    let itt = c
+        .submit(1, &cdb16(0x8a, 40_000, 8), &pattern(4, 4096), 0)
+        .unwrap();
+    f.write(1, 0, &[9u8; 4096], BS).unwrap();
+    assert_eq!(f.read(1, 0, 8, BS).unwrap(), vec![9u8; 4096]);
+    let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert!(show.contains(iqn2));
+    let r = c.wait_for(itt).unwrap();
+    let took = t0.elapsed();
+    assert_eq!(
+        r.sense_key(),
+        Some((0x02, 0x04, 0x01)),
+        "NOT READY, retryable"
+    );
+    assert!(
+        took < Duration::from_secs(20),
+        "a frozen cluster held the command {took:?}"
+    );
+    cl.signal_osd("-CONT");
+    let w = pattern(5, 4096);
+    write_retrying(&mut c, 1, 40_000, &w, Duration::from_secs(60));
+    assert_eq!(read(&mut c, 1, 40_000, 4096), w);
+    let img = cl.export("disk1");
+    assert_eq!(img[40_000 * 512..40_000 * 512 + 4096], w[..]);
+    let _ = std::fs::remove_dir_all(&fdir);
+}
+
+/// An OSD killed (SIGKILL) and started again while writes flow: they
+/// resume, and every acknowledged write is in the image. The cluster keeps
+/// its data in a bluestore file so the OSD's restart keeps it.
+#[test]
+fn osd_restart_mid_io_loses_nothing_acknowledged() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(cl) = Cluster::start("restart", "bluestore") else {
+        return;
+    };
+    cl.rbd(&["create", "--size", "64M", "rbd/disk2"]);
+    let d = Daemon::start("rbd-restart");
+    let iqn = "iqn.2026-11.io.rtgt:restart";
+    new_target(&d, 1, iqn);
+    let opts = format!("conf={};rados_osd_op_timeout=10", cl.conf);
+    rbd_lun(&d, 1, 1, "rbd/disk2", &opts);
+    let mut c = login(&d, iqn);
+    let chunk = 64 << 10;
+    let writes = 240;
+    let mut restarter = None;
+    for i in 0..writes {
+        if i == writes / 3 {
+            let dir = cl.dir.clone();
+            restarter = Some(std::thread::spawn(move || {
+                Command::new(script())
+                    .args(["osd-restart", dir.to_str().unwrap()])
+                    .output()
+                    .unwrap()
+            }));
+        }
+        let lba = (i * chunk / BS as usize) as u64;
+        write_retrying(
+            &mut c,
+            1,
+            lba,
+            &pattern(100 + i as u64, chunk),
+            Duration::from_secs(120),
+        );
+    }
+    let o = restarter.unwrap().join().unwrap();
+    assert!(
+        o.status.success(),
+        "osd-restart: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    c.sync_cache(1).unwrap();
+    let img = cl.export("disk2");
+    for i in 0..writes {
+        let at = i * chunk;
+        assert!(
+            img[at..at + chunk] == pattern(100 + i as u64, chunk)[..],
+            "acknowledged write {i} is not in the image"
+        );
+    }
+}
