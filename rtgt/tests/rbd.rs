@@ -443,6 +443,45 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     assert_eq!(read(&mut c, 1, 40_000, 4096), w);
     let img = cl.export("disk1");
     assert_eq!(img[40_000 * 512..40_000 * 512 + 4096], w[..]);
+
+    // `disksize=auto` re-reads the image's size after `rbd resize`, and
+    // the initiator hears CAPACITY DATA HAS CHANGED (SBC-3 §4.10).
+    cl.rbd(&["resize", "--size", "192M", "rbd/disk1"]);
+    tgtadm(
+        &d,
+        &[
+            "--lld",
+            "iscsi",
+            "--op",
+            "update",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            "1",
+            "--params",
+            "disksize=auto",
+        ],
+    );
+    let r = c.test_unit_ready(1).unwrap();
+    assert_eq!(r.sense_key(), Some((0x06, 0x2a, 0x09)));
+    assert_eq!(c.read_capacity16(1).unwrap(), (192 << 11, BS));
+    drop(c);
+    drop(f);
+
+    // A stopped rtgtd closes its images: no watch and no exclusive lock
+    // is left for the cluster to time out before the next gateway writes.
+    let mut d = d;
+    let st = Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(d.child.wait().unwrap().success());
+    let status = cl.rbd(&["status", "rbd/disk1"]);
+    assert!(!status.contains("watcher="), "{status}");
+    assert_eq!(cl.rbd(&["lock", "ls", "rbd/disk1"]).trim(), "");
     let _ = std::fs::remove_dir_all(&fdir);
 }
 

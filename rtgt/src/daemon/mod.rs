@@ -230,6 +230,9 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         for h in targets {
             h.stop();
         }
+        // Stores opened for requests never applied go too.
+        drop(live);
+        crate::backend::rbd::wait_closed(std::time::Duration::from_secs(10));
         Ok::<(), DaemonError>(())
     });
     result

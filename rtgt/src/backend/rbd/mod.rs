@@ -142,6 +142,25 @@ struct Handles(&'static Api, ffi::Rados, ffi::IoCtx, ffi::Image);
 // SAFETY: as for `Conn`.
 unsafe impl Send for Handles {}
 
+/// Cluster handles not yet closed, for [`wait_closed`].
+static OPEN: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+fn count_open(delta: isize) {
+    let mut n = OPEN.0.lock().unwrap_or_else(|p| p.into_inner());
+    *n = n.saturating_add_signed(delta);
+    OPEN.1.notify_all();
+}
+
+/// Wait (up to `limit`) until every image dropped so far is closed: on
+/// shutdown, so each releases its exclusive lock and watch at once, and a
+/// restarted rtgtd (or another gateway) can write without waiting ~30 s
+/// for the cluster to time the dead client out.
+pub fn wait_closed(limit: Duration) {
+    let n = OPEN.0.lock().unwrap_or_else(|p| p.into_inner());
+    let _ = OPEN.1.wait_timeout_while(n, limit, |n| *n > 0);
+}
+
 impl Handles {
     fn close(self) {
         let Handles(api, rados, ioctx, image) = self;
@@ -156,6 +175,7 @@ impl Handles {
             }
             (api.rados_shutdown)(rados);
         }
+        count_open(-1);
     }
 }
 
@@ -186,6 +206,7 @@ impl Conn {
             return Err(os_err(r.into()));
         }
         // From here `conn`'s Drop releases whatever is open.
+        count_open(1);
         let mut conn = Conn {
             api,
             rados,
