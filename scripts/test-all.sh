@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Every test of rtgt: format and lint, unit and integration tests (the
 # integration tests use libiscsi's tools, qemu-img, tgtd and tgtadm when
-# installed), then libiscsi's iscsi-test-cu conformance suite against a
-# fresh rtgtd with a pass floor that only goes up.
+# installed; the RBD tests need Ceph, which this script requires), then
+# libiscsi's iscsi-test-cu conformance suite against a fresh rtgtd with a
+# pass floor that only goes up, on a file LUN and on an RBD LUN.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+# The RBD tests fail rather than skip when Ceph is missing.
+export RTGT_REQUIRE_CEPH=1
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 cargo build --workspace --all-targets
@@ -13,3 +16,9 @@ cargo test --workspace
 # The initiator's interoperability suite again, now against rtgtd.
 RTGT_TEST_DAEMON="$PWD/target/debug/rtgtd" cargo test -p initiator --test against_tgtd
 tests/conformance/run.sh target/debug/rtgtd target/conformance
+# The same suite on an RBD LUN in a throwaway one-node Ceph cluster: it is
+# held to the file LUN's floor.
+ceph_dir=$(mktemp -d)
+trap 'tests/ceph/cluster.sh stop "$ceph_dir"; rm -rf "$ceph_dir"' EXIT
+RTGT_CONFORMANCE_RBD=$(tests/ceph/cluster.sh start "$ceph_dir" | tail -1) \
+  tests/conformance/run.sh target/debug/rtgtd target/conformance-rbd

@@ -2,7 +2,9 @@
 //! against an in-memory disk.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use scsi::{LunConfig, LunId, LunSet, MemDevice, NexusId, Outcome, Request, TargetPort};
+use scsi::{
+    LunConfig, LunId, LunSet, MemDevice, NativeIo, NexusId, Outcome, Request, SimpleIo, TargetPort,
+};
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 18 {
@@ -44,6 +46,16 @@ fuzz_target!(|data: &[u8]| {
         match set.execute(&req, &mut buf) {
             Outcome::Done(r) => assert!(r.data_len <= buf.len()),
             Outcome::Io(task) => {
+                // What an asynchronous store (librbd) would be handed must
+                // lie within the buffer it describes.
+                match task.native(&buf) {
+                    Some(NativeIo::CompareAndWrite { len, .. }) => assert!(2 * len <= buf.len()),
+                    Some(NativeIo::WriteSame {
+                        block, zeros, unmap, ..
+                    }) => assert!(zeros || unmap || block <= buf.len()),
+                    Some(NativeIo::Simple(SimpleIo::Write { len, .. })) => assert!(len <= buf.len()),
+                    _ => {}
+                }
                 let r = task.run(&dev, &mut buf);
                 assert!(r.data_len <= buf.len());
             }

@@ -388,11 +388,37 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     assert_eq!(r.sense_key(), Some((0x07, 0x27, 0x00)), "DATA PROTECT");
     assert_eq!(read(&mut c, 2, 2048, 4096), data[1 << 20..(1 << 20) + 4096]);
 
+    // targets.conf's `bs-type rbd`, through rtgt-admin (tgt-admin's
+    // grammar).
+    let conf = d.dir.join("targets.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "<target iqn.2026-11.io.rtgt:conf>\n    bs-type rbd\n    bsopts \"conf={}\"\n    \
+             backing-store rbd/disk1@snap1\n</target>\n",
+            cl.conf
+        ),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_rtgt-admin"))
+        .args(["-C", &d.control_port.to_string(), "-e", "-c"])
+        .arg(&conf)
+        .env("TGT_IPC_SOCKET", d.dir.join("socket"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    let t = &show[show.find("iqn.2026-11.io.rtgt:conf").unwrap()..];
+    assert!(
+        t.contains("Backing store type: rbd") && t.contains("rbd/disk1@snap1"),
+        "{t}"
+    );
+
     // A second target on a file keeps working while the cluster is away.
     let fdir = tempdir("rbd-file");
     let file = sparse_file(&fdir, "f.img", 16 << 20);
     let iqn2 = "iqn.2026-11.io.rtgt:file";
-    d.file_target(2, iqn2, &file, false);
+    d.file_target(5, iqn2, &file, false);
     let mut f = login(&d, iqn2);
 
     // Fenced: the cluster blocklists our client. Commands get NOT READY
