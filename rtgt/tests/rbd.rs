@@ -493,6 +493,14 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     let r = c.test_unit_ready(1).unwrap();
     assert_eq!(r.sense_key(), Some((0x06, 0x2a, 0x09)));
     assert_eq!(c.read_capacity16(1).unwrap(), (192 << 11, BS));
+    // Shrunk underneath (the LU still says 192 MiB): a read past the
+    // image's new end fails, never returning bytes librbd did not fill.
+    cl.rbd(&["resize", "--size", "160M", "--allow-shrink", "rbd/disk1"]);
+    for lba in [170 << 11, (160 << 11) - 4] {
+        let r = c.scsi(1, &cdb16(0x88, lba, 8), &[], 4096).unwrap();
+        assert_eq!(r.status, 2, "a read past the image's end must fail ({lba})");
+        assert_eq!(r.sense_key().map(|k| k.0), Some(0x03), "MEDIUM ERROR");
+    }
     drop(c);
     drop(f);
 

@@ -153,6 +153,10 @@ pub enum MediaResult {
     /// The store refuses writes (a snapshot, a read-only file): DATA
     /// PROTECT, WRITE PROTECTED.
     WriteProtected,
+    /// The store has no space for the write (ENOSPC, EDQUOT): DATA
+    /// PROTECT, SPACE ALLOCATION FAILED WRITE PROTECT, as SBC-4 §4.7.3.6
+    /// has a thin-provisioned LU answer.
+    NoSpace,
 }
 
 impl MediaResult {
@@ -167,6 +171,8 @@ impl MediaResult {
             110 | 108 | 107 | 111 | 104 | 11 | 113 | 101 => MediaResult::Unavailable,
             // EROFS
             30 => MediaResult::WriteProtected,
+            // ENOSPC, EDQUOT
+            28 | 122 => MediaResult::NoSpace,
             _ => MediaResult::Failed,
         }
     }
@@ -194,6 +200,10 @@ impl MediaResult {
             MediaResult::Miscompare(at) => miscompare(at),
             MediaResult::Unavailable => Sense::new(key::NOT_READY, asc::LUN_BECOMING_READY),
             MediaResult::WriteProtected => Sense::new(key::DATA_PROTECT, asc::WRITE_PROTECTED),
+            MediaResult::NoSpace => Sense::new(
+                key::DATA_PROTECT,
+                asc::SPACE_ALLOCATION_FAILED_WRITE_PROTECT,
+            ),
         })
     }
 }
@@ -610,4 +620,69 @@ fn get_lba_status(
     let len = (buf.len() - 4) as u32;
     buf[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(op: IoOp, result: MediaResult) -> Response {
+        let task = IoTask::new(LunId(1), op, SenseFormat::Fixed, 4096, None);
+        let mut buf = vec![0u8; 4096];
+        task.complete(result, &mut buf)
+    }
+
+    fn key_asc(r: &Response) -> (u8, u8, u8) {
+        (r.sense[2] & 0x0f, r.sense[12], r.sense[13])
+    }
+
+    /// Each store error becomes the sense an initiator acts on: retry
+    /// (NOT READY 04/01), stop writing (DATA PROTECT), or fail the I/O
+    /// (MEDIUM ERROR, by direction).
+    #[test]
+    fn store_errors_map_to_the_sense_initiators_act_on() {
+        let read = || IoOp::Read {
+            offset: 0,
+            len: 4096,
+        };
+        let write = || IoOp::Write {
+            offset: 0,
+            len: 4096,
+            flush: false,
+            verify: false,
+        };
+        assert_eq!(MediaResult::from_errno(-110), MediaResult::Unavailable);
+        assert_eq!(MediaResult::from_errno(-108), MediaResult::Unavailable);
+        assert_eq!(MediaResult::from_errno(-30), MediaResult::WriteProtected);
+        assert_eq!(MediaResult::from_errno(-28), MediaResult::NoSpace);
+        assert_eq!(MediaResult::from_errno(-5), MediaResult::Failed);
+        assert_eq!(MediaResult::from_errno(4096), MediaResult::Ok);
+        let ok = answer(read(), MediaResult::Ok);
+        assert_eq!((ok.status, ok.data_len), (Status::Good, 4096));
+        let cases = [
+            (read(), MediaResult::Failed, (0x03, 0x11, 0x00)),
+            (write(), MediaResult::Failed, (0x03, 0x0c, 0x00)),
+            (write(), MediaResult::Unavailable, (0x02, 0x04, 0x01)),
+            (write(), MediaResult::WriteProtected, (0x07, 0x27, 0x00)),
+            (write(), MediaResult::NoSpace, (0x07, 0x27, 0x07)),
+        ];
+        for (op, result, want) in cases {
+            let r = answer(op, result);
+            assert_eq!(r.status, Status::CheckCondition);
+            assert_eq!(r.data_len, 0);
+            assert_eq!(key_asc(&r), want, "{result:?}");
+        }
+        let r = answer(
+            IoOp::CompareAndWrite {
+                offset: 0,
+                len: 512,
+                flush: false,
+            },
+            MediaResult::Miscompare(37),
+        );
+        assert_eq!(key_asc(&r), (0x0e, 0x1d, 0x00));
+        assert_eq!(u32::from_be_bytes(r.sense[3..7].try_into().unwrap()), 37);
+        let e = std::io::Error::from_raw_os_error(28);
+        assert_eq!(MediaResult::from_io(&e), MediaResult::NoSpace);
+    }
 }

@@ -32,6 +32,7 @@ pub mod asc {
     pub const INVALID_RELEASE_OF_PR: Asc = (0x26, 0x04);
     pub const WRITE_PROTECTED: Asc = (0x27, 0x00);
     pub const SOFTWARE_WRITE_PROTECTED: Asc = (0x27, 0x02);
+    pub const SPACE_ALLOCATION_FAILED_WRITE_PROTECT: Asc = (0x27, 0x07);
     pub const POWER_ON_RESET: Asc = (0x29, 0x00);
     pub const BUS_DEVICE_RESET_FUNCTION: Asc = (0x29, 0x03);
     pub const MODE_PARAMETERS_CHANGED: Asc = (0x2a, 0x01);

@@ -16,6 +16,14 @@ pub type Callback = unsafe extern "C" fn(c: Completion, arg: *mut c_void);
 pub type DiffCallback =
     unsafe extern "C" fn(off: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int;
 
+/// `rbd_config_option_t` (librbd.h).
+#[repr(C)]
+pub struct ConfigOption {
+    pub name: *mut c_char,
+    pub value: *mut c_char,
+    pub source: c_int,
+}
+
 macro_rules! api {
     ($($lib:ident :: $name:ident : fn($($arg:ty),*) $(-> $ret:ty)?;)*) => {
         /// Entry points resolved from librados and librbd.
@@ -57,6 +65,8 @@ api! {
     rbd::rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_open_read_only: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_close: fn(Image) -> c_int;
+    rbd::rbd_config_image_list: fn(Image, *mut ConfigOption, *mut c_int) -> c_int;
+    rbd::rbd_config_image_list_cleanup: fn(*mut ConfigOption, c_int);
     rbd::rbd_get_size: fn(Image, *mut u64) -> c_int;
     rbd::rbd_read: fn(Image, u64, usize, *mut c_char) -> isize;
     rbd::rbd_write: fn(Image, u64, usize, *const c_char) -> isize;

@@ -26,7 +26,7 @@ mod ffi;
 
 use std::ffi::{c_char, c_int, c_void, CString};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
@@ -103,14 +103,6 @@ impl RbdSpec {
         }
         Ok(spec)
     }
-
-    fn option(&self, key: &str) -> Option<&str> {
-        self.options
-            .iter()
-            .rev()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
-    }
 }
 
 fn cstr(s: &str) -> io::Result<CString> {
@@ -129,6 +121,11 @@ struct Conn {
     image: ffi::Image,
     /// The cluster fenced this client: reopen before more I/O.
     fenced: AtomicBool,
+    /// Opened read-only (a snapshot, or asked).
+    readonly: bool,
+    /// librbd's client cache is on for this image (from any source:
+    /// bsopts, ceph.conf, pool or image settings).
+    cache: bool,
 }
 
 // SAFETY: librados and librbd handles may be used from any thread; librbd
@@ -179,17 +176,37 @@ impl Handles {
     }
 }
 
+/// The one thread that closes images: closing waits for the cluster
+/// (flushes, releases the lock), so never on a target loop, the main
+/// thread, or librbd's own callback thread (where the last reference can
+/// drop, and closing would wait on itself).
+fn closer() -> Option<&'static std::sync::Mutex<std::sync::mpsc::Sender<Handles>>> {
+    static CLOSER: std::sync::OnceLock<Option<std::sync::Mutex<std::sync::mpsc::Sender<Handles>>>> =
+        std::sync::OnceLock::new();
+    CLOSER
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel::<Handles>();
+            std::thread::Builder::new()
+                .name("rbd-close".into())
+                .spawn(move || {
+                    for h in rx {
+                        h.close();
+                    }
+                })
+                .ok()
+                .map(|_| std::sync::Mutex::new(tx))
+        })
+        .as_ref()
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Closing waits for the cluster (flushes, releases the lock): not
-        // on a target loop or the main thread.
         let h = Handles(self.api, self.rados, self.ioctx, self.image);
-        let spawned = std::thread::Builder::new()
-            .name("rbd-close".into())
-            .spawn(move || h.close());
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "closing an rbd image on the caller's thread");
-            Handles(self.api, self.rados, self.ioctx, self.image).close();
+        let sent = closer().map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).send(h));
+        if !matches!(sent, Some(Ok(()))) {
+            // No closer: leave the handles open (the process is short of
+            // threads) rather than risk closing on a librbd thread.
+            tracing::error!("cannot close an rbd image: no closing thread");
         }
     }
 }
@@ -213,6 +230,8 @@ impl Conn {
             ioctx: std::ptr::null_mut(),
             image: std::ptr::null_mut(),
             fenced: AtomicBool::new(false),
+            readonly,
+            cache: false,
         };
         let conf = spec.conf.as_deref().map(cstr).transpose()?;
         // SAFETY: a live handle; NULL asks for librados' default search.
@@ -235,6 +254,14 @@ impl Conn {
         ];
         let extra = spec.options.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         for (k, v) in defaults.into_iter().chain(extra) {
+            if k == "rbd_non_blocking_aio" {
+                // Blocking submission would stall the target loop.
+                tracing::warn!(
+                    option = k,
+                    "ceph option not set: rtgt needs non-blocking aio"
+                );
+                continue;
+            }
             let (kc, vc) = (cstr(k)?, cstr(v)?);
             // SAFETY: a live handle and C strings.
             let r = unsafe { (api.rados_conf_set)(rados, kc.as_ptr(), vc.as_ptr()) };
@@ -269,7 +296,55 @@ impl Conn {
             conn.image = std::ptr::null_mut();
             return Err(os_err(r.into()));
         }
+        // The cache as librbd will run it: a pool or image setting
+        // (`rbd config image set ... rbd_cache true`) beats ours.
+        conn.cache = conn
+            .effective_option("rbd_cache")
+            .is_none_or(|v| v != "false");
         Ok(conn)
+    }
+
+    /// An option's value as the open image applies it
+    /// (`rbd_config_image_list`); `None` if librbd cannot say.
+    fn effective_option(&self, name: &str) -> Option<String> {
+        let api = self.api;
+        let mut max: c_int = 0;
+        // SAFETY: asks for the count only (NULL array, 0 capacity).
+        unsafe { (api.rbd_config_image_list)(self.image, std::ptr::null_mut(), &mut max) };
+        let n = usize::try_from(max)
+            .ok()
+            .filter(|&n| n > 0 && n < 100_000)?;
+        let mut opts: Vec<ffi::ConfigOption> = Vec::with_capacity(n);
+        // SAFETY: room for `max` entries, which librbd fills (and later
+        // frees with the cleanup call).
+        let r = unsafe { (api.rbd_config_image_list)(self.image, opts.as_mut_ptr(), &mut max) };
+        if r < 0 || max < 0 || max as usize > n {
+            return None;
+        }
+        // SAFETY: librbd initialised the first `max` entries.
+        unsafe { opts.set_len(max as usize) };
+        let found = opts.iter().find_map(|o| {
+            // SAFETY: NUL-terminated strings owned by the list.
+            let k = unsafe { std::ffi::CStr::from_ptr(o.name) };
+            (k.to_bytes() == name.as_bytes()).then(|| {
+                unsafe { std::ffi::CStr::from_ptr(o.value) }
+                    .to_string_lossy()
+                    .into_owned()
+            })
+        });
+        // SAFETY: the list librbd filled, released once.
+        unsafe { (api.rbd_config_image_list_cleanup)(opts.as_mut_ptr(), max) };
+        found
+    }
+
+    /// The SCSI outcome of librbd's error `r`. EROFS on an image opened
+    /// for writing means another client holds its exclusive lock and
+    /// would not give it up: retryable, not a write-protected medium.
+    fn result(&self, r: i64) -> MediaResult {
+        match MediaResult::from_errno(r) {
+            MediaResult::WriteProtected if !self.readonly => MediaResult::Unavailable,
+            m => m,
+        }
     }
 
     fn check(&self, r: i64) -> io::Result<()> {
@@ -286,7 +361,8 @@ impl Conn {
 struct Inner {
     spec: RbdSpec,
     readonly: bool,
-    cache: bool,
+    /// The size last read, for when librbd cannot say (fenced).
+    size: AtomicU64,
     conn: RwLock<Arc<Conn>>,
     /// A reconnect is under way.
     reopening: AtomicBool,
@@ -310,14 +386,11 @@ impl RbdDevice {
     pub fn open(spec: RbdSpec, readonly: bool) -> io::Result<RbdDevice> {
         let readonly = readonly || spec.snap.is_some();
         let conn = Conn::open(&spec, readonly)?;
-        let cache = spec
-            .option("rbd_cache")
-            .is_some_and(|v| matches!(v, "true" | "1" | "yes"));
         Ok(RbdDevice {
             inner: Arc::new(Inner {
                 spec,
                 readonly,
-                cache,
+                size: AtomicU64::new(0),
                 conn: RwLock::new(Arc::new(conn)),
                 reopening: AtomicBool::new(false),
             }),
@@ -406,7 +479,15 @@ impl Pending {
     unsafe fn one_done(p: *mut Pending, r: i64) {
         // SAFETY: live until the last completion frees it below; only
         // these fields are touched while librbd may still use the buffer.
-        let (err, left) = unsafe { (&(*p).err, &(*p).left) };
+        let (err, left, read_len) = unsafe { (&(*p).err, &(*p).left, (*p).read_len) };
+        // A read must bring every byte asked for: librbd trims one past
+        // the image's end (shrunk underneath us), and the rest of the
+        // buffer would be uninitialised memory. A write reports 0 or its
+        // length.
+        let r = match read_len {
+            Some(n) if r >= 0 && r as usize != n => -i64::from(libc::EIO),
+            _ => r,
+        };
         if r < 0 {
             let _ = err.compare_exchange(0, r, Ordering::AcqRel, Ordering::Acquire);
         }
@@ -431,7 +512,7 @@ impl Pending {
                 Some((offset, len)) if err == -i64::from(libc::EILSEQ) => {
                     MediaResult::Miscompare(caw_mismatch(pend.mismatch, offset, len))
                 }
-                _ => MediaResult::from_errno(err),
+                _ => pend.conn.result(err),
             }
         };
         let Pending { tag, sink, buf, .. } = *pend;
@@ -483,17 +564,20 @@ impl RbdDevice {
         let arg: *mut c_void = p.cast();
         // SAFETY: `p` is live; these point into it.
         let (buf, mis) = unsafe { (&mut (*p).buf, &raw mut (*p).mismatch) };
+        let mut failed = 0i64;
         let mut call = |f: &mut dyn FnMut(ffi::Completion) -> i64| -> bool {
             let mut c: ffi::Completion = std::ptr::null_mut();
             // SAFETY: `p` outlives the completion (see `Pending::one_done`).
             let r = unsafe { (api.rbd_aio_create_completion)(arg, on_complete, &mut c) };
             if r < 0 {
+                failed = r.into();
                 return false;
             }
             let r = f(c);
             if r < 0 {
                 // SAFETY: never handed to librbd's queue.
                 unsafe { (api.rbd_aio_release)(c) };
+                failed = r;
                 return false;
             }
             issued += 1;
@@ -548,7 +632,7 @@ impl RbdDevice {
                 }
             }
         };
-        (issued, if ok { 0 } else { -i64::from(libc::EIO) })
+        (issued, if ok { 0 } else { failed.min(-1) })
     }
 
     /// How many librbd calls `op` takes.
@@ -562,15 +646,17 @@ impl RbdDevice {
 
 impl BlockDevice for RbdDevice {
     fn size(&self) -> u64 {
+        let last = self.inner.size.load(Ordering::Relaxed);
         let Ok(c) = self.conn_or_err() else {
-            return 0;
+            return last;
         };
         let mut size = 0u64;
         // SAFETY: an open image and an out pointer.
         let r = unsafe { (c.api.rbd_get_size)(c.image, &mut size) };
         if r < 0 {
-            return 0;
+            return last;
         }
+        self.inner.size.store(size, Ordering::Relaxed);
         size
     }
 
@@ -631,9 +717,7 @@ impl BlockDevice for RbdDevice {
         match op {
             // With the client cache on, FUA needs a flush after the write:
             // the blocking path does both.
-            NativeIo::Simple(SimpleIo::Write { flush: true, .. }) if self.inner.cache => {
-                return Err(buf)
-            }
+            NativeIo::Simple(SimpleIo::Write { flush: true, .. }) if conn.cache => return Err(buf),
             // librbd 16 compares and writes only within one 512-byte
             // sector (else EINVAL, measured): wider ones go the serialized
             // blocking way (read, compare, write under the LUN's gate).
@@ -688,6 +772,7 @@ impl BlockDevice for RbdDevice {
             at: offset,
             mapped: None,
             end: offset,
+            stopped: false,
         };
         // SAFETY: an open image, a callback with the signature librbd
         // expects, and `scan` live for the call.
@@ -703,7 +788,7 @@ impl BlockDevice for RbdDevice {
                 (&raw mut scan).cast(),
             )
         };
-        if r < 0 && r != STOP {
+        if r < 0 && !scan.stopped {
             c.check(r.into())?;
         }
         Ok(match scan.mapped {
@@ -721,6 +806,8 @@ struct Scan {
     mapped: Option<bool>,
     /// Where the run sharing that state ends (so far).
     end: u64,
+    /// The callback ended the iteration (its [`STOP`] is not an error).
+    stopped: bool,
 }
 
 /// Returned by [`on_extent`] to end the iteration early.
@@ -732,7 +819,7 @@ unsafe extern "C" fn on_extent(off: u64, len: usize, exists: c_int, arg: *mut c_
     let s = unsafe { &mut *arg.cast::<Scan>() };
     let end = off + len as u64;
     let exists = exists != 0;
-    match s.mapped {
+    let r = match s.mapped {
         None if exists && off <= s.at => {
             s.mapped = Some(true);
             s.end = end;
@@ -750,7 +837,9 @@ unsafe extern "C" fn on_extent(off: u64, len: usize, exists: c_int, arg: *mut c_
             0
         }
         Some(_) => STOP,
-    }
+    };
+    s.stopped = r == STOP;
+    r
 }
 
 #[cfg(test)]
@@ -785,7 +874,7 @@ mod tests {
         assert_eq!(s.conf.as_deref(), Some("/etc/ceph/ceph.conf"));
         assert_eq!(s.id.as_deref(), Some("admin"));
         assert_eq!(s.cluster.as_deref(), Some("ceph"));
-        assert_eq!(s.option("rbd_cache"), Some("true"));
+        assert_eq!(s.options, [("rbd_cache".to_string(), "true".to_string())]);
         for bad in ["", "/img", "pool/", "pool/img@"] {
             assert!(RbdSpec::parse(bad, None).is_err(), "{bad}");
         }
