@@ -22,11 +22,20 @@ impl Live for Fake {
                 size_bytes: 100 << 20,
                 readonly: false,
                 physical_block_size: 4096,
+                identity: None,
             }),
             Some("/ro") => Ok(BackingInfo {
                 size_bytes: 1 << 20,
                 readonly: true,
                 physical_block_size: 0,
+                identity: None,
+            }),
+            // A medium with an identity of its own, as an RBD image.
+            Some(p) if p.starts_with("pool/") => Ok(BackingInfo {
+                size_bytes: 1 << 20,
+                readonly: false,
+                physical_block_size: 0,
+                identity: Some(format!("fsid/1/{}", &p[5..])),
             }),
             _ => Err(TgtadmError::InvalidRequest),
         }
@@ -571,4 +580,48 @@ fn system_and_portals() {
     mgmt::handle(&mut t, &req(Mode::Target, Op::Delete, 1, ""), &mut f).unwrap();
     mgmt::handle(&mut t, &req(Mode::System, Op::Delete, -1, ""), &mut f).unwrap();
     assert_eq!(f.effects.last(), Some(&Effect::SystemDeleted));
+}
+
+/// A LUN on a medium with its own identity (an RBD image) takes its SCSI
+/// identity from it: the same on another target and LUN number (another
+/// gateway), different for another image; values set by hand win.
+#[test]
+fn medium_identity_replaces_tid_lun_defaults() {
+    let (mut t, mut f) = setup();
+    for (tid, name) in [
+        (2, "iqn.2024-01.com.example:t2"),
+        (3, "iqn.2024-01.com.example:t3"),
+    ] {
+        let r = req(Mode::Target, Op::New, tid, &format!("targetname={name}"));
+        mgmt::handle(&mut t, &r, &mut f).unwrap();
+    }
+    let add = |t: &mut TargetTable, f: &mut Fake, tid: i32, lun: u64, path: &str| {
+        let r = lu(Op::New, tid, lun, &format!("path={path},bstype=rbd"));
+        mgmt::handle(t, &r, f).unwrap();
+        t.target(tid as u32).unwrap().luns[&lun].clone()
+    };
+    let a = add(&mut t, &mut f, 2, 1, "pool/img-a");
+    let a2 = add(&mut t, &mut f, 3, 5, "pool/img-a");
+    let b = add(&mut t, &mut f, 2, 2, "pool/img-b");
+    let file = t.target(1).unwrap().luns[&1].clone();
+    assert_eq!(
+        file.scsi_id, "IET     00010001",
+        "files keep tgt's identity"
+    );
+    assert_eq!(file.scsi_sn, "beaf11");
+    assert_eq!(
+        (&a.scsi_id, &a.scsi_sn, a.numeric_id),
+        (&a2.scsi_id, &a2.scsi_sn, a2.numeric_id)
+    );
+    assert!(a.scsi_id.starts_with("IET     ") && a.scsi_id.len() == 24);
+    assert_ne!(a.scsi_id, b.scsi_id);
+    assert_ne!(a.scsi_sn, b.scsi_sn);
+    assert_ne!(a.numeric_id, b.numeric_id);
+    assert_eq!(a.numeric_id >> 60, 0, "room for the NAA nibble");
+    // Set by hand before the medium is attached: kept.
+    let mut spec = LunSpec::new(4, 1, a.device_type, "rbd");
+    spec.scsi_sn = "mine".into();
+    rtgt::mgmt::handler::medium_identity(&mut spec, 4, "fsid/1/img-a");
+    assert_eq!(spec.scsi_sn, "mine");
+    assert_eq!(spec.scsi_id, a.scsi_id);
 }

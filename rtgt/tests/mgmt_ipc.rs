@@ -32,6 +32,7 @@ impl Live for FakeLive {
             size_bytes: md.len(),
             readonly: false,
             physical_block_size: 0,
+            identity: None,
         })
     }
     fn sessions(&self, _tid: u32) -> Vec<SessionInfo> {

@@ -198,6 +198,31 @@ fn login(d: &Daemon, iqn: &str) -> Connection {
     c
 }
 
+/// SIGTERM, as systemd stops a service; it must exit cleanly.
+fn stop_gracefully(mut d: Daemon) {
+    let st = Command::new("kill")
+        .args(["-TERM", &d.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert!(d.child.wait().unwrap().success(), "{}", d.log());
+}
+
+/// VPD 83's designators with LU association (SPC-4 §7.8.6.1), whole.
+fn lu_designators(page: &[u8]) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at + 4 <= page.len() {
+        let len = page[at + 3] as usize;
+        let end = (at + 4 + len).min(page.len());
+        if (page[at + 1] >> 4) & 3 == 0 {
+            out.push(page[at..end].to_vec());
+        }
+        at += 4 + len;
+    }
+    out
+}
+
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
     (0..len)
@@ -388,6 +413,27 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     assert_eq!(r.sense_key(), Some((0x07, 0x27, 0x00)), "DATA PROTECT");
     assert_eq!(read(&mut c, 2, 2048, 4096), data[1 << 20..(1 << 20) + 4096]);
 
+    // A second gateway serving the same image under another tid and lun
+    // reports the same LU (VPD 83 LU designators, VPD 80 serial), as
+    // multipath initiators need; the snapshot is another LU.
+    let d2 = Daemon::start("rbd-gw2");
+    let iqn_gw2 = "iqn.2026-11.io.rtgt:gw2";
+    new_target(&d2, 7, iqn_gw2);
+    rbd_lun(&d2, 7, 3, "rbd/disk1", &opts);
+    let mut c2 = login(&d2, iqn_gw2);
+    let ids = |c: &mut Connection, lun: u64| {
+        let vpd83 = c.inquiry_vpd(lun, 0x83).unwrap();
+        let serial = c.inquiry_vpd(lun, 0x80).unwrap();
+        (lu_designators(&vpd83), serial)
+    };
+    let (gw1, gw2, snap) = (ids(&mut c, 1), ids(&mut c2, 3), ids(&mut c, 2));
+    assert_eq!(gw1.0.len(), 3, "T10 vendor, NAA 3 and NAA 6 designators");
+    assert_eq!(gw1, gw2, "one image, one identity on every gateway");
+    assert_ne!(gw1.0, snap.0, "a snapshot is another LU");
+    assert_ne!(gw1.1, snap.1);
+    drop(c2);
+    stop_gracefully(d2);
+
     // targets.conf's `bs-type rbd`, through rtgt-admin (tgt-admin's
     // grammar).
     let conf = d.dir.join("targets.conf");
@@ -506,13 +552,7 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
 
     // A stopped rtgtd closes its images: no watch and no exclusive lock
     // is left for the cluster to time out before the next gateway writes.
-    let mut d = d;
-    let st = Command::new("kill")
-        .args(["-TERM", &d.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success());
-    assert!(d.child.wait().unwrap().success());
+    stop_gracefully(d);
     let status = cl.rbd(&["status", "rbd/disk1"]);
     assert!(!status.contains("watcher="), "{status}");
     assert_eq!(cl.rbd(&["lock", "ls", "rbd/disk1"]).trim(), "");

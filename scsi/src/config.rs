@@ -53,6 +53,10 @@ pub struct LunConfig {
     pub optimal_xfer_len: u32,
     /// Backing store path (informational).
     pub path: Option<String>,
+    /// The NAA locally assigned designator's value (VPD 83): tgt's
+    /// `(tid << 32) | lun`, or one derived from the medium when it has an
+    /// identity of its own (an RBD image served by several gateways).
+    pub numeric_id: u64,
 }
 
 impl LunConfig {
@@ -82,6 +86,7 @@ impl LunConfig {
             optimal_xfer_gran: 0,
             optimal_xfer_len: 0,
             path: None,
+            numeric_id: (u64::from(tid) << 32) | (lun.0 & 0xffff_ffff),
         }
     }
 

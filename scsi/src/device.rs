@@ -54,6 +54,12 @@ pub trait BlockDevice: Send + Sync {
     fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// A name for the medium that is the same wherever it is opened, by
+    /// any gateway (an RBD image: cluster fsid, pool id, image id and
+    /// snapshot); `None` for media known only by a local path.
+    fn identity(&self) -> Option<String> {
+        None
+    }
     /// True for stores that refuse writes whatever was asked (an RBD
     /// snapshot): the LU is then write-protected.
     fn read_only(&self) -> bool {

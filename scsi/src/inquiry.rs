@@ -129,7 +129,7 @@ fn vpd(cfg: &LunConfig, ctx: &Ctx<'_>, page: u8, d: &mut Vec<u8>) -> Result<(), 
     match page {
         0x00 => d.extend_from_slice(pages(cfg)),
         0x80 => unit_serial(cfg, d),
-        0x83 => device_identification(cfg, ctx.lun, ctx.port, ctx.tid, d),
+        0x83 => device_identification(cfg, ctx.port, d),
         0xb0 => block_limits(cfg, d),
         0xb1 => {
             d.resize(4 + 0x3c, 0);
@@ -157,13 +157,7 @@ fn unit_serial(cfg: &LunConfig, d: &mut Vec<u8>) {
 /// VPD 0x83 (SPC-4 §7.8.6): tgt's three LU designators (T10 vendor id,
 /// NAA local, NAA IEEE registered extended), then the target port's
 /// relative port, target port group, port name and target device name.
-fn device_identification(
-    cfg: &LunConfig,
-    lun: LunId,
-    port: &TargetPort,
-    tid: u32,
-    d: &mut Vec<u8>,
-) {
+fn device_identification(cfg: &LunConfig, port: &TargetPort, d: &mut Vec<u8>) {
     // T10 vendor identification: ASCII, association LU.
     d.extend_from_slice(&[0x02, 0x01, 0, TGT_ID_LEN as u8]);
     let mut id = [0u8; TGT_ID_LEN];
@@ -172,10 +166,11 @@ fn device_identification(
     }
     d.extend_from_slice(&id);
 
-    // NAA 3 (locally assigned) of tid and lun, as tgt's numeric_id.
+    // NAA 3 (locally assigned): tgt's numeric_id of tid and lun, or the
+    // medium's own.
     d.extend_from_slice(&[0x01, 0x03, 0, 8]);
-    let mut naa = ((u64::from(tid) << 32) | (lun.0 & 0xffff_ffff)).to_be_bytes();
-    naa[0] |= 0x30;
+    let mut naa = cfg.numeric_id.to_be_bytes();
+    naa[0] = (naa[0] & 0x0f) | 0x30;
     d.extend_from_slice(&naa);
 
     // NAA 6: tgt reads every character of scsi_id as a hex digit (non-hex

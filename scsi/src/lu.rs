@@ -7,7 +7,7 @@ use std::sync::{Arc, RwLock};
 use crate::config::{DeviceType, LunConfig, TargetPort};
 use crate::pr::{Names, PrState};
 use crate::sense::{asc, Asc, Sense, SenseFormat};
-use crate::{LunId, NexusId};
+use crate::NexusId;
 
 /// At most this many unit attentions wait per nexus and LU; older ones are
 /// dropped first (SAM-5 §5.14 lets a device server keep a bounded queue).
@@ -117,8 +117,6 @@ impl Lun {
 pub(crate) struct Ctx<'a> {
     pub cdb: &'a [u8],
     pub nexus: NexusId,
-    pub lun: LunId,
-    pub tid: u32,
     pub port: &'a TargetPort,
     /// The initiator's Expected Data Transfer Length.
     pub expected_len: u32,

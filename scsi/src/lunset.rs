@@ -241,7 +241,7 @@ impl LunSet {
         if lun.pr.check_access(initiator, cdb).is_err() {
             return None;
         }
-        let ctx = command_ctx(req, self.tid, &self.port, &self.nexuses, initiator);
+        let ctx = command_ctx(req, &self.port, &self.nexuses, initiator);
         let dout = std::mem::take(buf);
         let r = sbc::execute(lun, &ctx, &dout, buf);
         Some(self.outcome(req, r, lun.sense_format(), dout, buf))
@@ -312,7 +312,7 @@ impl LunSet {
                 &anonymous
             }
         };
-        let ctx = command_ctx(req, self.tid, &self.port, &self.nexuses, initiator);
+        let ctx = command_ctx(req, &self.port, &self.nexuses, initiator);
 
         if opcode == op::REPORT_LUNS {
             // SPC-4 §6.33: REPORT LUNS clears REPORTED LUNS DATA HAS CHANGED.
@@ -400,7 +400,6 @@ impl LunSet {
 /// one, so the dispatcher may still change its LUNs).
 fn command_ctx<'a>(
     req: &Request<'a>,
-    tid: u32,
     port: &'a TargetPort,
     names: &'a Names,
     initiator: &'a str,
@@ -408,8 +407,6 @@ fn command_ctx<'a>(
     Ctx {
         cdb: req.cdb,
         nexus: req.nexus,
-        lun: req.lun,
-        tid,
         port,
         expected_len: req.expected_len,
         initiator,

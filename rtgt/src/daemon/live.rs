@@ -181,6 +181,7 @@ pub fn lun_config(tid: u32, spec: &LunSpec) -> LunConfig {
         optimal_xfer_gran: spec.optimal_xfer_gran.unwrap_or(0),
         optimal_xfer_len: spec.optimal_xfer_len.unwrap_or(0),
         path: spec.path.clone(),
+        numeric_id: spec.numeric_id,
         ..base
     }
 }
@@ -208,6 +209,7 @@ impl mgmt::Live for DaemonLive {
             size_bytes: dev.size(),
             readonly,
             physical_block_size: 0,
+            identity: dev.identity(),
         };
         self.take_opened(tid, spec.lun);
         self.opened.push(((tid, spec.lun), dev));

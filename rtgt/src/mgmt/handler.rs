@@ -567,6 +567,9 @@ fn attach_medium(
         if info.readonly {
             spec.readonly = true;
         }
+        if let Some(id) = &info.identity {
+            medium_identity(spec, tid, id);
+        }
         if !spec.no_auto_lbppbe {
             // READ CAPACITY (16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT
             // (SBC-3 section 5.16.2), as tgt's update_lbppbe derives it.
@@ -583,6 +586,35 @@ fn attach_medium(
     }
     spec.online = true;
     Ok(())
+}
+
+/// A unit on a medium with an identity of its own (an RBD image) gets its
+/// SCSI identity from it, so every gateway serving the image reports the
+/// same LU (SPC-4 §7.8.6: VPD 83's T10 vendor and NAA designators, VPD 80's
+/// serial), whatever its tid and lun there; multipath initiators then see
+/// one disk. Only what is still tgt's tid/lun default is replaced:
+/// `--params scsi_id=`, `scsi_sn=` set by hand win. The values are FNV-1a
+/// hashes of the identity, stable across versions and machines.
+pub fn medium_identity(spec: &mut LunSpec, tid: u32, identity: &str) {
+    let lun = spec.lun;
+    let h = |salt: &str| {
+        let mut x: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in salt.bytes().chain([0]).chain(identity.bytes()) {
+            x ^= u64::from(b);
+            x = x.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        x
+    };
+    if spec.scsi_id == format!("IET     {tid:04x}{lun:04x}") {
+        // "IET" as tgt's vendor field, then 16 hex digits.
+        spec.scsi_id = format!("IET     {:016x}", h("scsi_id"));
+    }
+    if spec.scsi_sn == format!("beaf{tid}{lun}") {
+        spec.scsi_sn = format!("{:016x}", h("scsi_sn"));
+    }
+    if spec.numeric_id == ((tid as u64) << 32) | lun {
+        spec.numeric_id = h("naa") & 0x0fff_ffff_ffff_ffff;
+    }
 }
 
 /// Parse a `mode_page=` value as tgt's `add_mode_page`.

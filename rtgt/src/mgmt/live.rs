@@ -32,7 +32,7 @@ pub struct SessionInfo {
 }
 
 /// What opening a backing store found.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BackingInfo {
     /// Size of the medium in bytes.
     pub size_bytes: u64,
@@ -42,6 +42,10 @@ pub struct BackingInfo {
     /// Physical block size reported by the device (0 if unknown); used to
     /// derive LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT.
     pub physical_block_size: u32,
+    /// A name for the medium that is the same wherever it is opened (an
+    /// RBD image: cluster, pool and image ids); the unit's SCSI identity
+    /// then derives from it (see `mgmt::handler::medium_identity`).
+    pub identity: Option<String>,
 }
 
 /// A target's I/O counters as management names things: sessions by I_T

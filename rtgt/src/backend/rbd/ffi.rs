@@ -62,12 +62,15 @@ api! {
     rados::rados_shutdown: fn(Rados);
     rados::rados_ioctx_create: fn(Rados, *const c_char, *mut IoCtx) -> c_int;
     rados::rados_ioctx_destroy: fn(IoCtx);
+    rados::rados_ioctx_get_id: fn(IoCtx) -> i64;
+    rados::rados_cluster_fsid: fn(Rados, *mut c_char, usize) -> c_int;
     rbd::rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_open_read_only: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_close: fn(Image) -> c_int;
     rbd::rbd_config_image_list: fn(Image, *mut ConfigOption, *mut c_int) -> c_int;
     rbd::rbd_config_image_list_cleanup: fn(*mut ConfigOption, c_int);
     rbd::rbd_get_size: fn(Image, *mut u64) -> c_int;
+    rbd::rbd_get_id: fn(Image, *mut c_char, usize) -> c_int;
     rbd::rbd_read: fn(Image, u64, usize, *mut c_char) -> isize;
     rbd::rbd_write: fn(Image, u64, usize, *const c_char) -> isize;
     rbd::rbd_flush: fn(Image) -> c_int;

@@ -123,6 +123,9 @@ struct Conn {
     fenced: AtomicBool,
     /// Opened read-only (a snapshot, or asked).
     readonly: bool,
+    /// `<cluster fsid>/<pool id>/<image id>[@snap]`: the same on every
+    /// gateway (see [`BlockDevice::identity`]).
+    identity: String,
     /// librbd's client cache is on for this image (from any source:
     /// bsopts, ceph.conf, pool or image settings).
     cache: bool,
@@ -232,6 +235,7 @@ impl Conn {
             fenced: AtomicBool::new(false),
             readonly,
             cache: false,
+            identity: String::new(),
         };
         let conf = spec.conf.as_deref().map(cstr).transpose()?;
         // SAFETY: a live handle; NULL asks for librados' default search.
@@ -296,12 +300,39 @@ impl Conn {
             conn.image = std::ptr::null_mut();
             return Err(os_err(r.into()));
         }
+        conn.identity = conn.identity_of(spec)?;
         // The cache as librbd will run it: a pool or image setting
         // (`rbd config image set ... rbd_cache true`) beats ours.
         conn.cache = conn
             .effective_option("rbd_cache")
             .is_none_or(|v| v != "false");
         Ok(conn)
+    }
+
+    /// The image's cluster-wide name (`rados_cluster_fsid`,
+    /// `rados_ioctx_get_id`, `rbd_get_id`).
+    fn identity_of(&self, spec: &RbdSpec) -> io::Result<String> {
+        let api = self.api;
+        let text = |f: &mut dyn FnMut(*mut c_char, usize) -> c_int| -> io::Result<String> {
+            let mut buf = vec![0u8; 128];
+            let r = f(buf.as_mut_ptr().cast(), buf.len());
+            if r < 0 {
+                return Err(os_err(r.into()));
+            }
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+            Ok(String::from_utf8_lossy(&buf[..end]).into_owned())
+        };
+        // SAFETY (each call): live handles and a buffer of the length given.
+        let fsid = text(&mut |p, n| unsafe { (api.rados_cluster_fsid)(self.rados, p, n) })?;
+        let image = text(&mut |p, n| unsafe { (api.rbd_get_id)(self.image, p, n) })?;
+        // SAFETY: a live ioctx.
+        let pool = unsafe { (api.rados_ioctx_get_id)(self.ioctx) };
+        let mut id = format!("{fsid}/{pool}/{image}");
+        if let Some(snap) = &spec.snap {
+            id.push('@');
+            id.push_str(snap);
+        }
+        Ok(id)
     }
 
     /// An option's value as the open image applies it
@@ -696,6 +727,10 @@ impl BlockDevice for RbdDevice {
 
     fn read_only(&self) -> bool {
         self.inner.readonly
+    }
+
+    fn identity(&self) -> Option<String> {
+        self.conn().map(|c| c.identity.clone())
     }
 
     fn is_async(&self) -> bool {
