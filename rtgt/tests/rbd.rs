@@ -11,6 +11,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::Ordering;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -563,7 +564,7 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
 /// resume, and every acknowledged write is in the image. The cluster keeps
 /// its data in a bluestore file so the OSD's restart keeps it.
 #[test]
-fn osd_restart_mid_io_loses_nothing_acknowledged() {
+fn osd_and_gateway_restarts_mid_io_lose_nothing_acknowledged() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
     let Some(cl) = Cluster::start("restart", "bluestore") else {
         return;
@@ -612,4 +613,50 @@ fn osd_restart_mid_io_loses_nothing_acknowledged() {
             "acknowledged write {i} is not in the image"
         );
     }
+
+    // The gateway itself killed (SIGKILL) with writes in flight: what it
+    // acknowledged is in the image, and a new rtgtd on the same image
+    // writes again once librbd has broken the dead client's exclusive
+    // lock (the cluster waits out the dead client's watch, about 30 s).
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let acked = acked.clone();
+        let mut c = c;
+        std::thread::spawn(move || {
+            for i in 0..writes {
+                let lba = (i * chunk / BS as usize) as u64;
+                let data = pattern(1000 + i as u64, chunk);
+                match c.scsi(1, &cdb16(0x8a, lba, (chunk / BS as usize) as u32), &data, 0) {
+                    Ok(r) if r.is_good() => acked.store(i + 1, Ordering::SeqCst),
+                    _ => return,
+                }
+            }
+        })
+    };
+    while acked.load(Ordering::SeqCst) < writes / 4 {
+        std::thread::yield_now();
+    }
+    drop(d);
+    writer.join().unwrap();
+    let done = acked.load(Ordering::SeqCst);
+    assert!(done < writes, "the daemon died before the writer finished");
+    let img = cl.export("disk2");
+    for i in 0..done {
+        let at = i * chunk;
+        assert!(
+            img[at..at + chunk] == pattern(1000 + i as u64, chunk)[..],
+            "write {i}, acknowledged before the gateway died, is not in the image"
+        );
+    }
+    let d = Daemon::start("rbd-restart2");
+    new_target(&d, 1, iqn);
+    rbd_lun(&d, 1, 1, "rbd/disk2", &opts);
+    let mut c = login(&d, iqn);
+    let t0 = Instant::now();
+    write_retrying(&mut c, 1, 0, &pattern(7, chunk), Duration::from_secs(90));
+    eprintln!(
+        "first write after the gateway's crash took {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(read(&mut c, 1, 0, chunk), pattern(7, chunk));
 }
