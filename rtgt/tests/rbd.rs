@@ -35,7 +35,7 @@ fn script() -> PathBuf {
 impl Cluster {
     /// A fresh cluster, or `None` (test skipped) when Ceph is absent and
     /// not required.
-    fn start(tag: &str, store: &str) -> Option<Cluster> {
+    fn start(tag: &str, store: &str, auth: &str) -> Option<Cluster> {
         if !have("ceph-mon") || !have("ceph-osd") || !have("rbd") {
             assert!(
                 std::env::var_os("RTGT_REQUIRE_CEPH").is_none(),
@@ -48,7 +48,7 @@ impl Cluster {
         }
         let dir = tempdir(&format!("ceph-{tag}"));
         let o = Command::new(script())
-            .args(["start", dir.to_str().unwrap(), store])
+            .args(["start", dir.to_str().unwrap(), store, auth])
             .output()
             .unwrap();
         // Built before the check so that a failed start is cleaned up.
@@ -277,18 +277,60 @@ fn write_retrying(c: &mut Connection, lun: u64, lba: u64, data: &[u8], limit: Du
 #[test]
 fn rbd_lun_serves_the_image_and_survives_faults() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(cl) = Cluster::start("main", "memstore") else {
+    // cephx, as production clusters run, and a gateway client with only
+    // `profile rbd` rights and its own keyring.
+    let Some(cl) = Cluster::start("main", "memstore", "cephx") else {
         return;
     };
     cl.rbd(&["create", "--size", "128M", "rbd/disk1"]);
     let d = Daemon::start("rbd");
     let iqn = "iqn.2026-11.io.rtgt:rbd";
     new_target(&d, 1, iqn);
+    let keyring = cl.dir.join("iscsi.keyring");
+    cl.run(
+        "ceph",
+        &[
+            "auth",
+            "get-or-create",
+            "client.iscsi",
+            "mon",
+            "profile rbd",
+            "osd",
+            "profile rbd pool=rbd",
+            "-o",
+            keyring.to_str().unwrap(),
+        ],
+    );
     let opts = format!(
-        "conf={};id=admin;cluster=ceph;rados_osd_op_timeout=3",
-        cl.conf
+        "conf={};id=iscsi;cluster=ceph;keyring={};rados_osd_op_timeout=3",
+        cl.conf,
+        keyring.display()
     );
     rbd_lun(&d, 1, 1, "rbd/disk1", &opts);
+
+    // A client the cluster does not know is refused, at once.
+    let o = d.adm(&[
+        "--lld",
+        "iscsi",
+        "--op",
+        "new",
+        "--mode",
+        "logicalunit",
+        "--tid",
+        "1",
+        "--lun",
+        "9",
+        "--bstype",
+        "rbd",
+        "-b",
+        "rbd/disk1",
+        "--bsopts",
+        &format!("conf={};id=nobody", cl.conf),
+    ]);
+    assert!(
+        !o.status.success(),
+        "an unknown cephx client must be refused"
+    );
 
     // `show` as tgt prints an rbd LUN (thin: the image allocates on write).
     let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
@@ -566,7 +608,7 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
 #[test]
 fn osd_and_gateway_restarts_mid_io_lose_nothing_acknowledged() {
     let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
-    let Some(cl) = Cluster::start("restart", "bluestore") else {
+    let Some(cl) = Cluster::start("restart", "bluestore", "none") else {
         return;
     };
     cl.rbd(&["create", "--size", "64M", "rbd/disk2"]);

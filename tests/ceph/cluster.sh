@@ -3,18 +3,20 @@
 # (ceph-mon, ceph-osd, ceph-common): one monitor, one OSD, `auth none`,
 # size-1 pools, and a pool `rbd`. Up in under ten seconds.
 #
-#   tests/ceph/cluster.sh start DIR [memstore|bluestore]   # prints DIR/ceph.conf
+#   tests/ceph/cluster.sh start DIR [memstore|bluestore] [none|cephx]   # prints DIR/ceph.conf
 #   tests/ceph/cluster.sh stop DIR
 #   tests/ceph/cluster.sh osd-restart DIR     # SIGKILL the OSD and start it again
 #
 # memstore keeps everything in memory (fast; lost when the OSD dies);
 # bluestore keeps it in a file under DIR, so the OSD can be killed and
-# restarted with nothing acknowledged lost.
+# restarted with nothing acknowledged lost. cephx turns authentication on
+# (keys in DIR/keyring, which ceph.conf names), as production clusters run.
 set -euo pipefail
 
 cmd=${1:?usage: cluster.sh start|stop|osd-restart DIR [store]}
 dir=${2:?usage: cluster.sh start|stop|osd-restart DIR [store]}
 store=${3:-memstore}
+auth=${4:-none}
 
 need() { command -v "$1" >/dev/null || { echo "cluster.sh: $1 missing (apt-get install ceph-mon ceph-osd ceph-common)" >&2; exit 2; }; }
 
@@ -59,9 +61,10 @@ start)
         echo "mon initial members = a"
         echo "public addr = 127.0.0.1"
         echo "ms bind msgr2 = false"
-        echo "auth cluster required = none"
-        echo "auth service required = none"
-        echo "auth client required = none"
+        echo "auth cluster required = $auth"
+        echo "auth service required = $auth"
+        echo "auth client required = $auth"
+        echo "keyring = $dir/keyring"
         echo "osd pool default size = 1"
         echo "osd pool default min size = 1"
         echo "mon allow pool size one = true"
@@ -88,7 +91,14 @@ start)
     } >"$dir/ceph.conf"
     mkdir -p "$dir/run" "$dir/mon.a" "$dir/osd.0"
     monmaptool --create --add a "v1:127.0.0.1:$port" --fsid "$fsid" "$dir/monmap" >/dev/null
-    ceph-mon --mkfs -i a --monmap "$dir/monmap" -c "$dir/ceph.conf"
+    # The monitor's, the admin's and the OSD's keys, all in one keyring
+    # that the monitor imports at mkfs (unused with auth none).
+    ceph-authtool --create-keyring "$dir/keyring" --gen-key -n mon. --cap mon 'allow *' >/dev/null
+    ceph-authtool "$dir/keyring" --gen-key -n client.admin \
+        --cap mon 'allow *' --cap osd 'allow *' --cap mgr 'allow *' >/dev/null
+    ceph-authtool "$dir/keyring" --gen-key -n osd.0 \
+        --cap mon 'allow profile osd' --cap osd 'allow *' --cap mgr 'allow profile osd' >/dev/null
+    ceph-mon --mkfs -i a --monmap "$dir/monmap" --keyring "$dir/keyring" -c "$dir/ceph.conf"
     ceph-mon -i a -c "$dir/ceph.conf"
     # Name the OSD's uuid ourselves: left to mkfs it was sometimes all
     # zeros, and the monitor then refused the OSD ("wrong fsid").
