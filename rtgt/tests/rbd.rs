@@ -124,61 +124,79 @@ impl Drop for Cluster {
 }
 
 /// The stock tgtadm when installed (the interface users script), else ours.
-fn tgtadm(d: &Daemon, args: &[&str]) -> String {
-    let bin = if have("tgtadm") {
+fn tgtadm_bin() -> &'static str {
+    if have("tgtadm") {
         "tgtadm"
     } else {
         env!("CARGO_BIN_EXE_rtgtadm")
-    };
-    let o = d.adm_with(bin, args);
+    }
+}
+
+/// Run `tgtadm --lld iscsi ARGS...`, asserting success; its stdout.
+fn tgtadm(d: &Daemon, args: &[&str]) -> String {
+    let args = [&["--lld", "iscsi"], args].concat();
+    let o = d.adm_with(tgtadm_bin(), &args);
     assert!(
         o.status.success(),
-        "{bin} {args:?}: {}\n{}",
+        "tgtadm {args:?}: {}\n{}",
         String::from_utf8_lossy(&o.stderr),
         d.log()
     );
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+fn show_targets(d: &Daemon) -> String {
+    tgtadm(d, &["--op", "show", "--mode", "target"])
+}
+
 fn new_target(d: &Daemon, tid: u32, iqn: &str) {
     let t = tid.to_string();
     tgtadm(
         d,
-        &[
-            "--lld", "iscsi", "--op", "new", "--mode", "target", "--tid", &t, "-T", iqn,
-        ],
+        &["--op", "new", "--mode", "target", "--tid", &t, "-T", iqn],
     );
     tgtadm(
         d,
-        &[
-            "--lld", "iscsi", "--op", "bind", "--mode", "target", "--tid", &t, "-I", "ALL",
-        ],
+        &["--op", "bind", "--mode", "target", "--tid", &t, "-I", "ALL"],
     );
 }
 
+/// `tgtadm --op new --mode logicalunit ... --bstype rbd`: the arguments.
+fn rbd_lun_args(tid: u32, lun: u64, path: &str, bsopts: &str) -> Vec<String> {
+    let args = [
+        "--lld",
+        "iscsi",
+        "--op",
+        "new",
+        "--mode",
+        "logicalunit",
+        "--tid",
+        &tid.to_string(),
+        "--lun",
+        &lun.to_string(),
+        "--bstype",
+        "rbd",
+        "-b",
+        path,
+        "--bsopts",
+        bsopts,
+    ];
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 fn rbd_lun(d: &Daemon, tid: u32, lun: u64, path: &str, bsopts: &str) {
-    let (t, l) = (tid.to_string(), lun.to_string());
-    tgtadm(
-        d,
-        &[
-            "--lld",
-            "iscsi",
-            "--op",
-            "new",
-            "--mode",
-            "logicalunit",
-            "--tid",
-            &t,
-            "--lun",
-            &l,
-            "--bstype",
-            "rbd",
-            "-b",
-            path,
-            "--bsopts",
-            bsopts,
-        ],
-    );
+    let args = rbd_lun_args(tid, lun, path, bsopts);
+    tgtadm(d, &args[2..].iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// A fresh rtgtd with target `iqn` (tid 1) serving `rbd/<image>` as LUN 1,
+/// and a session to it.
+fn gateway(tag: &str, iqn: &str, image: &str, bsopts: &str) -> (Daemon, Connection) {
+    let d = Daemon::start(tag);
+    new_target(&d, 1, iqn);
+    rbd_lun(&d, 1, 1, &format!("rbd/{image}"), bsopts);
+    let c = login(&d, iqn);
+    (d, c)
 }
 
 fn login(d: &Daemon, iqn: &str) -> Connection {
@@ -309,31 +327,18 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     rbd_lun(&d, 1, 1, "rbd/disk1", &opts);
 
     // A client the cluster does not know is refused, at once.
-    let o = d.adm(&[
-        "--lld",
-        "iscsi",
-        "--op",
-        "new",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "9",
-        "--bstype",
-        "rbd",
-        "-b",
-        "rbd/disk1",
-        "--bsopts",
-        &format!("conf={};id=nobody", cl.conf),
-    ]);
+    let args = rbd_lun_args(1, 9, "rbd/disk1", &format!("conf={};id=nobody", cl.conf));
+    let o = d.adm_with(
+        tgtadm_bin(),
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
     assert!(
         !o.status.success(),
         "an unknown cephx client must be refused"
     );
 
     // `show` as tgt prints an rbd LUN (thin: the image allocates on write).
-    let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    let show = show_targets(&d);
     for want in [
         "Size: 134 MB, Block size: 512",
         "Thin-provisioning: Yes",
@@ -447,7 +452,7 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     // A snapshot is served read-only, with the data as it was.
     cl.rbd(&["snap", "create", "rbd/disk1@snap1"]);
     rbd_lun(&d, 1, 2, "rbd/disk1@snap1", &opts);
-    let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    let show = show_targets(&d);
     let lun2 = &show[show.find("LUN: 2").unwrap()..];
     assert!(lun2.contains("Readonly: Yes"), "{lun2}");
     drop(c);
@@ -496,7 +501,7 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    let show = show_targets(&d);
     let t = &show[show.find("iqn.2026-11.io.rtgt:conf").unwrap()..];
     assert!(
         t.contains("Backing store type: rbd") && t.contains("rbd/disk1@snap1"),
@@ -539,7 +544,7 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
         .unwrap();
     f.write(1, 0, &[9u8; 4096], BS).unwrap();
     assert_eq!(f.read(1, 0, 8, BS).unwrap(), vec![9u8; 4096]);
-    let show = tgtadm(&d, &["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    let show = show_targets(&d);
     assert!(show.contains(iqn2));
     let r = c.wait_for(itt).unwrap();
     let took = t0.elapsed();
@@ -565,8 +570,6 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     tgtadm(
         &d,
         &[
-            "--lld",
-            "iscsi",
             "--op",
             "update",
             "--mode",
@@ -612,12 +615,9 @@ fn osd_and_gateway_restarts_mid_io_lose_nothing_acknowledged() {
         return;
     };
     cl.rbd(&["create", "--size", "64M", "rbd/disk2"]);
-    let d = Daemon::start("rbd-restart");
     let iqn = "iqn.2026-11.io.rtgt:restart";
-    new_target(&d, 1, iqn);
     let opts = format!("conf={};rados_osd_op_timeout=10", cl.conf);
-    rbd_lun(&d, 1, 1, "rbd/disk2", &opts);
-    let mut c = login(&d, iqn);
+    let (d, mut c) = gateway("rbd-restart", iqn, "disk2", &opts);
     let chunk = 64 << 10;
     let writes = 240;
     let mut restarter = None;
@@ -690,10 +690,7 @@ fn osd_and_gateway_restarts_mid_io_lose_nothing_acknowledged() {
             "write {i}, acknowledged before the gateway died, is not in the image"
         );
     }
-    let d = Daemon::start("rbd-restart2");
-    new_target(&d, 1, iqn);
-    rbd_lun(&d, 1, 1, "rbd/disk2", &opts);
-    let mut c = login(&d, iqn);
+    let (_d, mut c) = gateway("rbd-restart2", iqn, "disk2", &opts);
     let t0 = Instant::now();
     write_retrying(&mut c, 1, 0, &pattern(7, chunk), Duration::from_secs(90));
     eprintln!(
