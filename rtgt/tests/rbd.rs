@@ -86,16 +86,17 @@ impl Cluster {
         String::from_utf8_lossy(&self.run("rbd", args).stdout).into_owned()
     }
 
-    fn osd_pid(&self) -> String {
-        std::fs::read_to_string(self.dir.join("run/osd.0.pid"))
+    fn pid(&self, daemon: &str) -> String {
+        std::fs::read_to_string(self.dir.join(format!("run/{daemon}.pid")))
             .unwrap_or_default()
             .trim()
             .to_string()
     }
 
-    fn signal_osd(&self, sig: &str) {
+    /// Send `sig` to `osd.0` or `mon.a`.
+    fn signal(&self, daemon: &str, sig: &str) {
         let st = Command::new("kill")
-            .args([sig, &self.osd_pid()])
+            .args([sig, &self.pid(daemon)])
             .status()
             .unwrap();
         assert!(st.success());
@@ -112,10 +113,12 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // SIGCONT first: a frozen OSD ignores SIGKILL until resumed.
-        let _ = Command::new("kill")
-            .args(["-CONT", &self.osd_pid()])
-            .status();
+        // SIGCONT first: a frozen daemon ignores SIGKILL until resumed.
+        for daemon in ["osd.0", "mon.a"] {
+            let _ = Command::new("kill")
+                .args(["-CONT", &self.pid(daemon)])
+                .status();
+        }
         let _ = Command::new(script())
             .args(["stop", self.dir.to_str().unwrap()])
             .status();
@@ -534,10 +537,54 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
         "still the fenced client:\n{status}"
     );
 
+    // A frozen monitor: a LUN added meanwhile is refused once its
+    // connection times out (here 3 s, `client_mount_timeout`), and
+    // management answers in the meantime; the open images go on working
+    // (I/O needs only the OSDs).
+    cl.signal("mon.a", "-STOP");
+    let args = rbd_lun_args(
+        1,
+        8,
+        "rbd/disk1",
+        &format!("{opts};client_mount_timeout=3;rados_mon_op_timeout=3"),
+    );
+    let (port, dir) = (d.control_port, d.dir.clone());
+    let t0 = Instant::now();
+    let adding = std::thread::spawn(move || {
+        Command::new(tgtadm_bin())
+            .arg("-C")
+            .arg(port.to_string())
+            .args(&args)
+            .env("TGT_IPC_SOCKET", dir.join("socket"))
+            .output()
+            .unwrap()
+    });
+    // Management keeps answering (and the open image keeps serving) for
+    // as long as the open hangs.
+    let mut answered = 0;
+    while !adding.is_finished() {
+        assert!(show_targets(&d).contains(iqn2));
+        answered += 1;
+    }
+    assert!(
+        answered > 1,
+        "management answered {answered} times during the open"
+    );
+    let w = pattern(6, 4096);
+    write_retrying(&mut c, 1, 50_000, &w, Duration::from_secs(10));
+    let o = adding.join().unwrap();
+    assert!(
+        !o.status.success(),
+        "an open against a frozen monitor must fail"
+    );
+    let took = t0.elapsed();
+    assert!(took < Duration::from_secs(20), "the open took {took:?}");
+    cl.signal("mon.a", "-CONT");
+
     // A frozen OSD: the command ends NOT READY within the configured
     // timeout (3 s here, not minutes), while the other target and the
     // management plane answer meanwhile.
-    cl.signal_osd("-STOP");
+    cl.signal("osd.0", "-STOP");
     let t0 = Instant::now();
     let itt = c
         .submit(1, &cdb16(0x8a, 40_000, 8), &pattern(4, 4096), 0)
@@ -557,7 +604,7 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
         took < Duration::from_secs(20),
         "a frozen cluster held the command {took:?}"
     );
-    cl.signal_osd("-CONT");
+    cl.signal("osd.0", "-CONT");
     let w = pattern(5, 4096);
     write_retrying(&mut c, 1, 40_000, &w, Duration::from_secs(60));
     assert_eq!(read(&mut c, 1, 40_000, 4096), w);
