@@ -2,7 +2,7 @@
 //! time with `dlopen`: rtgtd builds and runs where Ceph is not installed,
 //! and serves RBD wherever Debian's `librbd1` is (Ceph 16 ships
 //! librbd.so.1 and librados.so.2). No maintained Rust binding fits
-//! librbd 1.16, and we need a dozen functions, so we declare them here
+//! librbd 1.16, and we need about thirty functions, so we declare them here
 //! from the C headers (`rbd/librbd.h`, `rados/librados.h`).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
