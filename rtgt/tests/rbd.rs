@@ -230,14 +230,15 @@ fn stop_gracefully(mut d: Daemon) {
     assert!(d.child.wait().unwrap().success(), "{}", d.log());
 }
 
-/// VPD 83's designators with LU association (SPC-4 §7.8.6.1), whole.
-fn lu_designators(page: &[u8]) -> Vec<Vec<u8>> {
+/// VPD 83's designators with this association (0: the LU, 1: the target
+/// port; SPC-4 §7.8.6.1), whole.
+fn designators(page: &[u8], association: u8) -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     let mut at = 4;
     while at + 4 <= page.len() {
         let len = page[at + 3] as usize;
         let end = (at + 4 + len).min(page.len());
-        if (page[at + 1] >> 4) & 3 == 0 {
+        if (page[at + 1] >> 4) & 3 == association {
             out.push(page[at..end].to_vec());
         }
         at += 4 + len;
@@ -467,7 +468,7 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     // A second gateway serving the same image under another tid and lun
     // reports the same LU (VPD 83 LU designators, VPD 80 serial), as
     // multipath initiators need; the snapshot is another LU.
-    let d2 = Daemon::start("rbd-gw2");
+    let d2 = Daemon::start_with("rbd-gw2", &["--port-group", "2"]);
     let iqn_gw2 = "iqn.2026-11.io.rtgt:gw2";
     new_target(&d2, 7, iqn_gw2);
     rbd_lun(&d2, 7, 3, "rbd/disk1", &opts);
@@ -475,13 +476,23 @@ fn rbd_lun_serves_the_image_and_survives_faults() {
     let ids = |c: &mut Connection, lun: u64| {
         let vpd83 = c.inquiry_vpd(lun, 0x83).unwrap();
         let serial = c.inquiry_vpd(lun, 0x80).unwrap();
-        (lu_designators(&vpd83), serial)
+        (designators(&vpd83, 0), serial)
     };
     let (gw1, gw2, snap) = (ids(&mut c, 1), ids(&mut c2, 3), ids(&mut c, 2));
     assert_eq!(gw1.0.len(), 3, "T10 vendor, NAA 3 and NAA 6 designators");
     assert_eq!(gw1, gw2, "one image, one identity on every gateway");
     assert_ne!(gw1.0, snap.0, "a snapshot is another LU");
     assert_ne!(gw1.1, snap.1);
+    // ... through distinct target ports, one per gateway (`--port-group`).
+    // Relative target port designators (type 4): 1 here, 2 there.
+    let relative_port = |c: &mut Connection, lun: u64| {
+        designators(&c.inquiry_vpd(lun, 0x83).unwrap(), 1)
+            .into_iter()
+            .find(|d| d[1] & 0x0f == 4)
+            .map(|d| d[4..].to_vec())
+    };
+    assert_eq!(relative_port(&mut c, 1), Some(vec![0, 0, 0, 1]));
+    assert_eq!(relative_port(&mut c2, 3), Some(vec![0, 0, 0, 2]));
     drop(c2);
     stop_gracefully(d2);
 

@@ -676,3 +676,62 @@ fn state_changed_on_one_loop_holds_on_the_other() {
     assert_eq!(a.scsi(1, &[0x17, 0, 0, 0, 0, 0], &[], 0).unwrap().status, 0);
     assert_eq!(b.scsi(1, &read, &[], BS).unwrap().status, 0);
 }
+
+/// `--port-group N` names this daemon's port: a gateway of several that
+/// serve one LU has its own target portal group tag (portal listing,
+/// SendTargets, login) and its own SCSI target port (VPD 83's relative
+/// target port and target port group designators, SPC-4 §7.8.6.5-6, and
+/// the port's SCSI name).
+#[test]
+fn port_group_names_the_gateway_port() {
+    let d = Daemon::start_with("port-group", &["--port-group", "7"]);
+    let img = sparse_file(&d.dir, "pg.img", 1 << 20);
+    let iqn = "iqn.2026-11.io.rtgt:pg";
+    d.file_target(1, iqn, &img, false);
+    let portals = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "portal"]);
+    assert_eq!(portals.trim(), format!("Portal: {},7", d.portal));
+    let disc = LoginOptions {
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let (mut c, _) = Connection::login(d.portal, &disc).unwrap();
+    let targets = c.send_targets("All").unwrap();
+    assert_eq!(
+        targets,
+        vec![(iqn.to_string(), vec![format!("{},7", d.portal)])]
+    );
+    let o = LoginOptions {
+        target_name: Some(iqn.into()),
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let (mut c, neg) = Connection::login(d.portal, &o).unwrap();
+    assert_eq!(neg.get("TargetPortalGroupTag"), Some("7"));
+    let mut vpd = Vec::new();
+    for _ in 0..3 {
+        if let Ok(v) = c.inquiry_vpd(1, 0x83) {
+            vpd = v;
+            break;
+        }
+    }
+    // Designators with target port association (01b), by type.
+    let mut ports = Vec::new();
+    let mut at = 4;
+    while at + 4 <= vpd.len() {
+        let len = vpd[at + 3] as usize;
+        if (vpd[at + 1] >> 4) & 3 == 1 {
+            ports.push((vpd[at + 1] & 0x0f, vpd[at + 4..at + 4 + len].to_vec()));
+        }
+        at += 4 + len;
+    }
+    assert!(
+        ports.contains(&(4, vec![0, 0, 0, 7])),
+        "relative target port 7: {ports:?}"
+    );
+    assert!(
+        ports.contains(&(5, vec![0, 0, 0, 7])),
+        "target port group 7: {ports:?}"
+    );
+    let name = ports.iter().find(|(t, _)| *t == 8).expect("port name");
+    assert!(String::from_utf8_lossy(&name.1).starts_with(&format!("{iqn},t,0x0007")));
+}

@@ -45,6 +45,12 @@ struct Args {
     /// name says) or `uring` (the loop's io_uring, as `-E aio`).
     #[arg(long = "rdwr-engine", default_value = "pool", value_parser = ["pool", "uring"])]
     rdwr_engine: String,
+    /// This gateway's port identity, for all its targets: the iSCSI target
+    /// portal group tag, the SCSI target port group and the relative
+    /// target port identifier (1 to 65535; tgt's 1 by default). Several
+    /// rtgtd serving one RBD image (one LU) must each have their own.
+    #[arg(long = "port-group", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..))]
+    port_group: u16,
     /// Serve a ready demo target: a sparse file in --data-dir, on
     /// 127.0.0.1:3260 unless --iscsi names portals.
     #[arg(long)]
@@ -120,6 +126,7 @@ fn main() -> ExitCode {
         io_threads: args.nr_iothreads,
         target_loops: args.target_loops,
         poll_us: args.poll_us,
+        port_group: args.port_group,
         cpus: match args
             .cpus
             .as_deref()

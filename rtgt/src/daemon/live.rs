@@ -265,6 +265,7 @@ impl mgmt::Live for DaemonLive {
                         io_threads: self.state.io_threads,
                         poll_us: self.state.poll_us,
                         cpus: self.state.cpus.clone(),
+                        port_group: self.state.port_group,
                     },
                     self.state.stats.target(tid),
                 ) {

@@ -266,7 +266,11 @@ async fn login(
     peer: SocketAddr,
     _local: SocketAddr,
 ) -> Option<LoggedIn> {
-    let mut machine = Login::new(LoginConfig::default());
+    // Every portal of this daemon has its `--port-group` tag.
+    let mut machine = Login::new(LoginConfig {
+        portal_group_tag: state.port_group,
+        ..LoginConfig::default()
+    });
     let mut host = Host {
         state,
         peer,

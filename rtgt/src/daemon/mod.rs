@@ -58,6 +58,10 @@ pub struct Config {
     pub nop_interval: Option<i32>,
     /// `--iscsi nop_count=N`.
     pub nop_count: Option<i32>,
+    /// This gateway's port identity for every target (`--port-group`):
+    /// iSCSI target portal group tag, SCSI target port group and relative
+    /// target port identifier.
+    pub port_group: u16,
 }
 
 /// Errors that stop the daemon from starting.
@@ -103,6 +107,8 @@ pub struct DaemonState {
     pub target_loops: usize,
     pub poll_us: u32,
     pub cpus: Arc<Vec<usize>>,
+    /// `--port-group`.
+    pub port_group: u16,
     /// Connections in login or discovery, per initiator address.
     pub pending: RefCell<HashMap<std::net::IpAddr, usize>>,
     /// I/O counters of every target (`tgtadm --op stat`).
@@ -193,6 +199,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 .unwrap_or_else(crate::dataplane::default_loops)
                 .clamp(1, 64),
             poll_us: cfg.poll_us.min(10_000),
+            port_group: cfg.port_group.max(1),
             cpus: Arc::new(cfg.cpus.clone()),
         });
         for (addr, l) in bound {
@@ -202,14 +209,20 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             let mut t = state.table.borrow_mut();
             t.default_nop_interval = cfg.nop_interval.unwrap_or(0);
             t.default_nop_count = cfg.nop_count.unwrap_or(0);
+            t.tpgt = state.port_group;
             for a in state
                 .portals
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
                 .iter()
             {
-                t.portals
-                    .insert(0, mgmt::table::Portal { addr: *a, tpgt: 1 });
+                t.portals.insert(
+                    0,
+                    mgmt::table::Portal {
+                        addr: *a,
+                        tpgt: state.port_group,
+                    },
+                );
             }
         }
         let live: Rc<RefCell<dyn mgmt::Live>> =

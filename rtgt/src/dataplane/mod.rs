@@ -516,6 +516,11 @@ pub struct LoopConfig {
     pub poll_us: u32,
     /// Cores to pin loops to, round-robin (`--cpus`); empty: unpinned.
     pub cpus: Arc<Vec<usize>>,
+    /// The daemon's port identity (`--port-group`): the target portal
+    /// group tag and relative target port identifier of every target's
+    /// one port (SPC-4 §7.8.6.5, §7.8.6.6), distinct per gateway when
+    /// several serve one LU.
+    pub port_group: u16,
 }
 
 /// Loops started so far in this process, to spread pinned loops over the
@@ -534,8 +539,8 @@ impl TargetHandle {
     ) -> std::io::Result<TargetHandle> {
         let port = TargetPort {
             target_name: name.clone(),
-            tpgt: 1,
-            relative_port: 1,
+            tpgt: cfg.port_group,
+            relative_port: cfg.port_group,
         };
         let shared = Arc::new(TargetShared {
             tid,

@@ -420,7 +420,8 @@ fn portal(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
                 }
                 for a in &addrs {
                     live.bind_portal(*a)?;
-                    table.portals.insert(0, Portal { addr: *a, tpgt: 1 });
+                    let tpgt = table.tpgt;
+                    table.portals.insert(0, Portal { addr: *a, tpgt });
                     live.apply(Effect::PortalAdded(*a));
                 }
             } else {

@@ -492,6 +492,9 @@ pub struct TargetTable {
     pub default_nop_interval: i32,
     /// NOP count new targets get.
     pub default_nop_count: i32,
+    /// The target portal group tag of this daemon's portals (`rtgtd
+    /// --port-group`; tgt's 1 by default).
+    pub tpgt: u16,
     pub(crate) next_seq: u64,
 }
 
@@ -516,6 +519,7 @@ impl TargetTable {
             portals: Vec::new(),
             default_nop_interval: 0,
             default_nop_count: 0,
+            tpgt: 1,
             next_seq: 0,
         }
     }
