@@ -205,9 +205,12 @@ impl Uring {
         let Some(op) = ops.get_mut(key).and_then(|o| o.as_mut()) else {
             return;
         };
+        // The outcome once the operation is over (`None`: it goes on). A
+        // read or write of nothing more is end of file: a failure, as EIO.
         let ok = match op.kind {
-            Kind::Fsync => Some(res >= 0),
-            Kind::Read | Kind::Write if res <= 0 => Some(false),
+            Kind::Fsync => Some(MediaResult::from_errno(res.into())),
+            Kind::Read | Kind::Write if res < 0 => Some(MediaResult::from_errno(res.into())),
+            Kind::Read | Kind::Write if res == 0 => Some(MediaResult::Failed),
             Kind::Read | Kind::Write => {
                 op.at += res as usize;
                 if op.at < op.len {
@@ -216,7 +219,7 @@ impl Uring {
                     op.kind = Kind::Fsync;
                     None
                 } else {
-                    Some(true)
+                    Some(MediaResult::Ok)
                 }
             }
         };
@@ -225,23 +228,19 @@ impl Uring {
                 drop(ops);
                 self.push(key);
             }
-            Some(ok) => {
+            Some(result) => {
                 let mut op = ops[key].take().expect("live op");
                 drop(ops);
                 self.free.borrow_mut().push(key);
                 self.inflight.set(self.inflight.get() - 1);
-                if op.kind == Kind::Read && ok {
+                if op.kind == Kind::Read && result == MediaResult::Ok {
                     // SAFETY: the kernel wrote all `len` bytes (`at ==
                     // len`) into the reserved capacity.
                     unsafe { op.buf.set_len(op.len) };
                 }
                 out.push(Done {
                     tag: op.tag,
-                    result: Finished::Native(if ok {
-                        MediaResult::Ok
-                    } else {
-                        MediaResult::Failed
-                    }),
+                    result: Finished::Native(result),
                     buf: op.buf,
                 });
             }
@@ -405,5 +404,36 @@ mod tests {
         assert!(one(SimpleIo::Flush, Vec::new()).0);
         assert_eq!(u.inflight(), 0);
         std::fs::remove_file(p).unwrap();
+    }
+
+    /// The kernel's error reaches the SCSI answer: a store out of space
+    /// (ENOSPC, as /dev/full answers every write) is DATA PROTECT / SPACE
+    /// ALLOCATION FAILED, not a medium error.
+    #[test]
+    fn the_kernels_error_comes_through() {
+        let cq = CompletionQueue::new().unwrap();
+        let Ok(u) = Uring::new(&cq) else {
+            eprintln!("skipped: io_uring unavailable");
+            return;
+        };
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let w = SimpleIo::Write {
+            offset: 0,
+            len: 4096,
+            flush: false,
+        };
+        u.submit(1, full.as_raw_fd(), w, vec![1u8; 4096]);
+        u.flush();
+        let mut out = Vec::new();
+        while out.is_empty() {
+            wait(&cq, &u, &mut out);
+        }
+        assert!(matches!(
+            out[0].result,
+            Finished::Native(MediaResult::NoSpace)
+        ));
     }
 }
