@@ -84,6 +84,8 @@ pub struct IoTask {
     op: IoOp,
     format: SenseFormat,
     wanted: u64,
+    /// The LU's logical block length, to name LBAs in sense data.
+    block: u64,
     /// The LU's media lock (see `Lun::io_lock`).
     lock: Option<Arc<RwLock<()>>>,
 }
@@ -236,6 +238,7 @@ impl IoTask {
         op: IoOp,
         format: SenseFormat,
         wanted: u64,
+        block: u64,
         lock: Option<Arc<RwLock<()>>>,
     ) -> IoTask {
         IoTask {
@@ -243,7 +246,31 @@ impl IoTask {
             op,
             format,
             wanted,
+            block: block.max(1),
             lock,
+        }
+    }
+
+    /// The first LBA the command addresses, if it addresses a range.
+    fn first_lba(&self) -> Option<u64> {
+        match self.op {
+            IoOp::Read { offset, .. }
+            | IoOp::Write { offset, .. }
+            | IoOp::Verify { offset, .. }
+            | IoOp::WriteSame { offset, .. }
+            | IoOp::CompareAndWrite { offset, .. }
+            | IoOp::OrWrite { offset, .. } => Some(offset / self.block),
+            IoOp::Unmap { .. } | IoOp::Sync | IoOp::GetLbaStatus { .. } => None,
+        }
+    }
+
+    /// A MEDIUM ERROR names, in INFORMATION, the LBA it concerns (SBC-3's
+    /// error reporting): here the command's first, as neither the kernel
+    /// nor librbd says which block of a failed transfer was at fault.
+    fn with_lba(&self, s: Sense) -> Sense {
+        match self.first_lba() {
+            Some(lba) if s.key == key::MEDIUM_ERROR && s.info.is_none() => s.with_info(lba),
+            _ => s,
         }
     }
 
@@ -339,7 +366,7 @@ impl IoTask {
     /// cleared.
     pub fn complete(self, result: MediaResult, buf: &mut Vec<u8>) -> Response {
         let read = matches!(self.op, IoOp::Read { .. });
-        let Some(sense) = result.sense(read) else {
+        let Some(sense) = result.sense(read).map(|s| self.with_lba(s)) else {
             if !matches!(self.op, IoOp::Read { .. }) {
                 buf.clear();
             }
@@ -388,7 +415,7 @@ impl IoTask {
                 buf.clear();
                 Response {
                     status: Status::CheckCondition,
-                    sense: s.to_bytes(self.format),
+                    sense: self.with_lba(s).to_bytes(self.format),
                     data_len: 0,
                     wanted: 0,
                 }
@@ -627,7 +654,7 @@ mod tests {
     use super::*;
 
     fn answer(op: IoOp, result: MediaResult) -> Response {
-        let task = IoTask::new(LunId(1), op, SenseFormat::Fixed, 4096, None);
+        let task = IoTask::new(LunId(1), op, SenseFormat::Fixed, 4096, 512, None);
         let mut buf = vec![0u8; 4096];
         task.complete(result, &mut buf)
     }
@@ -684,5 +711,30 @@ mod tests {
         assert_eq!(u32::from_be_bytes(r.sense[3..7].try_into().unwrap()), 37);
         let e = std::io::Error::from_raw_os_error(28);
         assert_eq!(MediaResult::from_io(&e), MediaResult::NoSpace);
+    }
+
+    /// A MEDIUM ERROR carries the command's first LBA in INFORMATION
+    /// (VALID set), from an engine's result and from a blocking run alike.
+    #[test]
+    fn medium_errors_name_the_lba() {
+        let info = |r: &Response| {
+            assert_eq!(r.sense[0] & 0x80, 0x80, "VALID");
+            u32::from_be_bytes(r.sense[3..7].try_into().unwrap())
+        };
+        let read_at = |lba: u64| IoOp::Read {
+            offset: lba * 512,
+            len: 4096,
+        };
+        assert_eq!(info(&answer(read_at(8), MediaResult::Failed)), 8);
+        // Other failures name no LBA.
+        let r = answer(read_at(8), MediaResult::Unavailable);
+        assert_eq!(r.sense[0] & 0x80, 0);
+        // A blocking read past a small store's end fails on the medium.
+        let dev = crate::MemDevice::new(8192);
+        let task = IoTask::new(LunId(1), read_at(12), SenseFormat::Fixed, 4096, 512, None);
+        let mut buf = Vec::new();
+        let r = task.run(&dev, &mut buf);
+        assert_eq!(key_asc(&r), (0x03, 0x11, 0x00));
+        assert_eq!(info(&r), 12);
     }
 }

@@ -274,8 +274,10 @@ impl LunSet {
             }
             Ok(Reply::Io { op, wanted }) => {
                 *buf = dout;
-                let lock = self.luns.get(&req.lun).map(|l| l.io_lock.clone());
-                Outcome::Io(IoTask::new(req.lun, op, format, wanted, lock))
+                let lu = self.luns.get(&req.lun);
+                let lock = lu.map(|l| l.io_lock.clone());
+                let block = lu.map_or(512, |l| l.cfg.bs());
+                Outcome::Io(IoTask::new(req.lun, op, format, wanted, block, lock))
             }
             Err(sense) => {
                 buf.clear();
