@@ -52,6 +52,16 @@ WORKLOADS = [
 ]
 
 
+def median(results, name, who, key):
+    """The median of `key` over `who`'s runs of workload `name` (None if none)."""
+    v = [r[key] for r in results.get(name, {}).get(who, []) if r.get(key) is not None]
+    return statistics.median(v) if v else None
+
+
+def fmt(x, nd=0):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
 def free_port():
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
@@ -237,11 +247,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     def med(name, who, key):
-        v = [r[key] for r in results.get(name, {}).get(who, []) if r.get(key) is not None]
-        return statistics.median(v) if v else None
-
-    def fmt(x, nd=0):
-        return "-" if x is None else f"{x:.{nd}f}"
+        return median(results, name, who, key)
 
     print("\npeak RSS (MiB): " + ", ".join(f"{k} {fmt(v, 1)}" for k, v in peaks.items()))
     print(f"\n{os.cpu_count()} CPUs, {a.rounds} rounds of {a.seconds} s, medians; "

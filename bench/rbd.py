@@ -21,13 +21,13 @@ import os
 import resource
 import re
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench import IQN, REL, ROOT, TICK, Target, cpu_ticks, peak_rss_mib, run_load  # noqa: E402
+from bench import (IQN, REL, ROOT, TICK, Target, cpu_ticks, fmt, median, peak_rss_mib,  # noqa: E402
+                   run_load)
 
 SIZE_MIB = 256
 WORKLOADS = [
@@ -132,11 +132,7 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
 
     def med(name, who, key):
-        v = [r[key] for r in results.get(name, {}).get(who, []) if r.get(key) is not None]
-        return statistics.median(v) if v else None
-
-    def fmt(x, nd=0):
-        return "-" if x is None else f"{x:.{nd}f}"
+        return median(results, name, who, key)
 
     def ratio(x, y):
         return fmt(x / y if x and y else None, 2)

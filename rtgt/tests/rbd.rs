@@ -137,15 +137,7 @@ fn tgtadm_bin() -> &'static str {
 
 /// Run `tgtadm --lld iscsi ARGS...`, asserting success; its stdout.
 fn tgtadm(d: &Daemon, args: &[&str]) -> String {
-    let args = [&["--lld", "iscsi"], args].concat();
-    let o = d.adm_with(tgtadm_bin(), &args);
-    assert!(
-        o.status.success(),
-        "tgtadm {args:?}: {}\n{}",
-        String::from_utf8_lossy(&o.stderr),
-        d.log()
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
+    d.must_with(tgtadm_bin(), &[&["--lld", "iscsi"], args].concat())
 }
 
 fn show_targets(d: &Daemon) -> String {

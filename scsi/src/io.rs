@@ -367,7 +367,7 @@ impl IoTask {
     pub fn complete(self, result: MediaResult, buf: &mut Vec<u8>) -> Response {
         let read = matches!(self.op, IoOp::Read { .. });
         let Some(sense) = result.sense(read).map(|s| self.with_lba(s)) else {
-            if !matches!(self.op, IoOp::Read { .. }) {
+            if !read {
                 buf.clear();
             }
             return Response {
@@ -392,7 +392,7 @@ impl IoTask {
         // others shared, so no command sees or interleaves with half of a
         // COMPARE AND WRITE or ORWRITE. A poisoned lock only means another
         // task panicked; the medium is as consistent as it was.
-        let exclusive = matches!(self.op, IoOp::CompareAndWrite { .. } | IoOp::OrWrite { .. });
+        let exclusive = self.is_exclusive();
         let result = match &self.lock {
             Some(l) if exclusive => {
                 let _g = l.write().unwrap_or_else(|p| p.into_inner());

@@ -116,11 +116,18 @@ impl Daemon {
 
     /// Run rtgtadm, asserting success.
     pub fn must(&self, args: &[&str]) -> String {
-        let o = self.adm(args);
+        self.must_with(env!("CARGO_BIN_EXE_rtgtadm"), args)
+    }
+
+    /// Run `bin` (rtgtadm or the stock tgtadm), asserting success; its
+    /// stdout.
+    pub fn must_with(&self, bin: &str, args: &[&str]) -> String {
+        let o = self.adm_with(bin, args);
         assert!(
             o.status.success(),
-            "rtgtadm {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
+            "{bin} {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            self.log()
         );
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
