@@ -707,6 +707,12 @@ fn port_group_names_the_gateway_port() {
     };
     let (mut c, neg) = Connection::login(d.portal, &o).unwrap();
     assert_eq!(neg.get("TargetPortalGroupTag"), Some("7"));
+    // SendTargets in the normal session lists the same tag.
+    let own = c.send_targets("").unwrap();
+    assert_eq!(
+        own,
+        vec![(iqn.to_string(), vec![format!("{},7", d.portal)])]
+    );
     let mut vpd = Vec::new();
     for _ in 0..3 {
         if let Ok(v) = c.inquiry_vpd(1, 0x83) {

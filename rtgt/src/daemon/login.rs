@@ -464,20 +464,10 @@ impl SessionHost for Listing<'_> {
 
     fn targets(&mut self) -> Vec<TargetEntry> {
         let table = self.state.table.borrow();
-        let portals: Vec<(SocketAddr, u16)> = table
-            .portals()
-            .iter()
-            .rev()
-            .filter(|p| p.addr.is_ipv4() == self.local.is_ipv4() || !p.addr.ip().is_unspecified())
-            .map(|p| {
-                let a = if p.addr.ip().is_unspecified() {
-                    SocketAddr::new(self.local.ip(), p.addr.port())
-                } else {
-                    p.addr
-                };
-                (a, p.tpgt)
-            })
-            .collect();
+        let portals = crate::dataplane::portal_entries(
+            table.portals().iter().rev().map(|p| (p.addr, p.tpgt)),
+            self.local,
+        );
         table
             .targets()
             .filter(|t| {

@@ -152,6 +152,8 @@ pub struct TargetShared {
     pub devices: RwLock<HashMap<LunId, LunIo>>,
     pub registry: Arc<Registry>,
     pub portals: Arc<RwLock<Vec<SocketAddr>>>,
+    /// The portals' target portal group tag (`--port-group`).
+    pub tpgt: u16,
     pub knobs: Mutex<Knobs>,
     /// Counters for `tgtadm --op stat`.
     pub stats: Arc<TargetStats>,
@@ -281,26 +283,40 @@ impl TargetShared {
     /// the connection arrived on (what SendTargets in a normal session
     /// lists, RFC 7143 §13.3 / Appendix C).
     pub fn listing(&self, local: SocketAddr) -> Vec<iscsi::TargetEntry> {
-        let portals = self
-            .portals
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .filter(|a| a.is_ipv4() == local.is_ipv4() || !a.ip().is_unspecified())
-            .map(|a| {
-                let a = if a.ip().is_unspecified() {
-                    SocketAddr::new(local.ip(), a.port())
-                } else {
-                    *a
-                };
-                (a, 1)
-            })
-            .collect();
+        let portals = portal_entries(
+            self.portals
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .map(|a| (*a, self.tpgt)),
+            local,
+        );
         vec![(
             self.name.read().unwrap_or_else(|p| p.into_inner()).clone(),
             portals,
         )]
     }
+}
+
+/// SendTargets' `TargetAddress` entries for these portals (address and
+/// tag), as seen from a connection that arrived on `local`: a wildcard
+/// portal is listed as `local`'s address, and only in `local`'s family
+/// (RFC 7143 §13.3, Appendix C).
+pub fn portal_entries(
+    portals: impl Iterator<Item = (SocketAddr, u16)>,
+    local: SocketAddr,
+) -> Vec<(SocketAddr, u16)> {
+    portals
+        .filter(|(a, _)| a.is_ipv4() == local.is_ipv4() || !a.ip().is_unspecified())
+        .map(|(a, tag)| {
+            let a = if a.ip().is_unspecified() {
+                SocketAddr::new(local.ip(), a.port())
+            } else {
+                a
+            };
+            (a, tag)
+        })
+        .collect()
 }
 
 /// What one loop of a target owns.
@@ -549,6 +565,7 @@ impl TargetHandle {
             devices: RwLock::new(HashMap::new()),
             registry,
             portals,
+            tpgt: cfg.port_group,
             knobs: Mutex::new(Knobs::default()),
             stats,
             loops: OnceLock::new(),
