@@ -39,6 +39,9 @@ pub enum Finished {
     Native(MediaResult),
     /// The task ran whole on a worker ([`IoTask::run`]).
     Ran(Response),
+    /// The pool could not run the task (no thread would start) or the
+    /// store panicked in it: the loop answers a hardware error.
+    Failed,
 }
 
 /// A finished media task and its buffer.
@@ -279,7 +282,7 @@ impl Pool {
                         }
                         self.cq.push(Done {
                             tag: j.tag,
-                            result: Finished::Native(MediaResult::Failed),
+                            result: Finished::Failed,
                             buf: j.buf,
                         });
                     }
@@ -330,7 +333,7 @@ impl Pool {
             let result = match r {
                 Ok(r) => Finished::Ran(r),
                 // A store that panicked: the command fails, the pool lives.
-                Err(_) => Finished::Native(MediaResult::Failed),
+                Err(_) => Finished::Failed,
             };
             self.cq.push(Done { tag, result, buf });
         }

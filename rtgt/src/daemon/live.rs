@@ -394,11 +394,11 @@ impl mgmt::Live for DaemonLive {
         })
     }
 
-    fn backing_size(&mut self, tid: u32, spec: &LunSpec) -> Result<u64, TgtadmError> {
+    fn backing_size(&mut self, _tid: u32, spec: &LunSpec) -> Result<u64, TgtadmError> {
         // Open read-only and drop it again: the target loop keeps using the
         // store it has (file stores read their size with fstat or
-        // BLKGETSIZE64 on each call, so it sees the new end too).
-        let _ = tid;
+        // BLKGETSIZE64 on each call, an RBD image asks librbd, so it sees
+        // the new end too).
         let kind = BackendKind::parse(&spec.bstype).map_err(|_| TgtadmError::InvalidRequest)?;
         let key = OpenKey {
             kind,

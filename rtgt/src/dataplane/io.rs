@@ -156,16 +156,8 @@ impl TargetCtx {
             };
             match outcome {
                 Outcome::Done(r) => {
-                    let a = m.handle_scsi_done(
-                        started.token,
-                        r.status as u8,
-                        &r.sense,
-                        r.data_len,
-                        r.wanted,
-                        buf,
-                    );
                     drop(m);
-                    s.record(a, &self.shared.stats.total, io.as_deref());
+                    self.answer(s, started.token, &r, buf, io.as_deref());
                 }
                 Outcome::Io(task) => {
                     drop(m);
@@ -291,12 +283,12 @@ impl TargetCtx {
         // unless a read-modify-write task holds this LUN (the gate is per
         // LUN: other LUNs are not disturbed).
         let native = match (&self.uring, io.dev.raw_fd(), task.simple(&buf)) {
-            (Some(_), Some(fd), Some(op)) if !empty(op) && io.gate.enter_native() => Some((fd, op)),
+            (Some(u), Some(fd), Some(op)) if !empty(op) && io.gate.enter_native() => {
+                Some((u, fd, op))
+            }
             _ => None,
         };
         let charge = budget.map(|b| Charge::new(&b, need));
-        let gate = io.gate.clone();
-        let dev = io.dev.clone();
         let mut f = InFlight {
             session: s.clone(),
             token: c.token,
@@ -305,14 +297,13 @@ impl TargetCtx {
             task: None,
         };
         match native {
-            Some((fd, op)) => {
+            Some((u, fd, op)) => {
                 f.task = Some(task);
                 let tag = self.inflight.borrow_mut().insert(f);
-                if let Some(u) = &self.uring {
-                    u.submit(tag, fd, op, buf);
-                }
+                u.submit(tag, fd, op, buf);
             }
             None => {
+                let (dev, gate) = (f.io.dev.clone(), f.io.gate.clone());
                 let tag = self.inflight.borrow_mut().insert(f);
                 self.pool.submit(Job {
                     tag,
@@ -337,8 +328,8 @@ impl TargetCtx {
                 f.io.gate.leave_native();
                 task.complete(result, &mut buf)
             }
-            // The pool caught a panic in the store.
-            (Finished::Native(_), None) => Response {
+            // The pool caught a panic in the store, or could not run it.
+            (Finished::Failed, _) | (Finished::Native(_), None) => Response {
                 status: scsi::Status::CheckCondition,
                 sense: transport_sense(0x04, 0x44, 0x00).to_vec(),
                 data_len: 0,
