@@ -149,8 +149,8 @@ pub enum MediaResult {
     Miscompare(u64),
     /// The store is out of reach for now (a timeout, a lost connection, a
     /// fenced client reopening): NOT READY, LOGICAL UNIT IS IN PROCESS OF
-    /// BECOMING READY, which initiators retry (Linux requeues it, as do
-    /// ESXi and Windows).
+    /// BECOMING READY, which initiators retry (Linux's SCSI layer
+    /// requeues it).
     Unavailable,
     /// The store refuses writes (a snapshot, a read-only file): DATA
     /// PROTECT, WRITE PROTECTED.
