@@ -95,6 +95,93 @@ pub trait BlockDevice: Send + Sync {
     fn map_status(&self, offset: u64) -> io::Result<(bool, u64)> {
         Ok((true, self.size().saturating_sub(offset)))
     }
+    /// The SCSI state this store keeps for every gateway serving its
+    /// medium; `None` when it keeps none (the state then lives only in
+    /// this process).
+    fn shared_state(&self) -> Option<&dyn SharedState> {
+        None
+    }
+}
+
+/// SCSI state a store keeps for every gateway that serves its medium (an
+/// RBD image: an object beside it), as opaque bytes that change only by
+/// compare-and-set, so that gateways agree on it (persistent
+/// reservations, SPC-4 §5.13).
+pub trait SharedState: Send + Sync {
+    /// Read the state, let `f` compute its successor (`None`: leave it as
+    /// it is) and store that unless someone changed the state meanwhile,
+    /// in which case `f` runs again on the newer state. Blocks (a worker
+    /// thread's call) until the change is stored, delivered to this
+    /// process's subscribers, and seen by the other gateways (or they
+    /// failed to answer in time).
+    fn update(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<(), MediaResult>;
+    /// Have `f` called with the state now and then with every state that
+    /// may be newer, whoever changed it, from a thread of the store's.
+    fn subscribe(&self, f: Box<dyn Fn(&[u8]) + Send + Sync>);
+}
+
+/// [`SharedState`] in memory, for tests: stores built on one share it as
+/// gateways share an image.
+#[derive(Default)]
+pub struct MemSharedState {
+    data: std::sync::Mutex<Vec<u8>>,
+    #[allow(clippy::type_complexity)]
+    subs: std::sync::Mutex<Vec<Box<dyn Fn(&[u8]) + Send + Sync>>>,
+}
+
+impl std::fmt::Debug for MemSharedState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemSharedState").finish_non_exhaustive()
+    }
+}
+
+impl SharedState for MemSharedState {
+    fn update(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<(), MediaResult> {
+        let now = {
+            let mut d = self.data.lock().unwrap_or_else(|p| p.into_inner());
+            match f(&d) {
+                Some(new) => {
+                    *d = new;
+                    d.clone()
+                }
+                None => return Ok(()),
+            }
+        };
+        for s in self.subs.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            s(&now);
+        }
+        Ok(())
+    }
+    fn subscribe(&self, f: Box<dyn Fn(&[u8]) + Send + Sync>) {
+        let now = self.data.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        f(&now);
+        self.subs.lock().unwrap_or_else(|p| p.into_inner()).push(f);
+    }
+}
+
+/// A [`MemDevice`] whose SCSI state is shared (tests of several gateways).
+#[derive(Debug)]
+pub struct SharedMemDevice {
+    pub mem: Arc<MemDevice>,
+    pub state: Arc<MemSharedState>,
+}
+
+impl BlockDevice for SharedMemDevice {
+    fn size(&self) -> u64 {
+        self.mem.size()
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.mem.read_at(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.mem.write_at(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        Ok(())
+    }
+    fn shared_state(&self) -> Option<&dyn SharedState> {
+        Some(&*self.state)
+    }
 }
 
 /// An in-memory store for tests.

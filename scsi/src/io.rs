@@ -68,6 +68,13 @@ pub(crate) enum IoOp {
         flush: bool,
     },
     Sync,
+    /// PERSISTENT RESERVE OUT on a LU whose PR state the store keeps for
+    /// every gateway (see [`crate::device::SharedState`]); Data-Out holds
+    /// the parameter list.
+    PrOut {
+        cdb: Vec<u8>,
+        me: crate::pr::Nexus,
+    },
     GetLbaStatus {
         lba: u64,
         total_blocks: u64,
@@ -228,6 +235,12 @@ fn write_fault(e: std::io::Error) -> Sense {
         .sense(false)
         .unwrap_or_else(write_error)
 }
+/// The store could not keep the state it shares (HARDWARE ERROR,
+/// INTERNAL TARGET FAILURE).
+fn internal_failure() -> Sense {
+    Sense::new(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE)
+}
+
 fn miscompare(at: u64) -> Sense {
     Sense::new(key::MISCOMPARE, asc::MISCOMPARE_DURING_VERIFY).with_info(at)
 }
@@ -260,7 +273,9 @@ impl IoTask {
             | IoOp::WriteSame { offset, .. }
             | IoOp::CompareAndWrite { offset, .. }
             | IoOp::OrWrite { offset, .. } => Some(offset / self.block),
-            IoOp::Unmap { .. } | IoOp::Sync | IoOp::GetLbaStatus { .. } => None,
+            IoOp::Unmap { .. } | IoOp::Sync | IoOp::GetLbaStatus { .. } | IoOp::PrOut { .. } => {
+                None
+            }
         }
     }
 
@@ -388,6 +403,9 @@ impl IoTask {
 
     /// Run against `dev`. `buf` holds the Data-Out on entry and the Data-In on exit.
     pub fn run(self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Response {
+        if let IoOp::PrOut { cdb, me } = &self.op {
+            return self.pr_out(dev, cdb, me, buf);
+        }
         // Read-modify-write commands hold the LU's lock exclusively, all
         // others shared, so no command sees or interleaves with half of a
         // COMPARE AND WRITE or ORWRITE. A poisoned lock only means another
@@ -420,6 +438,62 @@ impl IoTask {
                     wanted: 0,
                 }
             }
+        }
+    }
+
+    /// PERSISTENT RESERVE OUT applied to the state the store keeps: by
+    /// compare-and-set, so a change made meanwhile through another gateway
+    /// is applied first and this command judged against it.
+    fn pr_out(
+        &self,
+        dev: &dyn BlockDevice,
+        cdb: &[u8],
+        me: &crate::pr::Nexus,
+        buf: &mut Vec<u8>,
+    ) -> Response {
+        let dout = std::mem::take(buf);
+        let mut reply: crate::lu::HandlerResult = Err(internal_failure());
+        let stored = match dev.shared_state() {
+            None => Err(MediaResult::Failed),
+            Some(shared) => shared.update(&mut |cur| {
+                let Some(mut pr) = crate::pr::PrState::decode(cur) else {
+                    // Not a state we wrote: refuse rather than overwrite.
+                    reply = Err(internal_failure());
+                    return None;
+                };
+                let seq = pr.seq;
+                reply = crate::pr::apply_out(&mut pr, me, cdb, &dout);
+                (pr.seq != seq).then(|| pr.encode())
+            }),
+        };
+        let (status, sense) = match (stored, reply) {
+            (Err(m), _) => (
+                Status::CheckCondition,
+                m.sense(false).unwrap_or_else(internal_failure),
+            ),
+            (Ok(()), Ok(crate::lu::Reply::Conflict)) => {
+                return Response {
+                    status: Status::ReservationConflict,
+                    sense: Vec::new(),
+                    data_len: 0,
+                    wanted: 0,
+                }
+            }
+            (Ok(()), Ok(_)) => {
+                return Response {
+                    status: Status::Good,
+                    sense: Vec::new(),
+                    data_len: 0,
+                    wanted: self.wanted,
+                }
+            }
+            (Ok(()), Err(s)) => (Status::CheckCondition, s),
+        };
+        Response {
+            status,
+            sense: sense.to_bytes(self.format),
+            data_len: 0,
+            wanted: 0,
         }
     }
 
@@ -542,6 +616,8 @@ impl IoTask {
                 buf.clear();
                 dev.flush().map_err(write_fault)
             }
+            // Answered by `pr_out` before `perform` is reached.
+            IoOp::PrOut { .. } => Err(internal_failure()),
             &IoOp::GetLbaStatus {
                 lba,
                 total_blocks,

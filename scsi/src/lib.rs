@@ -45,7 +45,9 @@ mod spc;
 mod tests;
 
 pub use config::{DeviceType, LunConfig, TargetPort};
-pub use device::{BlockDevice, CompletionSink, MemDevice};
+pub use device::{
+    BlockDevice, CompletionSink, MemDevice, MemSharedState, SharedMemDevice, SharedState,
+};
 pub use io::{IoTask, MediaResult, NativeIo, SimpleIo};
 pub use lunset::LunSet;
 pub use pr::iscsi_initiator_port_name;

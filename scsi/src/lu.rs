@@ -39,6 +39,11 @@ pub(crate) struct Lun {
     /// Persistent reservation state (SPC-4 §5.13); survives LU reset and
     /// I_T nexus loss.
     pub pr: PrState,
+    /// The store keeps `pr` for every gateway serving the medium: PERSISTENT
+    /// RESERVE OUT goes to it, and `pr` is the copy it last delivered.
+    pub shared_pr: bool,
+    /// The `pr.seq` up to which PR events were delivered to our nexuses.
+    pub pr_seen: u64,
     /// Orders media access: COMPARE AND WRITE and ORWRITE take it
     /// exclusively, every other media command shared, so their
     /// read-modify-write is atomic with respect to other commands
@@ -58,6 +63,8 @@ impl Lun {
             reserved_by: None,
             prevent: BTreeSet::new(),
             pr: PrState::default(),
+            shared_pr: false,
+            pr_seen: 0,
             io_lock: Arc::new(RwLock::new(())),
             ua: BTreeMap::new(),
             implicit: false,

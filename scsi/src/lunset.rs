@@ -184,6 +184,42 @@ impl LunSet {
         }
     }
 
+    /// Install PR state the store keeps for every gateway (see
+    /// [`crate::SharedState`]) on LU `id`: from now on its PERSISTENT
+    /// RESERVE OUT goes to the store. A state no newer than the one held
+    /// is ignored; a newer one replaces it, and the unit attentions it owes
+    /// to this target's nexuses are queued. Returns whether anything
+    /// changed; `false` also for a state that does not parse (which still
+    /// makes PERSISTENT RESERVE OUT go to the store, and fail there).
+    pub fn install_shared_pr(&mut self, id: LunId, state: &[u8]) -> bool {
+        let Some(lun) = self.luns.get_mut(&id) else {
+            return false;
+        };
+        let first = !lun.shared_pr;
+        // Even a state that does not parse is the store's: PERSISTENT
+        // RESERVE OUT then fails there rather than going on here alone.
+        lun.shared_pr = true;
+        let Some(pr) = pr::PrState::decode(state) else {
+            return false;
+        };
+        if !first && pr.seq <= lun.pr.seq {
+            return false;
+        }
+        if first {
+            // What was owed before we served the LU is not ours to deliver.
+            lun.pr_seen = pr.seq;
+        }
+        lun.pr = pr;
+        pr::deliver_events(lun, &self.nexuses, self.port.relative_port);
+        true
+    }
+
+    /// A copy of LU `id`'s PR state (tests).
+    #[cfg(test)]
+    pub(crate) fn pr_state(&self, id: LunId) -> Option<pr::PrState> {
+        self.luns.get(&id).map(|l| l.pr.clone())
+    }
+
     /// Run one command. See the crate documentation for the buffer contract.
     pub fn execute(&mut self, req: &Request<'_>, buf: &mut Vec<u8>) -> Outcome {
         let dout = std::mem::take(buf);
@@ -238,7 +274,11 @@ impl LunSet {
             return None;
         }
         let initiator = self.nexuses.get(&req.nexus)?;
-        if lun.pr.check_access(initiator, cdb).is_err() {
+        if lun
+            .pr
+            .check_access(initiator, self.port.relative_port, cdb)
+            .is_err()
+        {
             return None;
         }
         let ctx = command_ctx(req, &self.port, &self.nexuses, initiator);
@@ -355,7 +395,11 @@ impl LunSet {
         }
 
         // SPC-4 §5.13.1 table 46: persistent reservation conflicts.
-        if lun.pr.check_access(ctx.initiator, cdb).is_err() {
+        if lun
+            .pr
+            .check_access(ctx.initiator, ctx.port.relative_port, cdb)
+            .is_err()
+        {
             return (Ok(Reply::Conflict), format);
         }
 

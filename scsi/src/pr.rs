@@ -1,15 +1,21 @@
 //! Persistent reservations (SPC-4 §5.13, §6.15 PERSISTENT RESERVE IN,
 //! §6.16 PERSISTENT RESERVE OUT).
 //!
-//! Registrations are keyed by the SCSI initiator port name of the I_T
-//! nexus (for iSCSI `<InitiatorName>,i,0x<ISID>`, RFC 7143 §13.2), not by
-//! the transport's session counter, so they survive I_T nexus loss and a
-//! reconnecting initiator with the same name and ISID finds its
-//! registration again (SPC-4 §5.13.1: PR state is kept across I_T nexus
-//! loss and logical unit reset). APTPL is not supported: nothing persists
-//! over a power loss, as REPORT CAPABILITIES says (PTPL_C 0).
+//! Registrations are keyed by the I_T nexus as SPC-4 names it: the SCSI
+//! initiator port name (for iSCSI `<InitiatorName>,i,0x<ISID>`, RFC 7143
+//! §13.2) and the relative target port identifier, not by the transport's
+//! session counter, so they survive I_T nexus loss and a reconnecting
+//! initiator with the same name and ISID finds its registration again
+//! (SPC-4 §5.13.1: PR state is kept across I_T nexus loss and logical unit
+//! reset). The target port matters when several gateways serve one
+//! medium: each is its own target port, and the state is then kept by the
+//! store for all of them ([`crate::device::SharedState`]), encoded by
+//! [`PrState::encode`]. Unit attentions a change owes to other nexuses are
+//! recorded in the state as events ([`Event`]), which every gateway
+//! delivers to the nexuses it has. APTPL is not supported: REPORT
+//! CAPABILITIES says PTPL_C 0.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use crate::cdb::{be16, be32, be64, byte, op, sa};
 use crate::lu::{Ctx, HandlerResult, Lun, Reply};
@@ -81,41 +87,90 @@ impl PrType {
     }
 }
 
+/// At most this many registrations per LU (SPC-4 §5.13.7: beyond, the
+/// device server answers INSUFFICIENT REGISTRATION RESOURCES); it bounds
+/// the state a peer can make us keep and the encoded state's size.
+pub(crate) const MAX_REGISTRATIONS: usize = 256;
+
+/// Unit attentions kept in the state for gateways to deliver; a gateway
+/// that falls further behind than this loses the oldest (as a nexus's own
+/// queue drops its oldest, SAM-5 §5.14).
+const MAX_EVENTS: usize = 64;
+
+/// Longest initiator port name kept (iSCSI names are at most 223 bytes,
+/// RFC 7143 §4.2.7.1, plus `,i,0x` and the ISID).
+const MAX_PORT_NAME: usize = 255;
+
+/// An I_T nexus as PR state names it (SPC-4 §5.13.7: a registration
+/// belongs to one initiator port and one target port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Nexus {
+    /// SCSI initiator port name.
+    pub port: String,
+    /// Relative target port identifier.
+    pub rel: u16,
+}
+
+impl Nexus {
+    fn is(&self, port: &str, rel: u16) -> bool {
+        self.rel == rel && self.port == port
+    }
+}
+
+/// A unit attention a change owes to one nexus (SPC-4 §5.13.11), kept with
+/// the state so that the gateway that has the nexus delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Event {
+    /// The state's `seq` once the change was made.
+    pub seq: u64,
+    pub to: Nexus,
+    pub code: crate::sense::Asc,
+}
+
 /// The persistent reservation, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Reservation {
-    /// Initiator port name of the holder (unused for all-registrants types).
-    holder: String,
+    /// The holder (unused for all-registrants types).
+    holder: Nexus,
     typ: PrType,
 }
 
 /// PR state of one logical unit.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub(crate) struct PrState {
     /// PRGENERATION (SPC-4 §6.15.2): bumped by every PROUT that changes
     /// registrations, never by RESERVE or RELEASE.
     generation: u32,
-    /// Registrations in the order they were made: (initiator port name, key).
-    regs: Vec<(String, u64)>,
+    /// Registrations in the order they were made, with their keys.
+    regs: Vec<(Nexus, u64)>,
     res: Option<Reservation>,
+    /// Bumped by every change of any kind: a copy with a higher `seq` is
+    /// newer (gateways install only those).
+    pub(crate) seq: u64,
+    /// Unit attentions owed by the last changes, oldest first.
+    pub(crate) events: VecDeque<Event>,
 }
 
 impl PrState {
-    fn key_of(&self, port: &str) -> Option<u64> {
-        self.regs.iter().find(|(p, _)| p == port).map(|(_, k)| *k)
+    fn key_of(&self, port: &str, rel: u16) -> Option<u64> {
+        self.regs
+            .iter()
+            .find(|(n, _)| n.is(port, rel))
+            .map(|(_, k)| *k)
     }
 
-    fn is_holder(&self, port: &str) -> bool {
+    fn is_holder(&self, port: &str, rel: u16) -> bool {
         match &self.res {
-            Some(r) if r.typ.all_registrants() => self.key_of(port).is_some(),
-            Some(r) => r.holder == port,
+            Some(r) if r.typ.all_registrants() => self.key_of(port, rel).is_some(),
+            Some(r) => r.holder.is(port, rel),
             None => false,
         }
     }
 
     /// The access rules of SPC-4 §5.13.1 (table 46) and SBC-3 §4.17 for a
-    /// command from `port`; `Err(())` means RESERVATION CONFLICT.
-    pub(crate) fn check_access(&self, port: &str, cdb: &[u8]) -> Result<(), ()> {
+    /// command from initiator port `port` through relative target port
+    /// `rel`; `Err(())` means RESERVATION CONFLICT.
+    pub(crate) fn check_access(&self, port: &str, rel: u16, cdb: &[u8]) -> Result<(), ()> {
         // SPC-4 §5.13.3: while any I_T nexus is registered, SPC-2 RESERVE
         // and RELEASE conflict, whoever sends them.
         if matches!(
@@ -131,10 +186,10 @@ impl PrState {
         let Some(res) = &self.res else {
             return Ok(());
         };
-        if self.is_holder(port) {
+        if self.is_holder(port, rel) {
             return Ok(());
         }
-        let registered = self.key_of(port).is_some();
+        let registered = self.key_of(port, rel).is_some();
         if registered && res.typ.registrants_access() {
             return Ok(());
         }
@@ -189,25 +244,63 @@ fn access_class(cdb: &[u8]) -> Access {
     }
 }
 
-/// PERSISTENT RESERVE IN / OUT. `ctx.initiator` names the caller's
-/// registration; `ctx.names` routes unit attentions to the nexuses of the
-/// registrants they concern.
+/// PERSISTENT RESERVE IN / OUT. `ctx.initiator` and the target port name
+/// the caller's I_T nexus. PERSISTENT RESERVE OUT on a LU whose state the
+/// store keeps for several gateways goes to the store as a media task
+/// ([`crate::io::IoOp::PrOut`], run by [`apply_out`]); otherwise it is
+/// applied here and its unit attentions delivered at once.
 pub(crate) fn execute(
     lun: &mut Lun,
     ctx: &Ctx<'_>,
     dout: &[u8],
     din: &mut Vec<u8>,
 ) -> HandlerResult {
-    match ctx.cdb[0] {
-        op::PERSISTENT_RESERVE_IN => pr_in(lun, ctx, din),
-        _ => pr_out(lun, ctx, dout),
+    if ctx.cdb[0] == op::PERSISTENT_RESERVE_IN {
+        return pr_in(&lun.pr, ctx, din);
     }
+    let me = Nexus {
+        port: ctx.initiator.to_string(),
+        rel: ctx.port.relative_port,
+    };
+    if lun.shared_pr {
+        return Ok(Reply::Io {
+            op: crate::io::IoOp::PrOut {
+                cdb: ctx.cdb.to_vec(),
+                me,
+            },
+            wanted: u64::from(be32(ctx.cdb, 5)),
+        });
+    }
+    let r = apply_out(&mut lun.pr, &me, ctx.cdb, dout);
+    deliver_events(lun, ctx.names, ctx.port.relative_port);
+    r
 }
 
-fn pr_in(lun: &Lun, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
+/// Queue, for the nexuses in `names` (all behind relative target port
+/// `rel`), the unit attentions of events this LU has not delivered yet.
+pub(crate) fn deliver_events(lun: &mut Lun, names: &Names, rel: u16) {
+    let seen = lun.pr_seen;
+    let due: Vec<(NexusId, crate::sense::Asc)> = lun
+        .pr
+        .events
+        .iter()
+        .filter(|e| e.seq > seen && e.to.rel == rel)
+        .flat_map(|e| {
+            names
+                .iter()
+                .filter(move |(_, name)| **name == e.to.port)
+                .map(move |(n, _)| (*n, e.code))
+        })
+        .collect();
+    for (n, code) in due {
+        lun.add_ua(n, code);
+    }
+    lun.pr_seen = lun.pr.seq;
+}
+
+fn pr_in(pr: &PrState, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
     let cdb = ctx.cdb;
     let alloc = usize::from(be16(cdb, 7));
-    let pr = &lun.pr;
     din.clear();
     din.extend_from_slice(&pr.generation.to_be_bytes());
     match crate::cdb::service_action(cdb) {
@@ -227,7 +320,7 @@ fn pr_in(lun: &Lun, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
                 let key = if r.typ.all_registrants() {
                     0
                 } else {
-                    pr.key_of(&r.holder).unwrap_or(0)
+                    pr.key_of(&r.holder.port, r.holder.rel).unwrap_or(0)
                 };
                 din.extend_from_slice(&key.to_be_bytes());
                 din.extend_from_slice(&[0, 0, 0, 0, 0, r.typ as u8, 0, 0]);
@@ -251,8 +344,8 @@ fn pr_in(lun: &Lun, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
         }
         in_sa::READ_FULL_STATUS => {
             let mut descs = Vec::new();
-            for (port, key) in &pr.regs {
-                let holder = pr.is_holder(port);
+            for (who, key) in &pr.regs {
+                let holder = pr.is_holder(&who.port, who.rel);
                 descs.extend_from_slice(&key.to_be_bytes());
                 descs.extend_from_slice(&[0, 0, 0, 0]);
                 descs.push(u8::from(holder)); // R_HOLDER; ALL_TG_PT 0
@@ -261,8 +354,8 @@ fn pr_in(lun: &Lun, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
                     _ => 0,
                 });
                 descs.extend_from_slice(&[0, 0, 0, 0]);
-                descs.extend_from_slice(&ctx.port.relative_port.to_be_bytes());
-                let tid = transport_id(port);
+                descs.extend_from_slice(&who.rel.to_be_bytes());
+                let tid = transport_id(&who.port);
                 descs.extend_from_slice(&(tid.len() as u32).to_be_bytes());
                 descs.extend_from_slice(&tid);
             }
@@ -291,26 +384,43 @@ fn transport_id(port: &str) -> Vec<u8> {
     t
 }
 
-/// Queue `code` for every I_T nexus whose port name is in `ports`.
-fn ua_to(lun: &mut Lun, ctx: &Ctx<'_>, ports: &[String], code: crate::sense::Asc) {
-    for (n, name) in ctx.names {
-        if ports.iter().any(|p| p == name) {
-            lun.add_ua(*n, code);
+/// Owe `code` to every nexus in `to` (delivered by [`deliver_events`]).
+fn ua_to(pr: &mut PrState, to: &[Nexus], code: crate::sense::Asc) {
+    let seq = pr.seq + 1;
+    for n in to {
+        if pr.events.len() >= MAX_EVENTS {
+            pr.events.pop_front();
         }
+        pr.events.push_back(Event {
+            seq,
+            to: n.clone(),
+            code,
+        });
     }
 }
 
 /// The registrants other than `me`.
-fn others(pr: &PrState, me: &str) -> Vec<String> {
+fn others(pr: &PrState, me: &Nexus) -> Vec<Nexus> {
     pr.regs
         .iter()
-        .filter(|(p, _)| p != me)
-        .map(|(p, _)| p.clone())
+        .filter(|(n, _)| n != me)
+        .map(|(n, _)| n.clone())
         .collect()
 }
 
-fn pr_out(lun: &mut Lun, ctx: &Ctx<'_>, dout: &[u8]) -> HandlerResult {
-    let cdb = ctx.cdb;
+/// Apply PERSISTENT RESERVE OUT from `me` to `pr` (SPC-4 §6.16, §5.13.7 to
+/// §5.13.11); the unit attentions it owes are added to `pr.events`, and
+/// `pr.seq` moves if anything changed. `dout` is the parameter list.
+pub(crate) fn apply_out(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResult {
+    let before = pr.clone();
+    let r = pr_out(pr, me, cdb, dout);
+    if *pr != before {
+        pr.seq += 1;
+    }
+    r
+}
+
+fn pr_out(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResult {
     let action = crate::cdb::service_action(cdb);
     let scope = byte(cdb, 2) >> 4;
     let type_code = byte(cdb, 2) & 0x0f;
@@ -336,9 +446,8 @@ fn pr_out(lun: &mut Lun, ctx: &Ctx<'_>, dout: &[u8]) -> HandlerResult {
     if flags & 0x01 != 0 {
         return Err(Sense::invalid_param(20)); // APTPL: PTPL_C is 0
     }
-    let me = ctx.initiator;
     let good = Ok(Reply::Good { wanted });
-    let mine = lun.pr.key_of(me);
+    let mine = pr.key_of(&me.port, me.rel);
 
     if action == out_sa::REGISTER || action == out_sa::REGISTER_AND_IGNORE {
         // SPC-4 §5.13.7.
@@ -347,15 +456,18 @@ fn pr_out(lun: &mut Lun, ctx: &Ctx<'_>, dout: &[u8]) -> HandlerResult {
         }
         match (mine, sark) {
             (None, 0) => return good,
-            (None, k) => lun.pr.regs.push((me.to_string(), k)),
-            (Some(_), 0) => unregister(lun, ctx, me),
+            (None, _) if pr.regs.len() >= MAX_REGISTRATIONS || me.port.len() > MAX_PORT_NAME => {
+                return Err(Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES));
+            }
+            (None, k) => pr.regs.push((me.clone(), k)),
+            (Some(_), 0) => unregister(pr, me),
             (Some(_), k) => {
-                for r in lun.pr.regs.iter_mut().filter(|(p, _)| p == me) {
+                for r in pr.regs.iter_mut().filter(|(n, _)| n == me) {
                     r.1 = k;
                 }
             }
         }
-        lun.pr.generation = lun.pr.generation.wrapping_add(1);
+        pr.generation = pr.generation.wrapping_add(1);
         return good;
     }
 
@@ -376,71 +488,71 @@ fn pr_out(lun: &mut Lun, ctx: &Ctx<'_>, dout: &[u8]) -> HandlerResult {
             // SPC-4 §5.13.9.
             lu_scope()?;
             let t = typ()?;
-            match &lun.pr.res {
+            match &pr.res {
                 None => {
-                    lun.pr.res = Some(Reservation {
-                        holder: me.to_string(),
+                    pr.res = Some(Reservation {
+                        holder: me.clone(),
                         typ: t,
                     });
                     good
                 }
-                Some(r) if lun.pr.is_holder(me) && r.typ == t => good,
+                Some(r) if pr.is_holder(&me.port, me.rel) && r.typ == t => good,
                 Some(_) => Ok(Reply::Conflict),
             }
         }
         out_sa::RELEASE => {
             // SPC-4 §5.13.11.2.
-            let Some(r) = lun.pr.res.clone() else {
+            let Some(r) = pr.res.clone() else {
                 return good;
             };
-            if !lun.pr.is_holder(me) {
+            if !pr.is_holder(&me.port, me.rel) {
                 return good;
             }
             lu_scope()?;
             if r.typ as u8 != type_code {
                 return Err(Sense::illegal(asc::INVALID_RELEASE_OF_PR));
             }
-            lun.pr.res = None;
+            pr.res = None;
             if r.typ.registrants_access() {
-                let o = others(&lun.pr, me);
-                ua_to(lun, ctx, &o, asc::RESERVATIONS_RELEASED);
+                let o = others(pr, me);
+                ua_to(pr, &o, asc::RESERVATIONS_RELEASED);
             }
             good
         }
         out_sa::CLEAR => {
             // SPC-4 §5.13.11.2.6.
-            let o = others(&lun.pr, me);
-            lun.pr.regs.clear();
-            lun.pr.res = None;
-            lun.pr.generation = lun.pr.generation.wrapping_add(1);
-            ua_to(lun, ctx, &o, asc::RESERVATIONS_PREEMPTED);
+            let o = others(pr, me);
+            pr.regs.clear();
+            pr.res = None;
+            pr.generation = pr.generation.wrapping_add(1);
+            ua_to(pr, &o, asc::RESERVATIONS_PREEMPTED);
             good
         }
         out_sa::PREEMPT | out_sa::PREEMPT_AND_ABORT => {
-            preempt(lun, ctx, sark, scope, type_code, wanted)
+            preempt(pr, me, sark, scope, type_code, wanted)
         }
         _ => Err(Sense::invalid_cdb(1, Some(4))),
     }
 }
 
-/// Remove `port`'s registration, releasing the reservation it holds
+/// Remove `who`'s registration, releasing the reservation it holds
 /// (SPC-4 §5.13.11.2.3: an all-registrants reservation goes only with the
 /// last registrant; a registrants-only one tells the others).
-fn unregister(lun: &mut Lun, ctx: &Ctx<'_>, port: &str) {
-    let held = lun.pr.is_holder(port);
-    lun.pr.regs.retain(|(p, _)| p != port);
-    let Some(r) = lun.pr.res.clone() else {
+fn unregister(pr: &mut PrState, who: &Nexus) {
+    let held = pr.is_holder(&who.port, who.rel);
+    pr.regs.retain(|(n, _)| n != who);
+    let Some(r) = pr.res.clone() else {
         return;
     };
     if r.typ.all_registrants() {
-        if lun.pr.regs.is_empty() {
-            lun.pr.res = None;
+        if pr.regs.is_empty() {
+            pr.res = None;
         }
     } else if held {
-        lun.pr.res = None;
+        pr.res = None;
         if r.typ.registrants_access() {
-            let o = others(&lun.pr, port);
-            ua_to(lun, ctx, &o, asc::RESERVATIONS_RELEASED);
+            let o = others(pr, who);
+            ua_to(pr, &o, asc::RESERVATIONS_RELEASED);
         }
     }
 }
@@ -448,38 +560,37 @@ fn unregister(lun: &mut Lun, ctx: &Ctx<'_>, port: &str) {
 /// PREEMPT and PREEMPT AND ABORT (SPC-4 §5.13.11.4); aborting the
 /// preempted nexuses' tasks is the transport's business.
 fn preempt(
-    lun: &mut Lun,
-    ctx: &Ctx<'_>,
+    pr: &mut PrState,
+    me: &Nexus,
     sark: u64,
     scope: u8,
     type_code: u8,
     wanted: u64,
 ) -> HandlerResult {
-    let me = ctx.initiator;
-    let pr = &mut lun.pr;
     let new_res = |t: u8| -> Result<Reservation, Sense> {
         if scope != 0 {
             return Err(Sense::invalid_cdb(2, Some(7)));
         }
         Ok(Reservation {
-            holder: me.to_string(),
+            holder: me.clone(),
             typ: PrType::from_code(t).ok_or(Sense::invalid_cdb(2, Some(3)))?,
         })
     };
-    let victims = |pr: &PrState, k: Option<u64>| -> Vec<String> {
+    let victims = |pr: &PrState, k: Option<u64>| -> Vec<Nexus> {
         pr.regs
             .iter()
-            .filter(|(p, key)| p != me && k.is_none_or(|k| *key == k))
-            .map(|(p, _)| p.clone())
+            .filter(|(n, key)| n != me && k.is_none_or(|k| *key == k))
+            .map(|(n, _)| n.clone())
             .collect()
     };
+    let my_key = pr.key_of(&me.port, me.rel);
     let (removed, released_others) = match pr.res.clone() {
         None => {
             if sark == 0 {
                 return Err(Sense::invalid_param(8));
             }
             let v = victims(pr, Some(sark));
-            if v.is_empty() && pr.key_of(me) != Some(sark) {
+            if v.is_empty() && my_key != Some(sark) {
                 return Ok(Reply::Conflict);
             }
             (v, false)
@@ -491,7 +602,10 @@ fn preempt(
             pr.res = Some(res);
             (victims(pr, None), changed)
         }
-        Some(r) if !r.typ.all_registrants() && pr.key_of(&r.holder) == Some(sark) => {
+        Some(r)
+            if !r.typ.all_registrants()
+                && pr.key_of(&r.holder.port, r.holder.rel) == Some(sark) =>
+        {
             let res = new_res(type_code)?;
             let changed = res.typ != r.typ;
             pr.res = Some(res);
@@ -502,20 +616,138 @@ fn preempt(
                 return Err(Sense::invalid_param(8));
             }
             let v = victims(pr, Some(sark));
-            if v.is_empty() && pr.key_of(me) != Some(sark) {
+            if v.is_empty() && my_key != Some(sark) {
                 return Ok(Reply::Conflict);
             }
             (v, false)
         }
     };
-    pr.regs.retain(|(p, _)| !removed.contains(p));
+    pr.regs.retain(|(n, _)| !removed.contains(n));
     pr.generation = pr.generation.wrapping_add(1);
-    ua_to(lun, ctx, &removed, asc::REGISTRATIONS_PREEMPTED);
+    ua_to(pr, &removed, asc::REGISTRATIONS_PREEMPTED);
     if released_others {
-        let o = others(&lun.pr, me);
-        ua_to(lun, ctx, &o, asc::RESERVATIONS_RELEASED);
+        let o = others(pr, me);
+        ua_to(pr, &o, asc::RESERVATIONS_RELEASED);
     }
     Ok(Reply::Good { wanted })
+}
+
+/// Encoding of [`PrState`] for a store that keeps it for several gateways:
+/// versioned, big-endian, length-prefixed; [`PrState::decode`] checks
+/// every length against what is left, so a damaged object is refused, not
+/// trusted.
+const ENCODING: &[u8; 4] = b"RPR1";
+
+impl PrState {
+    /// The state as bytes (see [`PrState::decode`]).
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        fn nexus(out: &mut Vec<u8>, n: &Nexus) {
+            out.extend_from_slice(&n.rel.to_be_bytes());
+            out.extend_from_slice(&(n.port.len() as u16).to_be_bytes());
+            out.extend_from_slice(n.port.as_bytes());
+        }
+        let mut out = Vec::with_capacity(64 + self.regs.len() * 64);
+        out.extend_from_slice(ENCODING);
+        out.extend_from_slice(&self.seq.to_be_bytes());
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(&(self.regs.len() as u32).to_be_bytes());
+        for (n, key) in &self.regs {
+            out.extend_from_slice(&key.to_be_bytes());
+            nexus(&mut out, n);
+        }
+        match &self.res {
+            None => out.push(0),
+            Some(r) => {
+                out.push(r.typ as u8);
+                nexus(&mut out, &r.holder);
+            }
+        }
+        out.extend_from_slice(&(self.events.len() as u32).to_be_bytes());
+        for e in &self.events {
+            out.extend_from_slice(&e.seq.to_be_bytes());
+            out.extend_from_slice(&[e.code.0, e.code.1]);
+            nexus(&mut out, &e.to);
+        }
+        out
+    }
+
+    /// Parse what [`PrState::encode`] made; empty input is the state of a
+    /// LU nobody has registered with. `None` for anything malformed.
+    pub(crate) fn decode(b: &[u8]) -> Option<PrState> {
+        struct Rd<'a>(&'a [u8]);
+        impl<'a> Rd<'a> {
+            fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+                if self.0.len() < n {
+                    return None;
+                }
+                let (h, t) = self.0.split_at(n);
+                self.0 = t;
+                Some(h)
+            }
+            fn u8(&mut self) -> Option<u8> {
+                Some(self.take(1)?[0])
+            }
+            fn u16(&mut self) -> Option<u16> {
+                Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
+            }
+            fn u32(&mut self) -> Option<u32> {
+                Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
+            }
+            fn u64(&mut self) -> Option<u64> {
+                Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
+            }
+            fn nexus(&mut self) -> Option<Nexus> {
+                let rel = self.u16()?;
+                let len = usize::from(self.u16()?);
+                if len > MAX_PORT_NAME {
+                    return None;
+                }
+                let port = std::str::from_utf8(self.take(len)?).ok()?.to_string();
+                Some(Nexus { port, rel })
+            }
+        }
+        if b.is_empty() {
+            return Some(PrState::default());
+        }
+        let mut r = Rd(b);
+        if r.take(4)? != ENCODING {
+            return None;
+        }
+        let mut pr = PrState {
+            seq: r.u64()?,
+            generation: r.u32()?,
+            ..PrState::default()
+        };
+        let nregs = r.u32()? as usize;
+        if nregs > MAX_REGISTRATIONS {
+            return None;
+        }
+        for _ in 0..nregs {
+            let key = r.u64()?;
+            pr.regs.push((r.nexus()?, key));
+        }
+        let typ = r.u8()?;
+        if typ != 0 {
+            pr.res = Some(Reservation {
+                typ: PrType::from_code(typ)?,
+                holder: r.nexus()?,
+            });
+        }
+        let nevents = r.u32()? as usize;
+        if nevents > MAX_EVENTS {
+            return None;
+        }
+        for _ in 0..nevents {
+            let seq = r.u64()?;
+            let code = (r.u8()?, r.u8()?);
+            pr.events.push_back(Event {
+                seq,
+                code,
+                to: r.nexus()?,
+            });
+        }
+        r.0.is_empty().then_some(pr)
+    }
 }
 
 /// The iSCSI initiator port name of a session (RFC 7143 §13.2 / SPC-4

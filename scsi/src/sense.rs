@@ -6,6 +6,7 @@ pub mod key {
     pub const NO_SENSE: u8 = 0x0;
     pub const NOT_READY: u8 = 0x2;
     pub const MEDIUM_ERROR: u8 = 0x3;
+    pub const HARDWARE_ERROR: u8 = 0x4;
     pub const ILLEGAL_REQUEST: u8 = 0x5;
     pub const UNIT_ATTENTION: u8 = 0x6;
     pub const DATA_PROTECT: u8 = 0x7;
@@ -44,6 +45,8 @@ pub mod asc {
     pub const MEDIUM_NOT_PRESENT: Asc = (0x3a, 0x00);
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Asc = (0x3f, 0x0e);
     pub const MEDIUM_REMOVAL_PREVENTED: Asc = (0x53, 0x02);
+    pub const INSUFFICIENT_REGISTRATION_RESOURCES: Asc = (0x55, 0x04);
+    pub const INTERNAL_TARGET_FAILURE: Asc = (0x44, 0x00);
 }
 
 /// Sense-key specific field pointer (SPC-4 §4.5.2.4.2).

@@ -1872,3 +1872,184 @@ fn tracked_execution_reports_state_changes() {
     assert!(!run(&mut h, A, &[0; 6]));
     assert!(run(&mut h, A, &[0x1b, 0, 0, 0, 1, 0]), "START STOP UNIT");
 }
+
+// ------------------------------- persistent reservations across gateways
+
+/// One gateway in a test of several: its own target port and LU state,
+/// and a store sharing the medium and its SCSI state with the others.
+struct Gateway {
+    set: std::sync::Arc<Mutex<LunSet>>,
+    dev: SharedMemDevice,
+}
+
+impl Gateway {
+    fn new(
+        rel: u16,
+        mem: &std::sync::Arc<MemDevice>,
+        state: &std::sync::Arc<MemSharedState>,
+    ) -> Gateway {
+        let mut p = port();
+        p.relative_port = rel;
+        let mut set = LunSet::new(1, p);
+        set.insert(L1, disk(false));
+        let set = std::sync::Arc::new(Mutex::new(set));
+        let dev = SharedMemDevice {
+            mem: mem.clone(),
+            state: state.clone(),
+        };
+        // As the daemon does when it attaches the store to the LU.
+        let weak = std::sync::Arc::downgrade(&set);
+        dev.shared_state()
+            .expect("a shared store")
+            .subscribe(Box::new(move |b| {
+                if let Some(s) = weak.upgrade() {
+                    s.lock().unwrap().install_shared_pr(L1, b);
+                }
+            }));
+        Gateway { set, dev }
+    }
+
+    fn login(&self, n: NexusId, name: &str) {
+        self.set.lock().unwrap().add_nexus_named(n, name);
+        self.run(n, &[0; 6], &[])
+            .check(key::UNIT_ATTENTION, asc::POWER_ON_RESET);
+    }
+
+    fn run(&self, n: NexusId, cdb: &[u8], dout: &[u8]) -> Out {
+        let mut buf = dout.to_vec();
+        let req = Request {
+            cdb,
+            nexus: n,
+            lun: L1,
+            expected_len: dout.len() as u32,
+        };
+        let outcome = {
+            let mut set = self.set.lock().unwrap();
+            match set.execute_shared(&req, &mut buf) {
+                Some(o) => o,
+                None => set.execute(&req, &mut buf),
+            }
+        };
+        // The store's update calls back into the LU state: no lock held.
+        let resp = match outcome {
+            Outcome::Done(r) => r,
+            Outcome::Io(t) => t.run(&self.dev, &mut buf),
+        };
+        Out {
+            status: resp.status,
+            sense: resp.sense,
+            data: buf,
+            wanted: resp.wanted,
+        }
+    }
+}
+
+fn two_gateways() -> (Gateway, Gateway) {
+    let mem = std::sync::Arc::new(MemDevice::new((BLOCKS * 512) as usize));
+    let state = std::sync::Arc::new(MemSharedState::default());
+    let g1 = Gateway::new(1, &mem, &state);
+    let g2 = Gateway::new(2, &mem, &state);
+    g1.login(A, "iqn.x,i,0x000000000001");
+    g2.login(B, "iqn.y,i,0x000000000002");
+    (g1, g2)
+}
+
+#[test]
+fn persistent_reservations_hold_across_gateways() {
+    let (g1, g2) = two_gateways();
+    // A registers and reserves WRITE EXCLUSIVE through gateway 1.
+    g1.run(A, &prout(0, 0), &prout_params(0, 0xa)).good();
+    g1.run(A, &prout(1, 1), &prout_params(0xa, 0)).good();
+    // Gateway 2 sees the registration, the generation and the holder.
+    let keys = g2.run(B, &prin(0, 64), &[]);
+    keys.good();
+    assert_eq!(&keys.data[0..4], &1u32.to_be_bytes(), "PRGENERATION");
+    assert_eq!(&keys.data[8..16], &0xau64.to_be_bytes());
+    let res = g2.run(B, &prin(1, 64), &[]);
+    assert_eq!(&res.data[8..16], &0xau64.to_be_bytes());
+    assert_eq!(res.data[21], 1, "WRITE EXCLUSIVE");
+    // ... and enforces it: B may read but not write.
+    g2.run(B, &rw10(0x28, 0, 0, 1), &[]).good();
+    let w = g2.run(B, &rw10(0x2a, 0, 0, 1), &pattern(512, 1));
+    assert_eq!(w.status, Status::ReservationConflict);
+    // B registers through gateway 2 and preempts A.
+    g2.run(B, &prout(0, 0), &prout_params(0, 0xb)).good();
+    g2.run(B, &prout(4, 1), &prout_params(0xb, 0xa)).good();
+    g2.run(B, &rw10(0x2a, 0, 0, 1), &pattern(512, 1)).good();
+    // A, on the other gateway, is told, and has lost write access.
+    g1.run(A, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::REGISTRATIONS_PREEMPTED);
+    let w = g1.run(A, &rw10(0x2a, 0, 0, 1), &pattern(512, 2));
+    assert_eq!(w.status, Status::ReservationConflict);
+    // READ FULL STATUS on gateway 1 names B's target port: 2.
+    let full = g1.run(A, &prin(3, 256), &[]);
+    full.good();
+    assert_eq!(&full.data[8..16], &0xbu64.to_be_bytes());
+    assert_eq!(full.data[8 + 12], 1, "R_HOLDER");
+    assert_eq!(&full.data[8 + 18..8 + 20], &2u16.to_be_bytes());
+}
+
+#[test]
+fn a_registration_belongs_to_one_target_port() {
+    let (g1, g2) = two_gateways();
+    // The same initiator port logs in to both gateways: two I_T nexuses.
+    g2.login(C, "iqn.x,i,0x000000000001");
+    g1.run(A, &prout(0, 0), &prout_params(0, 0xa)).good();
+    // Through gateway 2 it is not registered: RESERVE with that key conflicts.
+    let r = g2.run(C, &prout(1, 1), &prout_params(0xa, 0));
+    assert_eq!(r.status, Status::ReservationConflict);
+    g2.run(C, &prout(0, 0), &prout_params(0, 0xc)).good();
+    let keys = g2.run(C, &prin(0, 64), &[]);
+    assert_eq!(&keys.data[4..8], &16u32.to_be_bytes(), "two registrations");
+    // CLEAR through gateway 2 tells A on gateway 1.
+    g2.run(C, &prout(3, 0), &prout_params(0xc, 0)).good();
+    g1.run(A, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::RESERVATIONS_PREEMPTED);
+    g2.run(B, &[0; 6], &[]).good();
+}
+
+#[test]
+fn shared_pr_state_encoding_round_trips_and_refuses_damage() {
+    let (g1, g2) = two_gateways();
+    g1.run(A, &prout(0, 0), &prout_params(0, 0xa)).good();
+    g2.run(B, &prout(0, 0), &prout_params(0, 0xb)).good();
+    g2.run(B, &prout(1, 5), &prout_params(0xb, 0)).good();
+    g2.run(B, &prout(4, 5), &prout_params(0xb, 0xa)).good();
+    let set = g1.set.lock().unwrap();
+    let pr = &set_lun_pr(&set);
+    let bytes = pr.encode();
+    assert_eq!(crate::pr::PrState::decode(&bytes).as_ref(), Some(pr));
+    for cut in 0..bytes.len() {
+        assert!(crate::pr::PrState::decode(&bytes[..cut]).is_none() || cut == 0);
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(crate::pr::PrState::decode(&longer).is_none());
+    assert_eq!(
+        crate::pr::PrState::decode(&[]),
+        Some(crate::pr::PrState::default())
+    );
+}
+
+fn set_lun_pr(set: &LunSet) -> crate::pr::PrState {
+    set.pr_state(L1).expect("L1")
+}
+
+#[test]
+fn a_damaged_shared_state_is_refused_not_overwritten() {
+    let mem = std::sync::Arc::new(MemDevice::new((BLOCKS * 512) as usize));
+    let state = std::sync::Arc::new(MemSharedState::default());
+    state.update(&mut |_| Some(b"not ours".to_vec())).unwrap();
+    let g = Gateway::new(1, &mem, &state);
+    g.login(A, "iqn.x,i,0x000000000001");
+    g.run(A, &prout(0, 0), &prout_params(0, 0xa))
+        .check(key::HARDWARE_ERROR, asc::INTERNAL_TARGET_FAILURE);
+    let mut now = Vec::new();
+    state
+        .update(&mut |cur| {
+            now = cur.to_vec();
+            None
+        })
+        .unwrap();
+    assert_eq!(now, b"not ours");
+}
