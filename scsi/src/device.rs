@@ -117,16 +117,18 @@ pub trait SharedState: Send + Sync {
     fn update(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<(), MediaResult>;
     /// Have `f` called with the state now and then with every state that
     /// may be newer, whoever changed it, from a thread of the store's.
-    fn subscribe(&self, f: Box<dyn Fn(&[u8]) + Send + Sync>);
+    fn subscribe(&self, f: StateSubscriber);
 }
+
+/// What [`SharedState::subscribe`] calls with each state.
+pub type StateSubscriber = Box<dyn Fn(&[u8]) + Send + Sync>;
 
 /// [`SharedState`] in memory, for tests: stores built on one share it as
 /// gateways share an image.
 #[derive(Default)]
 pub struct MemSharedState {
     data: std::sync::Mutex<Vec<u8>>,
-    #[allow(clippy::type_complexity)]
-    subs: std::sync::Mutex<Vec<Box<dyn Fn(&[u8]) + Send + Sync>>>,
+    subs: std::sync::Mutex<Vec<StateSubscriber>>,
 }
 
 impl std::fmt::Debug for MemSharedState {
@@ -152,7 +154,7 @@ impl SharedState for MemSharedState {
         }
         Ok(())
     }
-    fn subscribe(&self, f: Box<dyn Fn(&[u8]) + Send + Sync>) {
+    fn subscribe(&self, f: StateSubscriber) {
         let now = self.data.lock().unwrap_or_else(|p| p.into_inner()).clone();
         f(&now);
         self.subs.lock().unwrap_or_else(|p| p.into_inner()).push(f);

@@ -47,6 +47,7 @@ mod tests;
 pub use config::{DeviceType, LunConfig, TargetPort};
 pub use device::{
     BlockDevice, CompletionSink, MemDevice, MemSharedState, SharedMemDevice, SharedState,
+    StateSubscriber,
 };
 pub use io::{IoTask, MediaResult, NativeIo, SimpleIo};
 pub use lunset::LunSet;
