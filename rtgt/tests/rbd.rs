@@ -749,3 +749,124 @@ fn osd_and_gateway_restarts_mid_io_lose_nothing_acknowledged() {
     );
     assert_eq!(read(&mut c, 1, 0, chunk), pattern(7, chunk));
 }
+
+/// PERSISTENT RESERVE OUT with the basic 24-byte parameter list.
+fn prout(c: &mut Connection, sa: u8, typ: u8, key: u64, sark: u64) -> ScsiResult {
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&key.to_be_bytes());
+    p[8..16].copy_from_slice(&sark.to_be_bytes());
+    c.scsi(1, &[0x5f, sa, typ, 0, 0, 0, 0, 0, 24, 0], &p, 0)
+        .unwrap()
+}
+
+/// PERSISTENT RESERVE IN: (PRGENERATION, keys) for READ KEYS.
+fn read_keys(c: &mut Connection) -> (u32, Vec<u64>) {
+    let r = c.scsi(1, &[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    let generation = u32::from_be_bytes(r.data[0..4].try_into().unwrap());
+    let len = u32::from_be_bytes(r.data[4..8].try_into().unwrap()) as usize;
+    let keys = r.data[8..8 + len]
+        .chunks(8)
+        .map(|k| u64::from_be_bytes(k.try_into().unwrap()))
+        .collect();
+    (generation, keys)
+}
+
+fn login_as(d: &Daemon, iqn: &str, initiator: &str) -> Connection {
+    let o = LoginOptions {
+        target_name: Some(iqn.into()),
+        initiator_name: initiator.into(),
+        timeout: Duration::from_secs(60),
+        ..Default::default()
+    };
+    let (mut c, _) = Connection::login(d.portal, &o).expect("login");
+    for _ in 0..4 {
+        if c.test_unit_ready(1).unwrap().is_good() {
+            break;
+        }
+    }
+    c
+}
+
+/// Two gateways (one target IQN, port groups 1 and 2) on one image: a
+/// reservation taken through one holds through the other, a PREEMPT
+/// through the other reaches the first gateway's initiator as a unit
+/// attention before it is answered, and a gateway started later finds the
+/// state in the cluster.
+#[test]
+fn persistent_reservations_hold_across_gateways() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(cl) = Cluster::start("pr", "memstore", "none") else {
+        return;
+    };
+    cl.rbd(&["create", "--size", "64M", "rbd/prdisk"]);
+    let opts = format!("conf={}", cl.conf);
+    let iqn = "iqn.2026-12.io.rtgt:shared";
+    let serve = |d: &Daemon| {
+        new_target(d, 1, iqn);
+        rbd_lun(d, 1, 1, "rbd/prdisk", &opts);
+    };
+    let d1 = Daemon::start("pr-gw1");
+    serve(&d1);
+    let d2 = Daemon::start_with("pr-gw2", &["--port-group", "2"]);
+    serve(&d2);
+    let mut x = login_as(&d1, iqn, "iqn.2026-12.test:x");
+    let mut y = login_as(&d2, iqn, "iqn.2026-12.test:y");
+
+    // X registers and reserves WRITE EXCLUSIVE through gateway 1.
+    assert!(prout(&mut x, 0, 0, 0, 0xa1).is_good());
+    assert!(prout(&mut x, 1, 1, 0xa1, 0).is_good());
+    // Gateway 2 reports it and enforces it on Y.
+    assert_eq!(read_keys(&mut y), (1, vec![0xa1]));
+    let w = write_cmd(&mut y, 1, 0, &[7u8; 512]);
+    assert_eq!(w.status, 0x18, "RESERVATION CONFLICT through gateway 2");
+    assert!(c_read_good(&mut y), "WRITE EXCLUSIVE lets others read");
+    assert!(write_cmd(&mut x, 1, 0, &[1u8; 512]).is_good());
+
+    // Y registers and preempts X through gateway 2.
+    assert!(prout(&mut y, 0, 0, 0, 0xb2).is_good());
+    assert!(prout(&mut y, 4, 1, 0xb2, 0xa1).is_good());
+    assert!(write_cmd(&mut y, 1, 0, &[2u8; 512]).is_good());
+    // X, on gateway 1, already knows.
+    let ua = x.test_unit_ready(1).unwrap();
+    assert_eq!(ua.sense_key(), Some((0x06, 0x2a, 0x05)), "REGISTRATIONS PREEMPTED");
+    let w = write_cmd(&mut x, 1, 0, &[3u8; 512]);
+    assert_eq!(w.status, 0x18, "X lost its access with its registration");
+    assert_eq!(read(&mut x, 1, 0, 512), vec![2u8; 512]);
+
+    // Registrations race through both gateways: none is lost.
+    let mut z = login_as(&d1, iqn, "iqn.2026-12.test:z");
+    let mut w2 = login_as(&d2, iqn, "iqn.2026-12.test:w");
+    let (a, b) = std::thread::scope(|s| {
+        let a = s.spawn(|| (0..10).all(|i| prout(&mut z, 6, 0, 0, 0xc00 + i).is_good()));
+        let b = s.spawn(|| (0..10).all(|i| prout(&mut w2, 6, 0, 0, 0xd00 + i).is_good()));
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    assert!(a && b);
+    let (generation, keys) = read_keys(&mut x);
+    // Two REGISTERs, the PREEMPT, then the twenty (SPC-4 §6.15.2).
+    assert_eq!(generation, 3 + 20, "every registration counted once");
+    let mut keys = keys;
+    keys.sort();
+    assert_eq!(keys, vec![0xb2, 0xc09, 0xd09]);
+
+    // A gateway started afresh finds the state in the cluster.
+    drop((x, z));
+    stop_gracefully(d1);
+    let d1 = Daemon::start("pr-gw1b");
+    serve(&d1);
+    let mut x = login_as(&d1, iqn, "iqn.2026-12.test:x");
+    assert_eq!(read_keys(&mut x).1.len(), 3);
+    assert_eq!(write_cmd(&mut x, 1, 0, &[4u8; 512]).status, 0x18);
+    // CLEAR through gateway 2 frees it for everyone.
+    assert!(prout(&mut y, 3, 0, 0xb2, 0).is_good());
+    assert_eq!(read_keys(&mut x).1, Vec::<u64>::new());
+    assert!(write_cmd(&mut x, 1, 0, &[5u8; 512]).is_good());
+    drop((x, y, w2));
+    stop_gracefully(d1);
+    stop_gracefully(d2);
+}
+
+fn c_read_good(c: &mut Connection) -> bool {
+    c.scsi(1, &cdb16(0x88, 0, 1), &[], 512).unwrap().is_good()
+}

@@ -467,6 +467,8 @@ impl IoTask {
             }),
         };
         let (status, sense) = match (stored, reply) {
+            // A failure is the store's, not the medium's: no MEDIUM ERROR.
+            (Err(MediaResult::Failed), _) => (Status::CheckCondition, internal_failure()),
             (Err(m), _) => (
                 Status::CheckCondition,
                 m.sense(false).unwrap_or_else(internal_failure),

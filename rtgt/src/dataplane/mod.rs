@@ -221,7 +221,32 @@ impl TargetShared {
         }
     }
 
-    pub fn add_lun(&self, id: LunId, cfg: LunConfig, dev: Arc<dyn BlockDevice>) {
+    /// Have a store that keeps SCSI state for several gateways deliver it
+    /// to LU `id` (now, and whenever it changes), as long as `dev` is that
+    /// LU's store.
+    fn share_state(self: &Arc<Self>, id: LunId, dev: &Arc<dyn BlockDevice>) {
+        let Some(state) = dev.shared_state() else {
+            return;
+        };
+        let target = Arc::downgrade(self);
+        let mine = Arc::downgrade(dev);
+        state.subscribe(Box::new(move |bytes| {
+            let Some(t) = target.upgrade() else {
+                return;
+            };
+            if !t
+                .device(id)
+                .is_some_and(|io| std::sync::Weak::ptr_eq(&Arc::downgrade(&io.dev), &mine))
+            {
+                return;
+            }
+            if !t.luns().install_shared_pr(id, bytes) {
+                tracing::debug!(tid = t.tid, lun = id.0, "shared PR state not newer");
+            }
+        }));
+    }
+
+    pub fn add_lun(self: &Arc<Self>, id: LunId, cfg: LunConfig, dev: Arc<dyn BlockDevice>) {
         let counters = self.stats.lun(id.0);
         self.devices
             .write()
@@ -229,7 +254,7 @@ impl TargetShared {
             .insert(
                 id,
                 LunIo {
-                    dev,
+                    dev: dev.clone(),
                     counters,
                     gate: Arc::default(),
                 },
@@ -237,6 +262,7 @@ impl TargetShared {
         // Telling the loops to look again, this also retires their copy
         // of `devices`.
         self.luns().insert(id, cfg);
+        self.share_state(id, &dev);
     }
 
     pub fn remove_lun(&self, id: LunId) {
@@ -252,7 +278,13 @@ impl TargetShared {
     }
 
     /// New LU settings, and a new store when the medium changed.
-    pub fn update_lun(&self, id: LunId, cfg: LunConfig, dev: Option<Arc<dyn BlockDevice>>) {
+    pub fn update_lun(
+        self: &Arc<Self>,
+        id: LunId,
+        cfg: LunConfig,
+        dev: Option<Arc<dyn BlockDevice>>,
+    ) {
+        let new_store = dev.clone();
         if let Some(d) = dev {
             let counters = self.stats.lun(id.0);
             let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
@@ -269,6 +301,9 @@ impl TargetShared {
             );
         }
         self.luns().update(id, |c| *c = cfg);
+        if let Some(d) = new_store {
+            self.share_state(id, &d);
+        }
     }
 
     pub fn set_knobs(&self, k: Knobs) {

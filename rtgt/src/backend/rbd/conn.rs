@@ -124,6 +124,34 @@ impl Drop for Conn {
 
 impl Conn {
     pub(super) fn open(spec: &RbdSpec, readonly: bool) -> io::Result<Conn> {
+        let mut conn = Conn::connect(spec, readonly)?;
+        let api = conn.api;
+        let image = cstr(&spec.image)?;
+        let snap = spec.snap.as_deref().map(cstr).transpose()?;
+        let snap_ptr = snap.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+        let open = if readonly {
+            api.rbd_open_read_only
+        } else {
+            api.rbd_open
+        };
+        // SAFETY: a live ioctx, C strings (or NULL) and an out pointer.
+        let r = unsafe { open(conn.ioctx, image.as_ptr(), &mut conn.image, snap_ptr) };
+        if r < 0 {
+            conn.image = std::ptr::null_mut();
+            return Err(os_err(r.into()));
+        }
+        conn.identity = conn.identity_of(spec)?;
+        // The cache as librbd will run it: a pool or image setting
+        // (`rbd config image set ... rbd_cache true`) beats ours.
+        conn.cache = conn
+            .effective_option("rbd_cache")
+            .is_none_or(|v| v != "false");
+        Ok(conn)
+    }
+
+    /// A cluster connection with the image's pool open, no image (the
+    /// client that keeps the SCSI state shared with other gateways).
+    pub(super) fn connect(spec: &RbdSpec, readonly: bool) -> io::Result<Conn> {
         let api = ffi::api().map_err(io::Error::other)?;
         let cluster = cstr(spec.cluster.as_deref().unwrap_or("ceph"))?;
         let name = cstr(&format!("client.{}", spec.id.as_deref().unwrap_or("admin")))?;
@@ -194,26 +222,6 @@ impl Conn {
         if r < 0 {
             return Err(os_err(r.into()));
         }
-        let image = cstr(&spec.image)?;
-        let snap = spec.snap.as_deref().map(cstr).transpose()?;
-        let snap_ptr = snap.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
-        let open = if readonly {
-            api.rbd_open_read_only
-        } else {
-            api.rbd_open
-        };
-        // SAFETY: a live ioctx, C strings (or NULL) and an out pointer.
-        let r = unsafe { open(conn.ioctx, image.as_ptr(), &mut conn.image, snap_ptr) };
-        if r < 0 {
-            conn.image = std::ptr::null_mut();
-            return Err(os_err(r.into()));
-        }
-        conn.identity = conn.identity_of(spec)?;
-        // The cache as librbd will run it: a pool or image setting
-        // (`rbd config image set ... rbd_cache true`) beats ours.
-        conn.cache = conn
-            .effective_option("rbd_cache")
-            .is_none_or(|v| v != "false");
         Ok(conn)
     }
 

@@ -2,7 +2,7 @@
 //! time with `dlopen`: rtgtd builds and runs where Ceph is not installed,
 //! and serves RBD wherever Debian's `librbd1` is (Ceph 16 ships
 //! librbd.so.1 and librados.so.2). No maintained Rust binding fits
-//! librbd 1.16, and we need about thirty functions, so we declare them here
+//! librbd 1.16, and we need about fifty functions, so we declare them here
 //! from the C headers (`rbd/librbd.h`, `rados/librados.h`).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -12,6 +12,12 @@ pub type Rados = *mut c_void;
 pub type IoCtx = *mut c_void;
 pub type Image = *mut c_void;
 pub type Completion = *mut c_void;
+pub type WriteOp = *mut c_void;
+/// `rados_watchcb2_t`: arg, notify id, watch handle, notifier id, payload.
+pub type WatchCb =
+    unsafe extern "C" fn(arg: *mut c_void, notify_id: u64, handle: u64, notifier: u64, data: *mut c_void, len: usize);
+/// `rados_watcherrcb_t`: arg, watch handle, error.
+pub type WatchErrCb = unsafe extern "C" fn(arg: *mut c_void, handle: u64, err: c_int);
 pub type Callback = unsafe extern "C" fn(c: Completion, arg: *mut c_void);
 pub type DiffCallback =
     unsafe extern "C" fn(off: u64, len: usize, exists: c_int, arg: *mut c_void) -> c_int;
@@ -64,6 +70,20 @@ api! {
     rados::rados_ioctx_destroy: fn(IoCtx);
     rados::rados_ioctx_get_id: fn(IoCtx) -> i64;
     rados::rados_cluster_fsid: fn(Rados, *mut c_char, usize) -> c_int;
+    rados::rados_read: fn(IoCtx, *const c_char, *mut c_char, usize, u64) -> c_int;
+    rados::rados_get_last_version: fn(IoCtx) -> u64;
+    rados::rados_create_write_op: fn() -> WriteOp;
+    rados::rados_release_write_op: fn(WriteOp);
+    rados::rados_write_op_create: fn(WriteOp, c_int, *const c_char);
+    rados::rados_write_op_assert_version: fn(WriteOp, u64);
+    rados::rados_write_op_write_full: fn(WriteOp, *const c_char, usize);
+    rados::rados_write_op_operate: fn(WriteOp, IoCtx, *const c_char, *mut libc::time_t, c_int) -> c_int;
+    rados::rados_watch2: fn(IoCtx, *const c_char, *mut u64, WatchCb, WatchErrCb, *mut c_void) -> c_int;
+    rados::rados_unwatch2: fn(IoCtx, u64) -> c_int;
+    rados::rados_watch_flush: fn(Rados) -> c_int;
+    rados::rados_notify2: fn(IoCtx, *const c_char, *const c_char, c_int, u64, *mut *mut c_char, *mut usize) -> c_int;
+    rados::rados_notify_ack: fn(IoCtx, *const c_char, u64, u64, *const c_char, c_int) -> c_int;
+    rados::rados_buffer_free: fn(*mut c_char);
     rbd::rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_open_read_only: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_close: fn(Image) -> c_int;

@@ -29,6 +29,7 @@
 mod aio;
 mod conn;
 mod ffi;
+mod shared;
 mod spec;
 
 use std::ffi::{c_int, c_void};
@@ -37,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use scsi::{BlockDevice, CompletionSink, MediaResult, NativeIo, SimpleIo};
+use scsi::{BlockDevice, CompletionSink, MediaResult, NativeIo, SharedState, SimpleIo};
 
 use aio::Pending;
 pub use conn::wait_closed;
@@ -68,6 +69,10 @@ struct Inner {
 /// An RBD image behind a LUN.
 pub struct RbdDevice {
     inner: Arc<Inner>,
+    /// Persistent reservations as every gateway serving the image sees
+    /// them (`None` only for a read-only image whose client may not write
+    /// the state object: reservations are then this gateway's alone).
+    shared: Option<shared::ClusterState>,
 }
 
 impl std::fmt::Debug for RbdDevice {
@@ -83,7 +88,19 @@ impl RbdDevice {
     pub fn open(spec: RbdSpec, readonly: bool) -> io::Result<RbdDevice> {
         let readonly = readonly || spec.snap.is_some();
         let conn = Conn::open(&spec, readonly)?;
+        // `<fsid>/<pool id>/<image id>[@snap]`: the state object is named
+        // for the last part.
+        let name = conn.identity.splitn(3, '/').nth(2).unwrap_or_default();
+        let shared = match shared::ClusterState::open(&spec, name) {
+            Ok(s) => Some(s),
+            Err(e) if readonly => {
+                tracing::warn!(image = %spec.image, error = %e, "persistent reservations on this read-only image are not shared with other gateways");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         Ok(RbdDevice {
+            shared,
             inner: Arc::new(Inner {
                 spec,
                 readonly,
@@ -266,6 +283,10 @@ impl BlockDevice for RbdDevice {
             }
         }
         Ok(())
+    }
+
+    fn shared_state(&self) -> Option<&dyn SharedState> {
+        self.shared.as_ref().map(|s| s as &dyn SharedState)
     }
 
     fn map_status(&self, offset: u64) -> io::Result<(bool, u64)> {
