@@ -3,7 +3,8 @@
 # integration tests use libiscsi's tools, qemu-img, tgtd and tgtadm when
 # installed; the RBD tests need Ceph, which this script requires), then
 # libiscsi's iscsi-test-cu conformance suite against a fresh rtgtd with a
-# pass floor that only goes up, on a file LUN and on an RBD LUN.
+# pass floor that only goes up, on a file LUN and on an RBD LUN served by
+# two gateways at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -16,9 +17,12 @@ cargo test --workspace
 # The initiator's interoperability suite again, now against rtgtd.
 RTGT_TEST_DAEMON="$PWD/target/debug/rtgtd" cargo test -p initiator --test against_tgtd
 tests/conformance/run.sh target/debug/rtgtd target/conformance
-# The same suite on an RBD LUN in a throwaway one-node Ceph cluster: it is
-# held to the file LUN's floor.
+# The same suite on an RBD LUN in a throwaway one-node Ceph cluster, held
+# to the file LUN's floor, with two gateways (port groups 1 and 2) serving
+# the image under one IQN: the suite's second URL goes to the second, so
+# its reservation, PR, COMPARE AND WRITE and multipath tests run across
+# gateways.
 ceph_dir=$(mktemp -d)
 trap 'tests/ceph/cluster.sh stop "$ceph_dir"; rm -rf "$ceph_dir"' EXIT
-RTGT_CONFORMANCE_RBD=$(tests/ceph/cluster.sh start "$ceph_dir" | tail -1) \
+RTGT_CONFORMANCE_RBD=$(tests/ceph/cluster.sh start "$ceph_dir" | tail -1) RTGT_CONFORMANCE_GATEWAYS=2 \
   tests/conformance/run.sh target/debug/rtgtd target/conformance-rbd

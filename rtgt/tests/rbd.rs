@@ -761,7 +761,9 @@ fn prout(c: &mut Connection, sa: u8, typ: u8, key: u64, sark: u64) -> ScsiResult
 
 /// PERSISTENT RESERVE IN: (PRGENERATION, keys) for READ KEYS.
 fn read_keys(c: &mut Connection) -> (u32, Vec<u64>) {
-    let r = c.scsi(1, &[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256).unwrap();
+    let r = c
+        .scsi(1, &[0x5e, 0, 0, 0, 0, 0, 0, 1, 0, 0], &[], 256)
+        .unwrap();
     assert!(r.is_good(), "{r:?}");
     let generation = u32::from_be_bytes(r.data[0..4].try_into().unwrap());
     let len = u32::from_be_bytes(r.data[4..8].try_into().unwrap()) as usize;
@@ -829,7 +831,11 @@ fn persistent_reservations_hold_across_gateways() {
     assert!(write_cmd(&mut y, 1, 0, &[2u8; 512]).is_good());
     // X, on gateway 1, already knows.
     let ua = x.test_unit_ready(1).unwrap();
-    assert_eq!(ua.sense_key(), Some((0x06, 0x2a, 0x05)), "REGISTRATIONS PREEMPTED");
+    assert_eq!(
+        ua.sense_key(),
+        Some((0x06, 0x2a, 0x05)),
+        "REGISTRATIONS PREEMPTED"
+    );
     let w = write_cmd(&mut x, 1, 0, &[3u8; 512]);
     assert_eq!(w.status, 0x18, "X lost its access with its registration");
     assert_eq!(read(&mut x, 1, 0, 512), vec![2u8; 512]);

@@ -462,7 +462,7 @@ impl IoTask {
                     return None;
                 };
                 let seq = pr.seq;
-                reply = crate::pr::apply_out(&mut pr, me, cdb, &dout);
+                reply = crate::pr::apply(&mut pr, me, cdb, &dout);
                 (pr.seq != seq).then(|| pr.encode())
             }),
         };

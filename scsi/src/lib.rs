@@ -51,7 +51,7 @@ pub use device::{
 };
 pub use io::{IoTask, MediaResult, NativeIo, SimpleIo};
 pub use lunset::LunSet;
-pub use pr::iscsi_initiator_port_name;
+pub use pr::{iscsi_initiator_port_name, SharedChange};
 pub use sense::SenseFormat;
 
 /// The largest transfer one command may ask for (MAXIMUM TRANSFER LENGTH in

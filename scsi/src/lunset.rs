@@ -24,6 +24,9 @@ pub struct LunSet {
     luns: BTreeMap<LunId, Lun>,
     /// The I_T nexuses and their SCSI initiator port names.
     nexuses: Names,
+    /// Releases the stores' shared state owes to nexus losses and resets,
+    /// for the transport to apply ([`LunSet::take_shared_changes`]).
+    releases: Vec<pr::SharedChange>,
 }
 
 impl LunSet {
@@ -34,6 +37,7 @@ impl LunSet {
             port,
             luns: BTreeMap::new(),
             nexuses: Names::new(),
+            releases: Vec::new(),
         };
         set.put_implicit_lun0();
         set
@@ -141,18 +145,57 @@ impl LunSet {
         for lun in self.luns.values_mut() {
             lun.ua.remove(&n);
             lun.add_ua(n, asc::POWER_ON_RESET);
+            if lun.shared_pr {
+                pr::local_spc2_holder(lun, &self.nexuses, self.port.relative_port);
+            }
         }
+    }
+
+    /// SPC-2 reservations to release in the state stores keep for several
+    /// gateways (nexus loss and resets release them, SPC-2 §5.5.1, but
+    /// only the store can change that state): the transport applies each
+    /// with the LU's [`crate::SharedState::update`], off its event loop.
+    /// The releases nexus `n`'s loss will owe the stores' shared state,
+    /// for a transport that makes them before it lets the nexus go (a
+    /// Logout Response waits for them); what they change comes back
+    /// through [`LunSet::install_shared_pr`].
+    pub fn spc2_changes_for(&self, n: NexusId) -> Vec<pr::SharedChange> {
+        let Some(port) = self.nexuses.get(&n) else {
+            return Vec::new();
+        };
+        self.luns
+            .iter()
+            .filter(|(_, l)| l.shared_pr && l.reserved_by == Some(n))
+            .map(|(id, _)| {
+                let holder = pr::Nexus {
+                    port: port.clone(),
+                    rel: self.port.relative_port,
+                };
+                pr::SharedChange::release(*id, holder)
+            })
+            .collect()
+    }
+
+    pub fn take_shared_changes(&mut self) -> Vec<pr::SharedChange> {
+        std::mem::take(&mut self.releases)
     }
 
     /// I_T nexus loss: its UAs go, its SPC-2 reservations and preventions
     /// are released; persistent reservations stay (SPC-4 §5.13.1).
     pub fn remove_nexus(&mut self, n: NexusId) {
-        self.nexuses.remove(&n);
-        for lun in self.luns.values_mut() {
+        let name = self.nexuses.remove(&n);
+        for (id, lun) in self.luns.iter_mut() {
             lun.ua.remove(&n);
             lun.prevent.remove(&n);
             if lun.reserved_by == Some(n) {
                 lun.reserved_by = None;
+                if let (true, Some(port)) = (lun.shared_pr, &name) {
+                    let holder = pr::Nexus {
+                        port: port.clone(),
+                        rel: self.port.relative_port,
+                    };
+                    self.releases.push(pr::SharedChange::release(*id, holder));
+                }
             }
         }
     }
@@ -165,14 +208,22 @@ impl LunSet {
         let nexuses: Vec<NexusId> = self.nexuses.keys().copied().collect();
         if let Some(l) = self.luns.get_mut(&lun) {
             Self::reset_one(l, &nexuses, by);
+            if l.shared_pr {
+                let rel = self.port.relative_port;
+                self.releases.push(pr::SharedChange::reset(lun, rel));
+            }
         }
     }
 
     /// TARGET RESET / I_T nexus-wide reset: a LUN reset of every LU.
     pub fn target_reset(&mut self, by: NexusId) {
         let nexuses: Vec<NexusId> = self.nexuses.keys().copied().collect();
-        for l in self.luns.values_mut() {
+        for (id, l) in self.luns.iter_mut() {
             Self::reset_one(l, &nexuses, by);
+            if l.shared_pr {
+                let rel = self.port.relative_port;
+                self.releases.push(pr::SharedChange::reset(*id, rel));
+            }
         }
     }
 
@@ -205,12 +256,19 @@ impl LunSet {
         if !first && pr.seq <= lun.pr.seq {
             return false;
         }
+        let rel = self.port.relative_port;
         if first {
             // What was owed before we served the LU is not ours to deliver.
             lun.pr_seen = pr.seq;
+            // An SPC-2 reservation held through our port is a nexus's
+            // that did not survive our restart: it goes (SPC-2 §5.5.1).
+            if let Some(h) = pr.spc2.as_ref().filter(|h| h.rel == rel) {
+                self.releases.push(pr::SharedChange::release(id, h.clone()));
+            }
         }
         lun.pr = pr;
-        pr::deliver_events(lun, &self.nexuses, self.port.relative_port);
+        pr::deliver_events(lun, &self.nexuses, rel);
+        pr::local_spc2_holder(lun, &self.nexuses, rel);
         true
     }
 

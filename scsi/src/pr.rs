@@ -123,6 +123,9 @@ impl Nexus {
 pub(crate) struct Event {
     /// The state's `seq` once the change was made.
     pub seq: u64,
+    /// The nexus; one with an empty port name stands for every nexus
+    /// behind any other target port than `to.rel` (a reset made there,
+    /// whose gateway told its own nexuses at once).
     pub to: Nexus,
     pub code: crate::sense::Asc,
 }
@@ -144,6 +147,9 @@ pub(crate) struct PrState {
     /// Registrations in the order they were made, with their keys.
     regs: Vec<(Nexus, u64)>,
     res: Option<Reservation>,
+    /// The holder of an SPC-2 RESERVE(6)/(10) reservation, when the store
+    /// keeps it (a LU of one gateway keeps it as `Lun::reserved_by`).
+    pub(crate) spc2: Option<Nexus>,
     /// Bumped by every change of any kind: a copy with a higher `seq` is
     /// newer (gateways install only those).
     pub(crate) seq: u64,
@@ -258,22 +264,110 @@ pub(crate) fn execute(
     if ctx.cdb[0] == op::PERSISTENT_RESERVE_IN {
         return pr_in(&lun.pr, ctx, din);
     }
+    if lun.shared_pr {
+        return Ok(shared_task(ctx, u64::from(be32(ctx.cdb, 5))));
+    }
     let me = Nexus {
         port: ctx.initiator.to_string(),
         rel: ctx.port.relative_port,
     };
-    if lun.shared_pr {
-        return Ok(Reply::Io {
-            op: crate::io::IoOp::PrOut {
-                cdb: ctx.cdb.to_vec(),
-                me,
-            },
-            wanted: u64::from(be32(ctx.cdb, 5)),
-        });
-    }
-    let r = apply_out(&mut lun.pr, &me, ctx.cdb, dout);
+    let r = apply(&mut lun.pr, &me, ctx.cdb, dout);
     deliver_events(lun, ctx.names, ctx.port.relative_port);
     r
+}
+
+/// The media task that applies this command (PERSISTENT RESERVE OUT,
+/// RESERVE, RELEASE) to the state the store keeps (see [`apply`]).
+pub(crate) fn shared_task(ctx: &Ctx<'_>, wanted: u64) -> Reply {
+    Reply::Io {
+        op: crate::io::IoOp::PrOut {
+            cdb: ctx.cdb.to_vec(),
+            me: Nexus {
+                port: ctx.initiator.to_string(),
+                rel: ctx.port.relative_port,
+            },
+        },
+        wanted,
+    }
+}
+
+/// Stand-in for a holder of an SPC-2 reservation that is not one of this
+/// gateway's nexuses: every nexus here conflicts with it.
+const ELSEWHERE: NexusId = NexusId(u64::MAX);
+
+/// For a LU whose state the store keeps: which of our nexuses (or
+/// [`ELSEWHERE`]) holds its SPC-2 reservation.
+pub(crate) fn local_spc2_holder(lun: &mut Lun, names: &Names, rel: u16) {
+    lun.reserved_by = lun.pr.spc2.as_ref().map(|h| {
+        names
+            .iter()
+            .find(|(_, name)| h.rel == rel && **name == h.port)
+            .map_or(ELSEWHERE, |(n, _)| *n)
+    });
+}
+
+/// A change the store's state owes to an event no command carries, to be
+/// applied with [`crate::SharedState::update`] before the transport
+/// answers what caused it: an SPC-2 reservation released by its I_T
+/// nexus's loss (SPC-2 §5.5.1), or a LOGICAL UNIT RESET or target reset,
+/// which also releases it and tells the nexuses of the other gateways
+/// (SAM-5 §6.3.3: every I_T nexus gets the unit attention).
+#[derive(Debug, Clone)]
+pub struct SharedChange {
+    lun: crate::LunId,
+    what: Change,
+}
+
+#[derive(Debug, Clone)]
+enum Change {
+    /// This holder's SPC-2 reservation goes.
+    Release(Nexus),
+    /// A reset through relative target port `0`.
+    Reset(u16),
+}
+
+impl SharedChange {
+    pub(crate) fn release(lun: crate::LunId, holder: Nexus) -> SharedChange {
+        SharedChange {
+            lun,
+            what: Change::Release(holder),
+        }
+    }
+
+    pub(crate) fn reset(lun: crate::LunId, rel: u16) -> SharedChange {
+        SharedChange {
+            lun,
+            what: Change::Reset(rel),
+        }
+    }
+
+    pub fn lun(&self) -> crate::LunId {
+        self.lun
+    }
+
+    /// The state after the change, `None` when it changes nothing (or the
+    /// state does not parse).
+    pub fn apply(&self, state: &[u8]) -> Option<Vec<u8>> {
+        let mut pr = PrState::decode(state)?;
+        match &self.what {
+            Change::Release(holder) => {
+                if pr.spc2.as_ref() != Some(holder) {
+                    return None;
+                }
+                pr.spc2 = None;
+            }
+            &Change::Reset(rel) => {
+                pr.spc2 = None;
+                let everyone_else = Nexus {
+                    port: String::new(),
+                    rel,
+                };
+                ua_to(&mut pr, &[everyone_else], asc::BUS_DEVICE_RESET_FUNCTION);
+            }
+        }
+        pr.seq += 1;
+        Some(pr.encode())
+    }
 }
 
 /// Queue, for the nexuses in `names` (all behind relative target port
@@ -284,11 +378,18 @@ pub(crate) fn deliver_events(lun: &mut Lun, names: &Names, rel: u16) {
         .pr
         .events
         .iter()
-        .filter(|e| e.seq > seen && e.to.rel == rel)
+        .filter(|e| e.seq > seen)
         .flat_map(|e| {
+            let everyone = e.to.port.is_empty();
             names
                 .iter()
-                .filter(move |(_, name)| **name == e.to.port)
+                .filter(move |(_, name)| {
+                    if everyone {
+                        e.to.rel != rel
+                    } else {
+                        e.to.rel == rel && **name == e.to.port
+                    }
+                })
                 .map(move |(n, _)| (*n, e.code))
         })
         .collect();
@@ -408,16 +509,39 @@ fn others(pr: &PrState, me: &Nexus) -> Vec<Nexus> {
         .collect()
 }
 
-/// Apply PERSISTENT RESERVE OUT from `me` to `pr` (SPC-4 §6.16, §5.13.7 to
-/// §5.13.11); the unit attentions it owes are added to `pr.events`, and
+/// Apply PERSISTENT RESERVE OUT (SPC-4 §6.16, §5.13.7 to §5.13.11), or
+/// the SPC-2 RESERVE or RELEASE of a LU whose state the store keeps, from
+/// `me` to `pr`; the unit attentions it owes are added to `pr.events`, and
 /// `pr.seq` moves if anything changed. `dout` is the parameter list.
-pub(crate) fn apply_out(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResult {
+pub(crate) fn apply(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResult {
     let before = pr.clone();
-    let r = pr_out(pr, me, cdb, dout);
+    let r = match cdb[0] {
+        op::RESERVE_6 | op::RESERVE_10 | op::RELEASE_6 | op::RELEASE_10 => spc2(pr, me, cdb),
+        _ => pr_out(pr, me, cdb, dout),
+    };
     if *pr != before {
         pr.seq += 1;
     }
     r
+}
+
+/// SPC-2 RESERVE / RELEASE (SPC-2 §7.21, §7.23) against the shared state:
+/// judged again here, as another gateway may have changed it since the
+/// dispatcher looked.
+fn spc2(pr: &mut PrState, me: &Nexus, cdb: &[u8]) -> HandlerResult {
+    // SPC-4 §5.13.3: while any I_T nexus is registered, they conflict.
+    if !pr.regs.is_empty() {
+        return Ok(Reply::Conflict);
+    }
+    let reserve = matches!(cdb[0], op::RESERVE_6 | op::RESERVE_10);
+    match &pr.spc2 {
+        Some(h) if h != me && reserve => return Ok(Reply::Conflict),
+        // A RELEASE from a non-holder succeeds and changes nothing.
+        Some(h) if h != me => {}
+        _ if reserve => pr.spc2 = Some(me.clone()),
+        _ => pr.spc2 = None,
+    }
+    Ok(Reply::Good { wanted: 0 })
 }
 
 fn pr_out(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResult {
@@ -662,6 +786,13 @@ impl PrState {
                 nexus(&mut out, &r.holder);
             }
         }
+        match &self.spc2 {
+            None => out.push(0),
+            Some(n) => {
+                out.push(1);
+                nexus(&mut out, n);
+            }
+        }
         out.extend_from_slice(&(self.events.len() as u32).to_be_bytes());
         for e in &self.events {
             out.extend_from_slice(&e.seq.to_be_bytes());
@@ -733,6 +864,11 @@ impl PrState {
                 holder: r.nexus()?,
             });
         }
+        pr.spc2 = match r.u8()? {
+            0 => None,
+            1 => Some(r.nexus()?),
+            _ => return None,
+        };
         let nevents = r.u32()? as usize;
         if nevents > MAX_EVENTS {
             return None;

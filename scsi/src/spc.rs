@@ -28,6 +28,12 @@ pub(crate) fn execute(
                 .unwrap_or(Sense::new(key::NO_SENSE, asc::NO_ADDITIONAL_SENSE));
             request_sense_with(ctx, s, din)
         }
+        op::RESERVE_6 | op::RESERVE_10 | op::RELEASE_6 | op::RELEASE_10
+            if lun.shared_pr && byte(cdb, 1) & 0x13 == 0 =>
+        {
+            // The store keeps the reservation for every gateway.
+            Ok(crate::pr::shared_task(ctx, 0))
+        }
         op::RESERVE_6 | op::RESERVE_10 => {
             // Third-party and extent reservations are not supported.
             if byte(cdb, 1) & 0x13 != 0 {

@@ -1915,6 +1915,23 @@ impl Gateway {
             .check(key::UNIT_ATTENTION, asc::POWER_ON_RESET);
     }
 
+    /// Apply what the LU state owes the shared state, as the daemon does.
+    fn release(&self, f: impl FnOnce(&mut LunSet)) {
+        let owed = {
+            let mut set = self.set.lock().unwrap();
+            f(&mut set);
+            set.take_shared_changes()
+        };
+        for r in owed {
+            assert_eq!(r.lun(), L1);
+            self.dev
+                .shared_state()
+                .unwrap()
+                .update(&mut |cur| r.apply(cur))
+                .unwrap();
+        }
+    }
+
     fn run(&self, n: NexusId, cdb: &[u8], dout: &[u8]) -> Out {
         let mut buf = dout.to_vec();
         let req = Request {
@@ -2052,4 +2069,69 @@ fn a_damaged_shared_state_is_refused_not_overwritten() {
         })
         .unwrap();
     assert_eq!(now, b"not ours");
+}
+
+#[test]
+fn spc2_reservations_hold_across_gateways_and_go_with_their_nexus() {
+    let (g1, g2) = two_gateways();
+    let reserve6 = [0x16, 0, 0, 0, 0, 0];
+    let release6 = [0x17, 0, 0, 0, 0, 0];
+    g1.run(A, &reserve6, &[]).good();
+    g1.run(A, &reserve6, &[]).good(); // the holder may reserve again
+    assert_eq!(
+        g2.run(B, &reserve6, &[]).status,
+        Status::ReservationConflict
+    );
+    let w = g2.run(B, &rw10(0x2a, 0, 0, 1), &pattern(512, 1));
+    assert_eq!(w.status, Status::ReservationConflict);
+    g2.run(B, &inquiry(false, 0, 36), &[]).good();
+    // RELEASE from a non-holder succeeds and changes nothing.
+    g2.run(B, &release6, &[]).good();
+    assert_eq!(
+        g2.run(B, &reserve6, &[]).status,
+        Status::ReservationConflict
+    );
+    // The holder's I_T nexus loss on gateway 1 frees the LU on gateway 2.
+    g1.release(|s| s.remove_nexus(A));
+    g2.run(B, &reserve6, &[]).good();
+    g1.login(C, "iqn.z,i,0x000000000003");
+    let r = g1.run(C, &rw10(0x28, 0, 0, 1), &[]);
+    assert_eq!(
+        r.status,
+        Status::ReservationConflict,
+        "held through gateway 2"
+    );
+    // A LOGICAL UNIT RESET through gateway 1 releases it everywhere.
+    g1.release(|s| s.lun_reset(L1, C));
+    g1.run(C, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET_FUNCTION);
+    // ... and every nexus of the other gateway hears of the reset, once.
+    g2.run(B, &[0; 6], &[])
+        .check(key::UNIT_ATTENTION, asc::BUS_DEVICE_RESET_FUNCTION);
+    g2.run(B, &[0; 6], &[]).good();
+    g1.run(C, &[0; 6], &[]).good();
+    g1.run(C, &reserve6, &[]).good();
+    g1.run(C, &release6, &[]).good();
+    // With a registration in place, SPC-2 RESERVE conflicts (SPC-4 §5.13.3).
+    g2.run(B, &prout(0, 0), &prout_params(0, 0xb)).good();
+    assert_eq!(
+        g1.run(C, &reserve6, &[]).status,
+        Status::ReservationConflict
+    );
+}
+
+#[test]
+fn a_restarted_gateway_drops_the_spc2_reservation_its_port_held() {
+    let mem = std::sync::Arc::new(MemDevice::new((BLOCKS * 512) as usize));
+    let state = std::sync::Arc::new(MemSharedState::default());
+    let g1 = Gateway::new(1, &mem, &state);
+    let g2 = Gateway::new(2, &mem, &state);
+    g1.login(A, "iqn.x,i,0x000000000001");
+    g2.login(B, "iqn.y,i,0x000000000002");
+    g1.run(A, &[0x16, 0, 0, 0, 0, 0], &[]).good();
+    drop(g1);
+    // Gateway 1 comes back: attaching, it owes the release.
+    let g1 = Gateway::new(1, &mem, &state);
+    g1.release(|_| {});
+    g2.run(B, &[0x16, 0, 0, 0, 0, 0], &[]).good();
 }

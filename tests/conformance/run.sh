@@ -5,6 +5,10 @@
 # With RTGT_CONFORMANCE_RBD=<ceph.conf> the LUN is instead a fresh 1 GiB
 # RBD image in that cluster's pool `rbd` (tests/ceph/cluster.sh starts
 # one), held to the same floor: an RBD LUN must pass what a file LUN does.
+# With RTGT_CONFORMANCE_GATEWAYS=2 as well, a second rtgtd (port group 2,
+# on 127.0.0.2) serves the same image under the same IQN, and the suite's
+# second URL points there: its multipath, reservation and PR tests then
+# test what the gateways share.
 # usage: tests/conformance/run.sh [RTGTD_BINARY] [OUTDIR]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,7 +19,8 @@ adm=$(dirname "$bin")/rtgtadm
 floor=$(cat "$here/floor.txt")
 command -v iscsi-test-cu >/dev/null || { echo "conformance: iscsi-test-cu not installed (apt-get install libiscsi-bin)"; exit 1; }
 mkdir -p "$out"; rm -f "$out"/*.log
-work=$(mktemp -d); trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$work"' EXIT
+work=$(mktemp -d); pid2=
+trap 'kill $pid $pid2 2>/dev/null; wait $pid $pid2 2>/dev/null; rm -rf "$work"' EXIT
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 ctl=$((20000 + RANDOM % 12000))
 iqn=iqn.2026-11.io.rtgt:conformance
@@ -36,11 +41,26 @@ fi
 "$adm" -C $ctl --lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1 || exit 1
 "$adm" -C $ctl --lld iscsi --op bind --mode target --tid 1 -I ALL || exit 1
 url=iscsi://127.0.0.1:$port/$iqn/1
+url2=$url
+if [ -n "${RTGT_CONFORMANCE_RBD:-}" ] && [ "${RTGT_CONFORMANCE_GATEWAYS:-1}" = 2 ]; then
+  ctl2=$((ctl + 1))
+  TGT_IPC_SOCKET=$work/socket2 "$bin" -f -C $ctl2 --port-group 2 --iscsi portal=127.0.0.2:$port > "$out/rtgtd2.log" 2>&1 &
+  pid2=$!
+  for _ in $(seq 50); do [ -S "$work/socket2.$ctl2" ] && break; sleep 0.1; done
+  adm2() { TGT_IPC_SOCKET=$work/socket2 "$adm" -C $ctl2 --lld iscsi "$@" || exit 1; }
+  adm2 --op new --mode target --tid 1 -T $iqn
+  adm2 --op new --mode logicalunit --tid 1 --lun 1 --bstype rbd -b "rbd/$image" --bsopts "conf=$RTGT_CONFORMANCE_RBD"
+  adm2 --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1
+  adm2 --op bind --mode target --tid 1 -I ALL
+  url2=iscsi://127.0.0.2:$port/$iqn/1
+fi
 : > "$out/all.log"
 for suite in $(iscsi-test-cu -l | awk -F. 'NF==2 && $1=="ALL"'); do
-  timeout 120 iscsi-test-cu -d -S -v -t "$suite" "$url" "$url" > "$out/$suite.log" 2>&1
+  timeout 120 iscsi-test-cu -d -S -v -t "$suite" "$url" "$url2" > "$out/$suite.log" 2>&1
   if [ $? -eq 124 ]; then printf 'Suite: %s\n  Test: (suite timed out) ...FAILED\n' "$suite" >> "$out/all.log"; fi
   sed -n '/^Suite:/,/^Run Summary/p' "$out/$suite.log" | grep -v '^Run Summary' >> "$out/all.log"
-  kill -0 $pid 2>/dev/null || { echo "conformance: rtgtd died during $suite"; exit 1; }
+  for p in $pid $pid2; do
+    kill -0 $p 2>/dev/null || { echo "conformance: rtgtd $p died during $suite"; exit 1; }
+  done
 done
 python3 "$here/summary.py" "$out/all.log" --floor "$floor"

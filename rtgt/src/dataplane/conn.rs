@@ -101,16 +101,24 @@ impl SessionHost for Host<'_> {
     fn reset(&mut self, what: Reset) {
         let nexus = self.session.setup.nexus;
         let tsih = Some(self.session.setup.tsih);
-        match what {
+        let shared = &self.target.shared;
+        let changes = match what {
             Reset::Lun(l) => {
                 self.target.abort_everywhere(Some(LunId(l)), tsih);
-                self.target.shared.luns().lun_reset(LunId(l), nexus);
+                let mut luns = shared.luns();
+                luns.lun_reset(LunId(l), nexus);
+                luns.take_shared_changes()
             }
             Reset::Target => {
                 self.target.abort_everywhere(None, tsih);
-                self.target.shared.luns().target_reset(nexus);
+                let mut luns = shared.luns();
+                luns.target_reset(nexus);
+                luns.take_shared_changes()
             }
-        }
+        };
+        // The TMF response waits for them (see `Session::holds`).
+        let done = shared.apply_shared_changes(changes);
+        self.session.holds.borrow_mut().extend(done);
     }
 }
 
@@ -393,6 +401,8 @@ pub async fn run(
     // receive buffer stay small, so the next one's data is not copied).
     let mut large: Option<LargeRx> = None;
     let mut expect_large = false;
+    // Whether this session's shared SPC-2 reservations were released.
+    let mut released = false;
     let why: Option<&'static str> = 'conn: loop {
         if fresh {
             fresh = false;
@@ -432,6 +442,25 @@ pub async fn run(
                 Err(Close::Gone) => Some(None),
             };
             target.run_scsi(&session);
+            if !released
+                && session.conns.borrow().len() <= 1
+                && session.m.borrow().is_closing(me.id)
+            {
+                // The session ends (logout): its SPC-2 reservations on
+                // media other gateways share go before the Logout
+                // Response does (SPC-2 §5.5.1).
+                released = true;
+                let owed = target
+                    .shared
+                    .luns_shared()
+                    .spc2_changes_for(session.setup.nexus);
+                let done = target.shared.apply_shared_changes(owed);
+                session.holds.borrow_mut().extend(done);
+            }
+            let holds = std::mem::take(&mut *session.holds.borrow_mut());
+            for h in holds {
+                let _ = h.await;
+            }
             session.wake(Some(me.id));
             if let Some(why) = closing {
                 // Send the Reject that explains it, if the socket takes it.

@@ -240,10 +240,51 @@ impl TargetShared {
             {
                 return;
             }
-            if !t.luns().install_shared_pr(id, bytes) {
-                tracing::debug!(tid = t.tid, lun = id.0, "shared PR state not newer");
-            }
+            let changes = {
+                let mut luns = t.luns();
+                if !luns.install_shared_pr(id, bytes) {
+                    tracing::debug!(tid = t.tid, lun = id.0, "shared PR state not newer");
+                }
+                luns.take_shared_changes()
+            };
+            t.apply_shared_changes(changes);
         }));
+    }
+
+    /// Apply to the stores' shared state the SPC-2 releases that nexus
+    /// losses and resets owe it ([`LunSet::take_shared_changes`]), each
+    /// on a thread of its own: they wait for the cluster, and are rare.
+    /// Each returned receiver completes when its change is made (or
+    /// failed).
+    pub fn apply_shared_changes(
+        &self,
+        changes: Vec<scsi::SharedChange>,
+    ) -> Vec<tokio::sync::oneshot::Receiver<()>> {
+        let mut done = Vec::new();
+        for c in changes {
+            let Some(io) = self.device(c.lun()) else {
+                continue;
+            };
+            let tid = self.tid;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new()
+                .name("pr-shared".into())
+                .spawn(move || {
+                    if let Some(state) = io.dev.shared_state() {
+                        if let Err(e) = state.update(&mut |cur| c.apply(cur)) {
+                            tracing::warn!(tid, lun = c.lun().0, result = ?e, "cannot change the shared reservation state");
+                        }
+                    }
+                    let _ = tx.send(());
+                });
+            match spawned {
+                Ok(_) => done.push(rx),
+                Err(e) => {
+                    tracing::warn!(tid, error = %e, "cannot change the shared reservation state")
+                }
+            }
+        }
+        done
     }
 
     pub fn add_lun(self: &Arc<Self>, id: LunId, cfg: LunConfig, dev: Arc<dyn BlockDevice>) {
@@ -426,7 +467,12 @@ impl TargetCtx {
                 sh.stats.remove_session(tsih);
             }
             drop(sessions);
-            sh.luns().remove_nexus(s.setup.nexus);
+            let changes = {
+                let mut luns = sh.luns();
+                luns.remove_nexus(s.setup.nexus);
+                luns.take_shared_changes()
+            };
+            sh.apply_shared_changes(changes);
         }
     }
 

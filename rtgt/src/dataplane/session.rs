@@ -37,6 +37,11 @@ pub struct Session {
     /// Borrowed only for the length of one call, never across an await.
     pub m: RefCell<proto::Session>,
     pub conns: RefCell<Vec<Rc<ConnHandle>>>,
+    /// Changes to state a store shares with other gateways that must be
+    /// made before this session is answered again (a reset, a logout that
+    /// releases an SPC-2 reservation): the other gateways' initiators may
+    /// act the moment ours has its answer.
+    pub holds: RefCell<Vec<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 impl Session {
@@ -54,6 +59,7 @@ impl Session {
             setup,
             m: RefCell::new(m),
             conns: RefCell::new(Vec::new()),
+            holds: RefCell::new(Vec::new()),
         })
     }
 

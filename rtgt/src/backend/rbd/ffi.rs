@@ -14,8 +14,14 @@ pub type Image = *mut c_void;
 pub type Completion = *mut c_void;
 pub type WriteOp = *mut c_void;
 /// `rados_watchcb2_t`: arg, notify id, watch handle, notifier id, payload.
-pub type WatchCb =
-    unsafe extern "C" fn(arg: *mut c_void, notify_id: u64, handle: u64, notifier: u64, data: *mut c_void, len: usize);
+pub type WatchCb = unsafe extern "C" fn(
+    arg: *mut c_void,
+    notify_id: u64,
+    handle: u64,
+    notifier: u64,
+    data: *mut c_void,
+    len: usize,
+);
 /// `rados_watcherrcb_t`: arg, watch handle, error.
 pub type WatchErrCb = unsafe extern "C" fn(arg: *mut c_void, handle: u64, err: c_int);
 pub type Callback = unsafe extern "C" fn(c: Completion, arg: *mut c_void);

@@ -53,7 +53,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the watch callbacks tell the state's thread.
 enum Msg {
     /// Someone changed the state: read it, then acknowledge.
-    Notify { id: u64, handle: u64 },
+    Notify {
+        id: u64,
+        handle: u64,
+    },
     /// The watch broke (the OSD restarted, the client was cut off).
     Lost,
     Stop,
@@ -130,12 +133,10 @@ impl ClusterState {
         let spawned = std::thread::Builder::new()
             .name("rbd-pr".into())
             .spawn(move || c.serve(&rx, arg, handle));
-        if let Err(e) = spawned {
-            // The closure (with the watch argument) is gone with the
-            // thread that never ran: leave the watch to the cluster's
-            // timeout rather than free what it points to.
-            return Err(e);
-        }
+        // On failure the closure (with the watch argument) is gone with the
+        // thread that never ran: the watch is left to the cluster's
+        // timeout rather than freeing what it points to.
+        spawned?;
         Ok(ClusterState {
             core,
             tx: Mutex::new(tx),
@@ -244,7 +245,9 @@ impl Core {
     fn refresh(&self) {
         match self.read() {
             Ok((state, _)) => self.deliver(&state),
-            Err(e) => tracing::warn!(oid = ?self.oid, error = %os_err(e), "cannot read the shared SCSI state"),
+            Err(e) => {
+                tracing::warn!(oid = ?self.oid, error = %os_err(e), "cannot read the shared SCSI state")
+            }
         }
     }
 
