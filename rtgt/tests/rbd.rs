@@ -876,3 +876,92 @@ fn persistent_reservations_hold_across_gateways() {
 fn c_read_good(c: &mut Connection) -> bool {
     c.scsi(1, &cdb16(0x88, 0, 1), &[], 512).unwrap().is_good()
 }
+
+/// Two gateways on one image, one initiator with a session to each (as
+/// dm-multipath keeps): the gateway it writes through is killed
+/// (SIGKILL) with writes in flight, and the writes go on through the
+/// other, re-sending the one that was not answered, as multipath does.
+/// Everything acknowledged by either gateway is in the image.
+#[test]
+fn a_gateway_killed_mid_write_fails_over_to_the_other() {
+    let _g = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(cl) = Cluster::start("failover", "memstore", "none") else {
+        return;
+    };
+    cl.rbd(&["create", "--size", "64M", "rbd/fo"]);
+    let opts = format!("conf={}", cl.conf);
+    let iqn = "iqn.2026-12.io.rtgt:failover";
+    let serve = |d: &Daemon| {
+        new_target(d, 1, iqn);
+        rbd_lun(d, 1, 1, "rbd/fo", &opts);
+    };
+    let d1 = Daemon::start("fo-gw1");
+    serve(&d1);
+    let d2 = Daemon::start_with("fo-gw2", &["--port-group", "2"]);
+    serve(&d2);
+    let host = "iqn.2026-12.test:host";
+    let c1 = login_as(&d1, iqn, host);
+    let mut c2 = login_as(&d2, iqn, host);
+    let chunk = 64 << 10;
+    let writes = 160;
+    let blocks = (chunk / BS as usize) as u32;
+    let lba = move |i: usize| (i * chunk / BS as usize) as u64;
+    let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writer = {
+        let acked = acked.clone();
+        let mut c = c1;
+        std::thread::spawn(move || {
+            for i in 0..writes {
+                let data = pattern(500 + i as u64, chunk);
+                match c.scsi(1, &cdb16(0x8a, lba(i), blocks), &data, 0) {
+                    Ok(r) if r.is_good() => acked.store(i + 1, Ordering::SeqCst),
+                    _ => return,
+                }
+            }
+        })
+    };
+    while acked.load(Ordering::SeqCst) < writes / 4 {
+        std::thread::yield_now();
+    }
+    drop(d1);
+    writer.join().unwrap();
+    let done = acked.load(Ordering::SeqCst);
+    assert!(done < writes, "the gateway died before the writer finished");
+    // The path failed: the rest (from the unanswered write on) goes
+    // through gateway 2, which gets the image's lock once the cluster has
+    // given up on the dead client (its watch times out, ~30 s by default).
+    let t0 = Instant::now();
+    for i in done..writes {
+        write_retrying(
+            &mut c2,
+            1,
+            lba(i),
+            &pattern(500 + i as u64, chunk),
+            Duration::from_secs(90),
+        );
+        if i == done {
+            eprintln!(
+                "failover: first write through gateway 2 after {:?}",
+                t0.elapsed()
+            );
+        }
+    }
+    c2.sync_cache(1).unwrap();
+    for i in (0..writes).step_by(7) {
+        assert_eq!(
+            read(&mut c2, 1, lba(i), chunk),
+            pattern(500 + i as u64, chunk)
+        );
+    }
+    drop(c2);
+    stop_gracefully(d2);
+    let img = cl.export("fo");
+    for i in 0..writes {
+        let at = i * chunk;
+        assert!(
+            img[at..at + chunk] == pattern(500 + i as u64, chunk)[..],
+            "write {i} (acknowledged by gateway {}) is not in the image",
+            if i < done { 1 } else { 2 }
+        );
+    }
+}
