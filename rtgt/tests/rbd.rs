@@ -268,7 +268,8 @@ fn read(c: &mut Connection, lun: u64, lba: u64, len: usize) -> Vec<u8> {
 }
 
 /// Write, retrying while the LU answers NOT READY (as initiators do),
-/// up to `limit`.
+/// up to `limit`; an ASYMMETRIC ACCESS STATE CHANGED unit attention (the
+/// image's lock moved between gateways) is retried too.
 fn write_retrying(c: &mut Connection, lun: u64, lba: u64, data: &[u8], limit: Duration) {
     let t0 = Instant::now();
     loop {
@@ -276,10 +277,10 @@ fn write_retrying(c: &mut Connection, lun: u64, lba: u64, data: &[u8], limit: Du
         if r.is_good() {
             return;
         }
-        assert_eq!(
-            r.sense_key(),
-            Some((0x02, 0x04, 0x01)),
-            "only NOT READY, BECOMING READY may interrupt the writes"
+        let sense = r.sense_key();
+        assert!(
+            sense == Some((0x02, 0x04, 0x01)) || sense == Some((0x06, 0x2a, 0x06)),
+            "only NOT READY, BECOMING READY or an ALUA change may interrupt the writes: {sense:?}"
         );
         assert!(
             t0.elapsed() < limit,
@@ -900,8 +901,23 @@ fn a_gateway_killed_mid_write_fails_over_to_the_other() {
     let d2 = Daemon::start_with("fo-gw2", &["--port-group", "2"]);
     serve(&d2);
     let host = "iqn.2026-12.test:host";
-    let c1 = login_as(&d1, iqn, host);
+    let mut c1 = login_as(&d1, iqn, host);
     let mut c2 = login_as(&d2, iqn, host);
+    // Implicit ALUA, the same answer through both gateways: while nobody
+    // holds the image's lock the lowest group is preferred, then the
+    // group of the gateway that holds it.
+    let std = c1.inquiry(1).unwrap();
+    assert_eq!(std[5] & 0x30, 0x10, "TPGS: implicit ALUA");
+    let both = |c1: &mut Connection, c2: &mut Connection| {
+        let (a, b) = (rtpg(c1), rtpg(c2));
+        assert_eq!(a, b, "REPORT TARGET PORT GROUPS differs between gateways");
+        a
+    };
+    assert_eq!(both(&mut c1, &mut c2), vec![(1, 0, 1), (2, 1, 2)]);
+    assert!(write_cmd(&mut c2, 1, 0, &[9u8; 512]).is_good());
+    assert_eq!(both(&mut c1, &mut c2), vec![(1, 1, 1), (2, 0, 2)]);
+    assert!(write_cmd(&mut c1, 1, 0, &[9u8; 512]).is_good());
+    assert_eq!(both(&mut c1, &mut c2), vec![(1, 0, 1), (2, 1, 2)]);
     let chunk = 64 << 10;
     let writes = 160;
     let blocks = (chunk / BS as usize) as u32;
@@ -947,6 +963,8 @@ fn a_gateway_killed_mid_write_fails_over_to_the_other() {
         }
     }
     c2.sync_cache(1).unwrap();
+    // Gateway 2 holds the lock now; the dead one is still registered.
+    assert_eq!(rtpg(&mut c2), vec![(1, 1, 1), (2, 0, 2)]);
     for i in (0..writes).step_by(7) {
         assert_eq!(
             read(&mut c2, 1, lba(i), chunk),
@@ -964,4 +982,28 @@ fn a_gateway_killed_mid_write_fails_over_to_the_other() {
             if i < done { 1 } else { 2 }
         );
     }
+}
+
+/// REPORT TARGET PORT GROUPS: (group, access state, relative port) for
+/// each group of one port.
+fn rtpg(c: &mut Connection) -> Vec<(u16, u8, u16)> {
+    let r = c
+        .scsi(1, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[], 1024)
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    let len = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
+    let mut out = Vec::new();
+    let mut at = 4;
+    while at + 8 <= 4 + len {
+        let d = &r.data[at..];
+        let ports = d[7] as usize;
+        assert_eq!(ports, 1);
+        out.push((
+            u16::from_be_bytes([d[2], d[3]]),
+            d[0] & 0x0f,
+            u16::from_be_bytes([d[10], d[11]]),
+        ));
+        at += 8 + 4 * ports;
+    }
+    out
 }

@@ -55,6 +55,7 @@ pub mod op {
 pub mod sa {
     pub const READ_CAPACITY_16: u16 = 0x10;
     pub const GET_LBA_STATUS: u16 = 0x12;
+    pub const REPORT_TARGET_PORT_GROUPS: u16 = 0x0a;
     pub const REPORT_SUPPORTED_OPCODES: u16 = 0x0c;
     pub const REPORT_SUPPORTED_TMFS: u16 = 0x0d;
 }

@@ -57,6 +57,11 @@ pub struct LunConfig {
     /// `(tid << 32) | lun`, or one derived from the medium when it has an
     /// identity of its own (an RBD image served by several gateways).
     pub numeric_id: u64,
+    /// Asymmetric logical unit access (SPC-4 §5.15): implicit ALUA in
+    /// INQUIRY (TPGS 01b) and REPORT TARGET PORT GROUPS. Set by the LU
+    /// state when the store is shared by several gateways (each one a
+    /// target port group), whatever the management asked.
+    pub alua: bool,
 }
 
 impl LunConfig {
@@ -87,6 +92,7 @@ impl LunConfig {
             optimal_xfer_len: 0,
             path: None,
             numeric_id: (u64::from(tid) << 32) | (lun.0 & 0xffff_ffff),
+            alua: false,
         }
     }
 

@@ -101,6 +101,38 @@ pub trait BlockDevice: Send + Sync {
     fn shared_state(&self) -> Option<&dyn SharedState> {
         None
     }
+    /// Every target port group serving the medium and its access state,
+    /// as this gateway (group `group`, relative port `rel`) finds them now
+    /// (blocking); `None` when the store knows of no other gateway.
+    fn port_groups(&self, group: u16, rel: u16) -> Option<Result<Vec<PortGroup>, MediaResult>> {
+        let _ = (group, rel);
+        None
+    }
+    /// The medium is served here through relative target port `rel` of
+    /// target port group `group`: a store shared by several gateways
+    /// makes that known to the others (without blocking).
+    fn serve_port(&self, group: u16, rel: u16) {
+        let _ = (group, rel);
+    }
+}
+
+/// Asymmetric access states (SPC-4 §6.36.2 table 185).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccessState {
+    ActiveOptimized = 0x0,
+    ActiveNonOptimized = 0x1,
+    Standby = 0x2,
+    Unavailable = 0x3,
+    Transitioning = 0xf,
+}
+
+/// One target port group: a gateway serving the medium.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortGroup {
+    pub id: u16,
+    pub state: AccessState,
+    /// Relative target port identifiers in the group.
+    pub ports: Vec<u16>,
 }
 
 /// SCSI state a store keeps for every gateway that serves its medium (an

@@ -68,6 +68,14 @@ pub(crate) enum IoOp {
         flush: bool,
     },
     Sync,
+    /// REPORT TARGET PORT GROUPS (SPC-4 §6.36) as the store sees the
+    /// gateways serving its medium; `group` and `rel` are ours.
+    ReportTargetPortGroups {
+        extended: bool,
+        alloc: u32,
+        group: u16,
+        rel: u16,
+    },
     /// PERSISTENT RESERVE OUT on a LU whose PR state the store keeps for
     /// every gateway (see [`crate::device::SharedState`]); Data-Out holds
     /// the parameter list.
@@ -235,6 +243,59 @@ fn write_fault(e: std::io::Error) -> Sense {
         .sense(false)
         .unwrap_or_else(write_error)
 }
+/// REPORT TARGET PORT GROUPS data (SPC-4 §6.36.2): every gateway serving
+/// the medium is one target port group with one port. A store that knows
+/// of no other gateway gives our group alone, active/optimized.
+fn report_target_port_groups(
+    dev: &dyn BlockDevice,
+    extended: bool,
+    alloc: u32,
+    group: u16,
+    rel: u16,
+    out: &mut Vec<u8>,
+) -> Result<(), Sense> {
+    use crate::device::{AccessState, PortGroup};
+    let groups = match dev.port_groups(group, rel) {
+        None => vec![PortGroup {
+            id: group,
+            state: AccessState::ActiveOptimized,
+            ports: vec![rel],
+        }],
+        Some(Ok(g)) => g,
+        Some(Err(m)) => return Err(m.sense(true).unwrap_or_else(internal_failure)),
+    };
+    out.clear();
+    out.extend_from_slice(&[0; 4]);
+    if extended {
+        // FORMAT TYPE 001b; IMPLICIT TRANSITION TIME: the seconds a
+        // takeover may take (the cluster's watch timeout).
+        out.extend_from_slice(&[0x10, IMPLICIT_TRANSITION_S, 0, 0]);
+    }
+    for g in &groups {
+        // PREF 0 and the state; the states we use: transitioning (T_SUP),
+        // active/non-optimized (AN_SUP), active/optimized (AO_SUP).
+        out.push(g.state as u8);
+        out.push(0x80 | 0x02 | 0x01);
+        out.extend_from_slice(&g.id.to_be_bytes());
+        // Reserved, STATUS CODE 0 (none), vendor specific.
+        out.extend_from_slice(&[0, 0, 0]);
+        out.push(g.ports.len().min(255) as u8);
+        for p in g.ports.iter().take(255) {
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&p.to_be_bytes());
+        }
+    }
+    let len = (out.len() - 4) as u32;
+    out[0..4].copy_from_slice(&len.to_be_bytes());
+    out.truncate(alloc as usize);
+    Ok(())
+}
+
+/// Seconds an implicit ALUA transition may take, for REPORT TARGET PORT
+/// GROUPS' extended header: a dead gateway's lock is broken once the
+/// cluster drops its watch (30 s by default).
+const IMPLICIT_TRANSITION_S: u8 = 35;
+
 /// The store could not keep the state it shares (HARDWARE ERROR,
 /// INTERNAL TARGET FAILURE).
 fn internal_failure() -> Sense {
@@ -273,9 +334,11 @@ impl IoTask {
             | IoOp::WriteSame { offset, .. }
             | IoOp::CompareAndWrite { offset, .. }
             | IoOp::OrWrite { offset, .. } => Some(offset / self.block),
-            IoOp::Unmap { .. } | IoOp::Sync | IoOp::GetLbaStatus { .. } | IoOp::PrOut { .. } => {
-                None
-            }
+            IoOp::Unmap { .. }
+            | IoOp::Sync
+            | IoOp::GetLbaStatus { .. }
+            | IoOp::PrOut { .. }
+            | IoOp::ReportTargetPortGroups { .. } => None,
         }
     }
 
@@ -405,6 +468,31 @@ impl IoTask {
     pub fn run(self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Response {
         if let IoOp::PrOut { cdb, me } = &self.op {
             return self.pr_out(dev, cdb, me, buf);
+        }
+        if let &IoOp::ReportTargetPortGroups {
+            extended,
+            alloc,
+            group,
+            rel,
+        } = &self.op
+        {
+            return match report_target_port_groups(dev, extended, alloc, group, rel, buf) {
+                Ok(()) => Response {
+                    status: Status::Good,
+                    sense: Vec::new(),
+                    data_len: buf.len(),
+                    wanted: self.wanted,
+                },
+                Err(s) => {
+                    buf.clear();
+                    Response {
+                        status: Status::CheckCondition,
+                        sense: s.to_bytes(self.format),
+                        data_len: 0,
+                        wanted: 0,
+                    }
+                }
+            };
         }
         // Read-modify-write commands hold the LU's lock exclusively, all
         // others shared, so no command sees or interleaves with half of a
@@ -618,8 +706,8 @@ impl IoTask {
                 buf.clear();
                 dev.flush().map_err(write_fault)
             }
-            // Answered by `pr_out` before `perform` is reached.
-            IoOp::PrOut { .. } => Err(internal_failure()),
+            // Answered by `run` before `perform` is reached.
+            IoOp::PrOut { .. } | IoOp::ReportTargetPortGroups { .. } => Err(internal_failure()),
             &IoOp::GetLbaStatus {
                 lba,
                 total_blocks,

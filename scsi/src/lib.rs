@@ -46,12 +46,12 @@ mod tests;
 
 pub use config::{DeviceType, LunConfig, TargetPort};
 pub use device::{
-    BlockDevice, CompletionSink, MemDevice, MemSharedState, SharedMemDevice, SharedState,
-    StateSubscriber,
+    AccessState, BlockDevice, CompletionSink, MemDevice, MemSharedState, PortGroup,
+    SharedMemDevice, SharedState, StateSubscriber,
 };
 pub use io::{IoTask, MediaResult, NativeIo, SimpleIo};
 pub use lunset::LunSet;
-pub use pr::{iscsi_initiator_port_name, SharedChange};
+pub use pr::{asymmetric_access_changed, iscsi_initiator_port_name, SharedChange};
 pub use sense::SenseFormat;
 
 /// The largest transfer one command may ask for (MAXIMUM TRANSFER LENGTH in

@@ -106,6 +106,8 @@ impl LunSet {
         };
         let before = lun.cfg.clone();
         f(&mut lun.cfg);
+        // The management does not decide this: the store does.
+        lun.cfg.alua = lun.shared_pr;
         let after = &lun.cfg;
         let size_changed =
             before.size_bytes != after.size_bytes || before.block_size != after.block_size;
@@ -250,6 +252,8 @@ impl LunSet {
         // Even a state that does not parse is the store's: PERSISTENT
         // RESERVE OUT then fails there rather than going on here alone.
         lun.shared_pr = true;
+        // Each gateway is a target port group of its own.
+        lun.cfg.alua = true;
         let Some(pr) = pr::PrState::decode(state) else {
             return false;
         };

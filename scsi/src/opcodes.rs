@@ -25,6 +25,8 @@ enum Scope {
     Disk,
     /// Thin-provisioned disks only (LBPU / LBPWS).
     Thin,
+    /// LUs with asymmetric access (`LunConfig::alua`).
+    Alua,
 }
 
 #[derive(Debug)]
@@ -56,7 +58,7 @@ const fn c(
 }
 
 use Handler::{Inquiry, Mode, Pr, Sbc, Spc};
-use Scope::{All, Disk, Thin};
+use Scope::{All, Alua, Disk, Thin};
 
 const FF: u8 = 0xff;
 
@@ -676,6 +678,13 @@ static COMMANDS: &[CommandInfo] = &[
     ),
     c(
         op::MAINTENANCE_IN,
+        Some(sa::REPORT_TARGET_PORT_GROUPS),
+        &[op::MAINTENANCE_IN, 0xea, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+        Spc,
+        Alua,
+    ),
+    c(
+        op::MAINTENANCE_IN,
         Some(sa::REPORT_SUPPORTED_TMFS),
         &[
             op::MAINTENANCE_IN,
@@ -742,6 +751,7 @@ fn in_scope(cfg: &LunConfig, scope: Scope) -> bool {
         All => true,
         Disk => cfg.device_type == DeviceType::Disk,
         Thin => cfg.device_type == DeviceType::Disk && cfg.thin,
+        Alua => cfg.alua,
     }
 }
 

@@ -125,7 +125,7 @@ pub(crate) struct Event {
     pub seq: u64,
     /// The nexus; one with an empty port name stands for every nexus
     /// behind any other target port than `to.rel` (a reset made there,
-    /// whose gateway told its own nexuses at once).
+    /// whose gateway told its own nexuses at once; 0 for every nexus).
     pub to: Nexus,
     pub code: crate::sense::Asc,
 }
@@ -274,6 +274,22 @@ pub(crate) fn execute(
     let r = apply(&mut lun.pr, &me, ctx.cdb, dout);
     deliver_events(lun, ctx.names, ctx.port.relative_port);
     r
+}
+
+/// The shared state after the target port groups' access states changed
+/// (the store saw its lock move): every nexus of every gateway is owed
+/// ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.15.2.2). `None` when the
+/// state does not parse.
+pub fn asymmetric_access_changed(state: &[u8]) -> Option<Vec<u8>> {
+    let mut pr = PrState::decode(state)?;
+    // Relative port 0 is no port's: the event reaches every gateway.
+    let everyone = Nexus {
+        port: String::new(),
+        rel: 0,
+    };
+    ua_to(&mut pr, &[everyone], asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
+    pr.seq += 1;
+    Some(pr.encode())
 }
 
 /// The media task that applies this command (PERSISTENT RESERVE OUT,

@@ -64,6 +64,19 @@ pub(crate) fn execute(
         op::MAINTENANCE_IN if service_action(cdb) == sa::REPORT_SUPPORTED_OPCODES => {
             report_opcodes(lun, cdb, din)
         }
+        op::MAINTENANCE_IN if service_action(cdb) == sa::REPORT_TARGET_PORT_GROUPS => {
+            // The store knows every gateway's group and state: asked off
+            // the event loop, as a media task.
+            Ok(Reply::Io {
+                op: crate::io::IoOp::ReportTargetPortGroups {
+                    extended: byte(cdb, 1) >> 5 == 1,
+                    alloc: be32(cdb, 6),
+                    group: ctx.port.tpgt,
+                    rel: ctx.port.relative_port,
+                },
+                wanted: u64::from(be32(cdb, 6)),
+            })
+        }
         op::MAINTENANCE_IN => report_tmfs(cdb, din),
         _ => Err(Sense::invalid_opcode()),
     }

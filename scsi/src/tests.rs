@@ -2135,3 +2135,46 @@ fn a_restarted_gateway_drops_the_spc2_reservation_its_port_held() {
     g1.release(|_| {});
     g2.run(B, &[0x16, 0, 0, 0, 0, 0], &[]).good();
 }
+
+#[test]
+fn a_shared_lu_reports_implicit_alua_with_its_gateway_as_a_port_group() {
+    let (g1, g2) = two_gateways();
+    let std = g2.run(B, &inquiry(false, 0, 36), &[]);
+    assert_eq!(std.data[5] & 0x30, 0x10, "TPGS 01b");
+    // REPORT TARGET PORT GROUPS, extended header: our group (port group 2
+    // = relative port 2 here), active/optimized when alone.
+    let rtpg = [0xa3, 0x2a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
+    let r = g2.run(B, &rtpg, &[]);
+    r.good();
+    assert_eq!(&r.data[0..4], &16u32.to_be_bytes());
+    assert_eq!(r.data[4], 0x10, "FORMAT TYPE 001b");
+    assert_eq!(r.data[8] & 0x0f, 0, "active/optimized");
+    assert_eq!(&r.data[10..12], &1u16.to_be_bytes(), "the port's TPG");
+    assert_eq!(r.data[15], 1, "one port");
+    assert_eq!(&r.data[18..20], &2u16.to_be_bytes(), "relative port 2");
+    // Short allocation length: truncated, RETURN DATA LENGTH intact.
+    let r = g1.run(A, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 0, 6, 0, 0], &[]);
+    r.good();
+    assert_eq!(r.data.len(), 6);
+    assert_eq!(&r.data[0..4], &12u32.to_be_bytes());
+    // A LU of one gateway has no asymmetric access.
+    let mut h = H::new();
+    assert_eq!(h.cmd(&inquiry(false, 0, 36)).data[5] & 0x30, 0);
+    h.cmd(&rtpg)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
+#[test]
+fn an_access_state_change_reaches_every_nexus_of_every_gateway() {
+    let (g1, g2) = two_gateways();
+    g1.dev
+        .shared_state()
+        .unwrap()
+        .update(&mut |cur| crate::asymmetric_access_changed(cur))
+        .unwrap();
+    for (g, n) in [(&g1, A), (&g2, B)] {
+        g.run(n, &[0; 6], &[])
+            .check(key::UNIT_ATTENTION, asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
+        g.run(n, &[0; 6], &[]).good();
+    }
+}

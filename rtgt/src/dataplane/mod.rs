@@ -228,6 +228,8 @@ impl TargetShared {
         let Some(state) = dev.shared_state() else {
             return;
         };
+        // Each gateway is one port group with one port (see `spawn`).
+        dev.serve_port(self.tpgt, self.tpgt);
         let target = Arc::downgrade(self);
         let mine = Arc::downgrade(dev);
         state.subscribe(Box::new(move |bytes| {

@@ -284,6 +284,75 @@ impl Conn {
         found
     }
 
+    /// This client's address as the cluster knows it (what
+    /// [`lock_owners`](Conn::lock_owners) lists for it).
+    pub(super) fn address(&self) -> io::Result<String> {
+        let api = self.api;
+        let mut s: *mut c_char = std::ptr::null_mut();
+        // SAFETY: a connected handle and an out pointer; librados
+        // allocates the string, freed below.
+        let r = unsafe { (api.rados_getaddrs)(self.rados, &mut s) };
+        if r < 0 || s.is_null() {
+            return Err(os_err(r.min(-1).into()));
+        }
+        // SAFETY: a NUL-terminated string from librados, freed once.
+        let text = unsafe { std::ffi::CStr::from_ptr(s) }
+            .to_string_lossy()
+            .into_owned();
+        unsafe { (api.rados_buffer_free)(s) };
+        Ok(text)
+    }
+
+    /// Whether this client holds the image's exclusive lock (librbd's
+    /// own view: no cluster round trip).
+    pub(super) fn owns_lock(&self) -> Option<bool> {
+        let mut owner: c_int = 0;
+        // SAFETY: an open image and an out pointer.
+        let r = unsafe { (self.api.rbd_is_exclusive_lock_owner)(self.image, &mut owner) };
+        (r >= 0).then_some(owner != 0)
+    }
+
+    /// The clients holding the image's exclusive lock (their addresses;
+    /// none when nobody holds it). Asks the cluster: blocking.
+    pub(super) fn lock_owners(&self) -> io::Result<Vec<String>> {
+        let api = self.api;
+        let mut max = 4usize;
+        loop {
+            let mut mode: c_int = 0;
+            let mut owners: Vec<*mut c_char> = vec![std::ptr::null_mut(); max];
+            let mut n = max;
+            // SAFETY: an open image and an array of `n` pointers, which
+            // librbd fills and the cleanup call frees.
+            let r = unsafe {
+                (api.rbd_lock_get_owners)(self.image, &mut mode, owners.as_mut_ptr(), &mut n)
+            };
+            if r == -libc::ENOENT {
+                return Ok(Vec::new());
+            }
+            if r == -libc::ERANGE && n > max && n < 1024 {
+                max = n;
+                continue;
+            }
+            if r < 0 {
+                return Err(os_err(r.into()));
+            }
+            let n = n.min(max);
+            let list = owners[..n]
+                .iter()
+                .filter(|p| !p.is_null())
+                // SAFETY: NUL-terminated strings librbd filled in.
+                .map(|p| {
+                    unsafe { std::ffi::CStr::from_ptr(*p) }
+                        .to_string_lossy()
+                        .into_owned()
+                })
+                .collect();
+            // SAFETY: the array librbd filled, released once.
+            unsafe { (api.rbd_lock_get_owners_cleanup)(owners.as_mut_ptr(), n) };
+            return Ok(list);
+        }
+    }
+
     /// The SCSI outcome of librbd's error `r`. EROFS on an image opened
     /// for writing means another client holds its exclusive lock and
     /// would not give it up: retryable, not a write-protected medium.

@@ -13,6 +13,7 @@ pub type IoCtx = *mut c_void;
 pub type Image = *mut c_void;
 pub type Completion = *mut c_void;
 pub type WriteOp = *mut c_void;
+pub type XattrIter = *mut c_void;
 /// `rados_watchcb2_t`: arg, notify id, watch handle, notifier id, payload.
 pub type WatchCb = unsafe extern "C" fn(
     arg: *mut c_void,
@@ -90,6 +91,15 @@ api! {
     rados::rados_notify2: fn(IoCtx, *const c_char, *const c_char, c_int, u64, *mut *mut c_char, *mut usize) -> c_int;
     rados::rados_notify_ack: fn(IoCtx, *const c_char, u64, u64, *const c_char, c_int) -> c_int;
     rados::rados_buffer_free: fn(*mut c_char);
+    rados::rados_getaddrs: fn(Rados, *mut *mut c_char) -> c_int;
+    rados::rados_setxattr: fn(IoCtx, *const c_char, *const c_char, *const c_char, usize) -> c_int;
+    rados::rados_rmxattr: fn(IoCtx, *const c_char, *const c_char) -> c_int;
+    rados::rados_getxattrs: fn(IoCtx, *const c_char, *mut XattrIter) -> c_int;
+    rados::rados_getxattrs_next: fn(XattrIter, *mut *const c_char, *mut *const c_char, *mut usize) -> c_int;
+    rados::rados_getxattrs_end: fn(XattrIter);
+    rbd::rbd_lock_get_owners: fn(Image, *mut c_int, *mut *mut c_char, *mut usize) -> c_int;
+    rbd::rbd_lock_get_owners_cleanup: fn(*mut *mut c_char, usize);
+    rbd::rbd_is_exclusive_lock_owner: fn(Image, *mut c_int) -> c_int;
     rbd::rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_open_read_only: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_close: fn(Image) -> c_int;

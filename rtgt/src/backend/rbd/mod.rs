@@ -38,7 +38,10 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use scsi::{BlockDevice, CompletionSink, MediaResult, NativeIo, SharedState, SimpleIo};
+use scsi::{
+    AccessState, BlockDevice, CompletionSink, MediaResult, NativeIo, PortGroup, SharedState,
+    SimpleIo,
+};
 
 use aio::Pending;
 pub use conn::wait_closed;
@@ -90,25 +93,29 @@ impl RbdDevice {
         let conn = Conn::open(&spec, readonly)?;
         // `<fsid>/<pool id>/<image id>[@snap]`: the state object is named
         // for the last part.
-        let name = conn.identity.splitn(3, '/').nth(2).unwrap_or_default();
-        let shared = match shared::ClusterState::open(&spec, name) {
+        let name = conn
+            .identity
+            .splitn(3, '/')
+            .nth(2)
+            .unwrap_or_default()
+            .to_string();
+        let inner = Arc::new(Inner {
+            spec,
+            readonly,
+            size: AtomicU64::new(0),
+            conn: RwLock::new(Arc::new(conn)),
+            reopening: AtomicBool::new(false),
+        });
+        let probe = Box::new(ImageProbe(Arc::downgrade(&inner)));
+        let shared = match shared::ClusterState::open(&inner.spec, &name, probe) {
             Ok(s) => Some(s),
             Err(e) if readonly => {
-                tracing::warn!(image = %spec.image, error = %e, "persistent reservations on this read-only image are not shared with other gateways");
+                tracing::warn!(image = %inner.spec.image, error = %e, "persistent reservations on this read-only image are not shared with other gateways");
                 None
             }
             Err(e) => return Err(e),
         };
-        Ok(RbdDevice {
-            shared,
-            inner: Arc::new(Inner {
-                spec,
-                readonly,
-                size: AtomicU64::new(0),
-                conn: RwLock::new(Arc::new(conn)),
-                reopening: AtomicBool::new(false),
-            }),
-        })
+        Ok(RbdDevice { shared, inner })
     }
 
     /// The connection to use now; `None` while a fenced one is replaced
@@ -163,6 +170,27 @@ impl Inner {
         if spawned.is_err() {
             this.reopening.store(false, Ordering::Release);
         }
+    }
+}
+
+/// What the shared state's thread asks of the image (its client's
+/// address, whether it holds the lock), without keeping it open.
+struct ImageProbe(Weak<Inner>);
+
+impl ImageProbe {
+    fn conn(&self) -> Option<Arc<Conn>> {
+        let inner = self.0.upgrade()?;
+        let c = inner.conn.read().unwrap_or_else(|p| p.into_inner()).clone();
+        (!c.fenced.load(Ordering::Acquire)).then_some(c)
+    }
+}
+
+impl shared::Probe for ImageProbe {
+    fn address(&self) -> Option<String> {
+        self.conn()?.address().ok()
+    }
+    fn owns_lock(&self) -> Option<bool> {
+        self.conn()?.owns_lock()
     }
 }
 
@@ -289,6 +317,53 @@ impl BlockDevice for RbdDevice {
         self.shared.as_ref().map(|s| s as &dyn SharedState)
     }
 
+    fn serve_port(&self, group: u16, rel: u16) {
+        if let Some(s) = &self.shared {
+            s.serve_as(group, rel);
+        }
+    }
+
+    /// Implicit ALUA from the image's exclusive lock: the gateway whose
+    /// image client holds it is active/optimized, the others
+    /// active/non-optimized (their writes would take the lock from it);
+    /// while nobody holds it, the lowest port group is the one preferred,
+    /// so that initiators converge on one gateway. Every gateway computes
+    /// this from the same cluster facts, so all report the same.
+    fn port_groups(&self, group: u16, rel: u16) -> Option<Result<Vec<PortGroup>, MediaResult>> {
+        let shared = self.shared.as_ref()?;
+        let run = || -> io::Result<Vec<PortGroup>> {
+            let conn = self.conn_or_err()?;
+            let me = shared::Gateway {
+                rel,
+                address: conn.address()?,
+            };
+            let mut gws = shared.gateways()?;
+            if gws.get(&group) != Some(&me) {
+                shared.register(group, &me)?;
+                gws.insert(group, me);
+            }
+            let owners = conn.lock_owners()?;
+            let owner = gws
+                .iter()
+                .find(|(_, g)| owners.iter().any(|o| same_client(o, &g.address)))
+                .or_else(|| gws.iter().next())
+                .map(|(id, _)| *id);
+            Ok(gws
+                .into_iter()
+                .map(|(id, g)| PortGroup {
+                    id,
+                    state: if Some(id) == owner {
+                        AccessState::ActiveOptimized
+                    } else {
+                        AccessState::ActiveNonOptimized
+                    },
+                    ports: vec![g.rel],
+                })
+                .collect())
+        };
+        Some(run().map_err(|e| MediaResult::from_io(&e)))
+    }
+
     fn map_status(&self, offset: u64) -> io::Result<(bool, u64)> {
         let c = self.conn_or_err()?;
         let size = self.size();
@@ -370,4 +445,40 @@ unsafe extern "C" fn on_extent(off: u64, len: usize, exists: c_int, arg: *mut c_
     };
     s.stopped = r == STOP;
     r
+}
+
+/// Whether two client addresses as Ceph prints them (`ip:port/nonce`,
+/// or a vector `[v2:ip:port/nonce,v1:...]`) name the same client: the
+/// same nonce, which is what makes a client instance unique.
+fn same_client(a: &str, b: &str) -> bool {
+    fn nonces(s: &str) -> impl Iterator<Item = &str> {
+        s.split('/').skip(1).map(|t| {
+            let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            &t[..end]
+        })
+    }
+    nonces(a).any(|x| !x.is_empty() && nonces(b).any(|y| y == x))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_client;
+
+    #[test]
+    fn lock_owners_match_the_client_addresses_they_name() {
+        assert!(same_client(
+            "127.0.0.1:0/1658206537",
+            "127.0.0.1:0/1658206537"
+        ));
+        assert!(same_client(
+            "10.0.0.5:0/42",
+            "[v2:10.0.0.5:0/42,v1:10.0.0.5:0/42]"
+        ));
+        assert!(!same_client(
+            "127.0.0.1:0/1658206537",
+            "127.0.0.1:0/1658206538"
+        ));
+        assert!(!same_client("127.0.0.1:0/", "127.0.0.1:0/"));
+        assert!(!same_client("garbage", "garbage"));
+    }
 }

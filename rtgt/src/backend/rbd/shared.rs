@@ -50,8 +50,21 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What the watch callbacks tell the state's thread.
+/// What the state's thread learns of the image without holding it.
+pub(super) trait Probe: Send + Sync {
+    /// The image client's address (it changes when the image is reopened).
+    fn address(&self) -> Option<String>;
+    /// Whether the image client holds the exclusive lock.
+    fn owns_lock(&self) -> Option<bool>;
+}
+
+/// What the watch callbacks (and the device) tell the state's thread.
 enum Msg {
+    /// This gateway serves the image as port group `group`, port `rel`.
+    ServeAs {
+        group: u16,
+        rel: u16,
+    },
     /// Someone changed the state: read it, then acknowledge.
     Notify {
         id: u64,
@@ -72,6 +85,10 @@ struct Core {
     /// states one at a time.
     last: Mutex<Vec<u8>>,
     subs: Mutex<Vec<StateSubscriber>>,
+    /// The port group this gateway registered (see
+    /// [`ClusterState::gateways`]), removed when the LU goes.
+    registered: Mutex<Option<u16>>,
+    probe: Box<dyn Probe>,
 }
 
 /// The watch callbacks' argument: a way to the state's thread.
@@ -103,7 +120,11 @@ impl Drop for ClusterState {
 impl ClusterState {
     /// Connect, create the object if it is not there, read it and watch it.
     /// `name` is the image's id (and `@snap`).
-    pub(super) fn open(spec: &RbdSpec, name: &str) -> io::Result<ClusterState> {
+    pub(super) fn open(
+        spec: &RbdSpec,
+        name: &str,
+        probe: Box<dyn Probe>,
+    ) -> io::Result<ClusterState> {
         let conn = Conn::connect(spec, false)?;
         let core = Arc::new(Core {
             conn,
@@ -111,6 +132,8 @@ impl ClusterState {
             io: Mutex::new(()),
             last: Mutex::new(Vec::new()),
             subs: Mutex::new(Vec::new()),
+            registered: Mutex::new(None),
+            probe,
         });
         // A watch needs an object; an existing one is left as it is.
         let r = core.write(None, None, CREATE_IDEMPOTENT);
@@ -144,7 +167,162 @@ impl ClusterState {
     }
 }
 
+/// Gateways register as extended attributes of the state object, one
+/// per target port group: `rtgt.gw.<group>` = `<relative port> <address
+/// of the gateway's image client>`.
+const GATEWAY_XATTR: &str = "rtgt.gw.";
+
+/// A gateway serving the image, as registered.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Gateway {
+    pub rel: u16,
+    /// Its image client's address (as the exclusive lock names owners).
+    pub address: String,
+}
+
+impl ClusterState {
+    /// Serve as port group `group` (relative port `rel`): the state's
+    /// thread registers this gateway, and keeps the registration current.
+    pub(super) fn serve_as(&self, group: u16, rel: u16) {
+        let _ = lock(&self.tx).send(Msg::ServeAs { group, rel });
+    }
+
+    /// Every gateway registered for the image, by port group.
+    pub(super) fn gateways(&self) -> io::Result<std::collections::BTreeMap<u16, Gateway>> {
+        let core = &self.core;
+        let api = core.conn.api;
+        let mut it: super::ffi::XattrIter = std::ptr::null_mut();
+        // SAFETY: a live ioctx and C string, an out pointer for the
+        // iterator, ended below.
+        let r = unsafe { (api.rados_getxattrs)(core.conn.ioctx, core.oid.as_ptr(), &mut it) };
+        if r < 0 {
+            return Err(os_err(r.into()));
+        }
+        let mut out = std::collections::BTreeMap::new();
+        loop {
+            let (mut name, mut val, mut len) = (std::ptr::null(), std::ptr::null(), 0usize);
+            // SAFETY: a live iterator and out pointers; the strings stay
+            // valid until the next call.
+            let r = unsafe { (api.rados_getxattrs_next)(it, &mut name, &mut val, &mut len) };
+            if r < 0 || name.is_null() {
+                break;
+            }
+            // SAFETY: as above; `val` has `len` bytes.
+            let (name, val) = unsafe {
+                (
+                    std::ffi::CStr::from_ptr(name)
+                        .to_string_lossy()
+                        .into_owned(),
+                    String::from_utf8_lossy(std::slice::from_raw_parts(val.cast::<u8>(), len))
+                        .into_owned(),
+                )
+            };
+            let Some(group) = name
+                .strip_prefix(GATEWAY_XATTR)
+                .and_then(|g| g.parse::<u16>().ok())
+            else {
+                continue;
+            };
+            if let Some((rel, address)) = val.split_once(' ') {
+                if let Ok(rel) = rel.parse() {
+                    out.insert(
+                        group,
+                        Gateway {
+                            rel,
+                            address: address.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+        // SAFETY: the iterator from getxattrs, ended once.
+        unsafe { (api.rados_getxattrs_end)(it) };
+        Ok(out)
+    }
+
+    /// Register (or update) this gateway as port group `group`.
+    pub(super) fn register(&self, group: u16, gw: &Gateway) -> io::Result<()> {
+        self.core.register(group, gw)
+    }
+}
+
 impl Core {
+    fn register(&self, group: u16, gw: &Gateway) -> io::Result<()> {
+        let core = self;
+        let name = cstr(&format!("{GATEWAY_XATTR}{group}"))?;
+        let val = format!("{} {}", gw.rel, gw.address);
+        // SAFETY: a live ioctx, C strings and a buffer of the length given.
+        let r = unsafe {
+            (core.conn.api.rados_setxattr)(
+                core.conn.ioctx,
+                core.oid.as_ptr(),
+                name.as_ptr(),
+                val.as_ptr().cast(),
+                val.len(),
+            )
+        };
+        if r < 0 {
+            return Err(os_err(r.into()));
+        }
+        *lock(&core.registered) = Some(group);
+        Ok(())
+    }
+}
+
+impl Core {
+    /// Register this gateway again if its image client changed (a reopen
+    /// after fencing gives it a new address).
+    fn keep_registered(&self, serving: &mut Option<(u16, Gateway)>) {
+        let Some((group, gw)) = serving else {
+            return;
+        };
+        let Some(address) = self.probe.address() else {
+            return;
+        };
+        if gw.address == address {
+            return;
+        }
+        let now = Gateway {
+            rel: gw.rel,
+            address,
+        };
+        match self.register(*group, &now) {
+            Ok(()) => *gw = now,
+            Err(e) => tracing::warn!(oid = ?self.oid, error = %e, "cannot register this gateway"),
+        }
+    }
+
+    /// The image's lock moved to or from this gateway: every nexus of
+    /// every gateway gets ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.15.2.2).
+    /// On a thread of its own: the change waits for every watcher's
+    /// acknowledgement, this thread's included.
+    fn access_state_changed(self: &Arc<Self>) {
+        let me = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("rbd-alua".into())
+            .spawn(move || {
+                let r = me.update(&mut |cur| scsi::asymmetric_access_changed(cur));
+                if let Err(e) = r {
+                    tracing::warn!(oid = ?me.oid, result = ?e, "cannot announce an ALUA state change");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot announce an ALUA state change");
+        }
+    }
+
+    /// Take this gateway's registration out (it no longer serves the LU).
+    fn unregister(&self) {
+        let Some(group) = lock(&self.registered).take() else {
+            return;
+        };
+        let Ok(name) = cstr(&format!("{GATEWAY_XATTR}{group}")) else {
+            return;
+        };
+        // SAFETY: a live ioctx and C strings.
+        unsafe { (self.conn.api.rados_rmxattr)(self.conn.ioctx, self.oid.as_ptr(), name.as_ptr()) };
+    }
+
     /// The object's bytes and version (`Err(-errno)`).
     fn read(&self) -> Result<(Vec<u8>, u64), i64> {
         let api = self.conn.api;
@@ -278,11 +456,25 @@ impl Core {
         }
     }
 
-    /// The state's thread: reads what others changed, keeps the watch.
-    fn serve(&self, rx: &mpsc::Receiver<Msg>, arg: WatchArg, handle: u64) {
+    /// The state's thread: reads what others changed, keeps the watch,
+    /// keeps this gateway registered, and tells every gateway's nexuses
+    /// when the image's lock (so the ALUA states) moved here or away.
+    fn serve(self: &Arc<Self>, rx: &mpsc::Receiver<Msg>, arg: WatchArg, handle: u64) {
         let mut handle = Some(handle);
+        let mut serving: Option<(u16, Gateway)> = None;
+        let mut owner = self.probe.owns_lock();
         loop {
             match rx.recv_timeout(POLL) {
+                Ok(Msg::ServeAs { group, rel }) => {
+                    serving = Some((
+                        group,
+                        Gateway {
+                            rel,
+                            address: String::new(),
+                        },
+                    ));
+                    self.keep_registered(&mut serving);
+                }
                 Ok(Msg::Notify { id, handle: h }) => {
                     self.refresh();
                     // SAFETY: a live ioctx and C string, no payload.
@@ -309,10 +501,17 @@ impl Core {
                         handle = self.watch(&arg).ok();
                     }
                     self.refresh();
+                    self.keep_registered(&mut serving);
+                    let now = self.probe.owns_lock();
+                    if now.is_some() && owner.is_some() && now != owner {
+                        self.access_state_changed();
+                    }
+                    owner = now.or(owner);
                 }
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
+        self.unregister();
         if let Some(h) = handle {
             self.unwatch(h);
         }
@@ -349,7 +548,20 @@ unsafe extern "C" fn on_watch_error(arg: *mut c_void, _handle: u64, _err: c_int)
 
 impl SharedState for ClusterState {
     fn update(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<(), MediaResult> {
-        let core = &self.core;
+        self.core.update(f)
+    }
+
+    fn subscribe(&self, f: StateSubscriber) {
+        let last = lock(&self.core.last);
+        f(&last);
+        lock(&self.core.subs).push(f);
+    }
+}
+
+impl Core {
+    /// See [`SharedState::update`].
+    fn update(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<(), MediaResult> {
+        let core = self;
         for _ in 0..MAX_RACES {
             let (cur, ver) = match core.read() {
                 Ok((cur, ver)) => (cur, Some(ver)),
@@ -377,11 +589,5 @@ impl SharedState for ClusterState {
             }
         }
         Err(MediaResult::Unavailable)
-    }
-
-    fn subscribe(&self, f: StateSubscriber) {
-        let last = lock(&self.core.last);
-        f(&last);
-        lock(&self.core.subs).push(f);
     }
 }
