@@ -303,15 +303,6 @@ impl Conn {
         Ok(text)
     }
 
-    /// Whether this client holds the image's exclusive lock (librbd's
-    /// own view: no cluster round trip).
-    pub(super) fn owns_lock(&self) -> Option<bool> {
-        let mut owner: c_int = 0;
-        // SAFETY: an open image and an out pointer.
-        let r = unsafe { (self.api.rbd_is_exclusive_lock_owner)(self.image, &mut owner) };
-        (r >= 0).then_some(owner != 0)
-    }
-
     /// The clients holding the image's exclusive lock (their addresses;
     /// none when nobody holds it). Asks the cluster: blocking.
     pub(super) fn lock_owners(&self) -> io::Result<Vec<String>> {
@@ -351,6 +342,19 @@ impl Conn {
             unsafe { (api.rbd_lock_get_owners_cleanup)(owners.as_mut_ptr(), n) };
             return Ok(list);
         }
+    }
+
+    /// Break `owner`'s exclusive lock on the image; librbd blocklists the
+    /// owner first (`rbd_blocklist_on_break_lock`), so a gateway taken for
+    /// dead cannot write again before it reopens.
+    pub(super) fn break_lock(&self, owner: &str) -> io::Result<()> {
+        let o = cstr(owner)?;
+        // SAFETY: an open image and a C string; mode 0 is exclusive.
+        let r = unsafe { (self.api.rbd_lock_break)(self.image, 0, o.as_ptr()) };
+        if r < 0 {
+            return Err(os_err(r.into()));
+        }
+        Ok(())
     }
 
     /// The SCSI outcome of librbd's error `r`. EROFS on an image opened

@@ -14,7 +14,9 @@
 //! blocking calls.
 //!
 //! Modules: `spec` (path and options), `conn` (a cluster connection with
-//! its image), `aio` (submissions and librbd's callback), `ffi`.
+//! its image), `aio` (submissions and librbd's callback), `shared` (the
+//! SCSI state all gateways share: persistent reservations), `alua` (the
+//! gateways' port groups and their states), `ffi`.
 //!
 //! Defaults differ from librbd's where a SCSI disk needs it: the client
 //! cache is off (a write is acknowledged once RADOS has it on stable
@@ -27,6 +29,7 @@
 //! reopens the image in the background; commands meanwhile get NOT READY.
 
 mod aio;
+mod alua;
 mod conn;
 mod ffi;
 mod shared;
@@ -38,10 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering}
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use scsi::{
-    AccessState, BlockDevice, CompletionSink, MediaResult, NativeIo, PortGroup, SharedState,
-    SimpleIo,
-};
+use scsi::{BlockDevice, CompletionSink, MediaResult, NativeIo, PortGroup, SharedState, SimpleIo};
 
 use aio::Pending;
 pub use conn::wait_closed;
@@ -185,12 +185,15 @@ impl ImageProbe {
     }
 }
 
-impl shared::Probe for ImageProbe {
+impl alua::Probe for ImageProbe {
     fn address(&self) -> Option<String> {
         self.conn()?.address().ok()
     }
-    fn owns_lock(&self) -> Option<bool> {
-        self.conn()?.owns_lock()
+    fn lock_owners(&self) -> Option<Vec<String>> {
+        self.conn()?.lock_owners().ok()
+    }
+    fn break_lock(&self, owner: &str) -> bool {
+        self.conn().is_some_and(|c| c.break_lock(owner).is_ok())
     }
 }
 
@@ -323,45 +326,11 @@ impl BlockDevice for RbdDevice {
         }
     }
 
-    /// Implicit ALUA from the image's exclusive lock: the gateway whose
-    /// image client holds it is active/optimized, the others
-    /// active/non-optimized (their writes would take the lock from it);
-    /// while nobody holds it, the lowest port group is the one preferred,
-    /// so that initiators converge on one gateway. Every gateway computes
-    /// this from the same cluster facts, so all report the same.
+    /// Implicit ALUA across the gateways serving the image: see
+    /// [`alua`]. Every gateway reports the same, from the cluster.
     fn port_groups(&self, group: u16, rel: u16) -> Option<Result<Vec<PortGroup>, MediaResult>> {
         let shared = self.shared.as_ref()?;
-        let run = || -> io::Result<Vec<PortGroup>> {
-            let conn = self.conn_or_err()?;
-            let me = shared::Gateway {
-                rel,
-                address: conn.address()?,
-            };
-            let mut gws = shared.gateways()?;
-            if gws.get(&group) != Some(&me) {
-                shared.register(group, &me)?;
-                gws.insert(group, me);
-            }
-            let owners = conn.lock_owners()?;
-            let owner = gws
-                .iter()
-                .find(|(_, g)| owners.iter().any(|o| same_client(o, &g.address)))
-                .or_else(|| gws.iter().next())
-                .map(|(id, _)| *id);
-            Ok(gws
-                .into_iter()
-                .map(|(id, g)| PortGroup {
-                    id,
-                    state: if Some(id) == owner {
-                        AccessState::ActiveOptimized
-                    } else {
-                        AccessState::ActiveNonOptimized
-                    },
-                    ports: vec![g.rel],
-                })
-                .collect())
-        };
-        Some(run().map_err(|e| MediaResult::from_io(&e)))
+        Some(alua::port_groups(&shared.core, group, rel).map_err(|e| MediaResult::from_io(&e)))
     }
 
     fn map_status(&self, offset: u64) -> io::Result<(bool, u64)> {
@@ -445,40 +414,4 @@ unsafe extern "C" fn on_extent(off: u64, len: usize, exists: c_int, arg: *mut c_
     };
     s.stopped = r == STOP;
     r
-}
-
-/// Whether two client addresses as Ceph prints them (`ip:port/nonce`,
-/// or a vector `[v2:ip:port/nonce,v1:...]`) name the same client: the
-/// same nonce, which is what makes a client instance unique.
-fn same_client(a: &str, b: &str) -> bool {
-    fn nonces(s: &str) -> impl Iterator<Item = &str> {
-        s.split('/').skip(1).map(|t| {
-            let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-            &t[..end]
-        })
-    }
-    nonces(a).any(|x| !x.is_empty() && nonces(b).any(|y| y == x))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::same_client;
-
-    #[test]
-    fn lock_owners_match_the_client_addresses_they_name() {
-        assert!(same_client(
-            "127.0.0.1:0/1658206537",
-            "127.0.0.1:0/1658206537"
-        ));
-        assert!(same_client(
-            "10.0.0.5:0/42",
-            "[v2:10.0.0.5:0/42,v1:10.0.0.5:0/42]"
-        ));
-        assert!(!same_client(
-            "127.0.0.1:0/1658206537",
-            "127.0.0.1:0/1658206538"
-        ));
-        assert!(!same_client("127.0.0.1:0/", "127.0.0.1:0/"));
-        assert!(!same_client("garbage", "garbage"));
-    }
 }

@@ -50,21 +50,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// What the state's thread learns of the image without holding it.
-pub(super) trait Probe: Send + Sync {
-    /// The image client's address (it changes when the image is reopened).
-    fn address(&self) -> Option<String>;
-    /// Whether the image client holds the exclusive lock.
-    fn owns_lock(&self) -> Option<bool>;
-}
-
-/// What the watch callbacks (and the device) tell the state's thread.
+/// What the watch callbacks tell the state's thread.
 enum Msg {
-    /// This gateway serves the image as port group `group`, port `rel`.
-    ServeAs {
-        group: u16,
-        rel: u16,
-    },
     /// Someone changed the state: read it, then acknowledge.
     Notify {
         id: u64,
@@ -75,9 +62,9 @@ enum Msg {
     Stop,
 }
 
-struct Core {
-    conn: Conn,
-    oid: CString,
+pub(super) struct Core {
+    pub(super) conn: Conn,
+    pub(super) oid: CString,
     /// A read and the object version it saw are one step (librados keeps
     /// the last version per ioctx): reads and writes take turns.
     io: Mutex<()>,
@@ -85,22 +72,30 @@ struct Core {
     /// states one at a time.
     last: Mutex<Vec<u8>>,
     subs: Mutex<Vec<StateSubscriber>>,
-    /// The port group this gateway registered (see
-    /// [`ClusterState::gateways`]), removed when the LU goes.
-    registered: Mutex<Option<u16>>,
-    probe: Box<dyn Probe>,
+    /// This gateway's part in ALUA (see [`super::alua`]).
+    pub(super) alua: super::alua::Local,
 }
 
-/// The watch callbacks' argument: a way to the state's thread.
-struct WatchArg(*mut Mutex<Sender<Msg>>);
-// SAFETY: the pointee is a Mutex<Sender>, usable from any thread; the
-// state's thread frees it after the watch is gone.
+/// The watch callbacks' argument.
+struct Callbacks {
+    /// To the state's thread.
+    tx: Mutex<Sender<Msg>>,
+    /// For answering a roll call at once (see [`super::alua`]).
+    core: std::sync::Weak<Core>,
+}
+
+/// A pointer to the callbacks' argument.
+struct WatchArg(*mut Callbacks);
+// SAFETY: the pointee is Sync; the state's thread frees it after the
+// watch is gone.
 unsafe impl Send for WatchArg {}
 
 /// The state of one image, shared with the other gateways.
 pub(super) struct ClusterState {
-    core: Arc<Core>,
+    pub(super) core: Arc<Core>,
     tx: Mutex<Sender<Msg>>,
+    /// Wakes the ALUA thread; dropped with us, which ends it.
+    alua: Mutex<Sender<()>>,
 }
 
 impl std::fmt::Debug for ClusterState {
@@ -123,7 +118,7 @@ impl ClusterState {
     pub(super) fn open(
         spec: &RbdSpec,
         name: &str,
-        probe: Box<dyn Probe>,
+        probe: Box<dyn super::alua::Probe>,
     ) -> io::Result<ClusterState> {
         let conn = Conn::connect(spec, false)?;
         let core = Arc::new(Core {
@@ -132,8 +127,7 @@ impl ClusterState {
             io: Mutex::new(()),
             last: Mutex::new(Vec::new()),
             subs: Mutex::new(Vec::new()),
-            registered: Mutex::new(None),
-            probe,
+            alua: super::alua::Local::new(probe),
         });
         // A watch needs an object; an existing one is left as it is.
         let r = core.write(None, None, CREATE_IDEMPOTENT);
@@ -142,8 +136,14 @@ impl ClusterState {
         }
         let (now, _) = core.read().map_err(os_err)?;
         *lock(&core.last) = now;
+        // Started first: if starting the state's thread fails, dropping
+        // its sender ends it.
+        let alua = super::alua::spawn(&core)?;
         let (tx, rx) = mpsc::channel();
-        let arg = WatchArg(Box::into_raw(Box::new(Mutex::new(tx.clone()))));
+        let arg = WatchArg(Box::into_raw(Box::new(Callbacks {
+            tx: Mutex::new(tx.clone()),
+            core: Arc::downgrade(&core),
+        })));
         let handle = match core.watch(&arg) {
             Ok(h) => h,
             Err(e) => {
@@ -163,166 +163,12 @@ impl ClusterState {
         Ok(ClusterState {
             core,
             tx: Mutex::new(tx),
+            alua: Mutex::new(alua),
         })
     }
 }
 
-/// Gateways register as extended attributes of the state object, one
-/// per target port group: `rtgt.gw.<group>` = `<relative port> <address
-/// of the gateway's image client>`.
-const GATEWAY_XATTR: &str = "rtgt.gw.";
-
-/// A gateway serving the image, as registered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Gateway {
-    pub rel: u16,
-    /// Its image client's address (as the exclusive lock names owners).
-    pub address: String,
-}
-
-impl ClusterState {
-    /// Serve as port group `group` (relative port `rel`): the state's
-    /// thread registers this gateway, and keeps the registration current.
-    pub(super) fn serve_as(&self, group: u16, rel: u16) {
-        let _ = lock(&self.tx).send(Msg::ServeAs { group, rel });
-    }
-
-    /// Every gateway registered for the image, by port group.
-    pub(super) fn gateways(&self) -> io::Result<std::collections::BTreeMap<u16, Gateway>> {
-        let core = &self.core;
-        let api = core.conn.api;
-        let mut it: super::ffi::XattrIter = std::ptr::null_mut();
-        // SAFETY: a live ioctx and C string, an out pointer for the
-        // iterator, ended below.
-        let r = unsafe { (api.rados_getxattrs)(core.conn.ioctx, core.oid.as_ptr(), &mut it) };
-        if r < 0 {
-            return Err(os_err(r.into()));
-        }
-        let mut out = std::collections::BTreeMap::new();
-        loop {
-            let (mut name, mut val, mut len) = (std::ptr::null(), std::ptr::null(), 0usize);
-            // SAFETY: a live iterator and out pointers; the strings stay
-            // valid until the next call.
-            let r = unsafe { (api.rados_getxattrs_next)(it, &mut name, &mut val, &mut len) };
-            if r < 0 || name.is_null() {
-                break;
-            }
-            // SAFETY: as above; `val` has `len` bytes.
-            let (name, val) = unsafe {
-                (
-                    std::ffi::CStr::from_ptr(name)
-                        .to_string_lossy()
-                        .into_owned(),
-                    String::from_utf8_lossy(std::slice::from_raw_parts(val.cast::<u8>(), len))
-                        .into_owned(),
-                )
-            };
-            let Some(group) = name
-                .strip_prefix(GATEWAY_XATTR)
-                .and_then(|g| g.parse::<u16>().ok())
-            else {
-                continue;
-            };
-            if let Some((rel, address)) = val.split_once(' ') {
-                if let Ok(rel) = rel.parse() {
-                    out.insert(
-                        group,
-                        Gateway {
-                            rel,
-                            address: address.to_string(),
-                        },
-                    );
-                }
-            }
-        }
-        // SAFETY: the iterator from getxattrs, ended once.
-        unsafe { (api.rados_getxattrs_end)(it) };
-        Ok(out)
-    }
-
-    /// Register (or update) this gateway as port group `group`.
-    pub(super) fn register(&self, group: u16, gw: &Gateway) -> io::Result<()> {
-        self.core.register(group, gw)
-    }
-}
-
 impl Core {
-    fn register(&self, group: u16, gw: &Gateway) -> io::Result<()> {
-        let core = self;
-        let name = cstr(&format!("{GATEWAY_XATTR}{group}"))?;
-        let val = format!("{} {}", gw.rel, gw.address);
-        // SAFETY: a live ioctx, C strings and a buffer of the length given.
-        let r = unsafe {
-            (core.conn.api.rados_setxattr)(
-                core.conn.ioctx,
-                core.oid.as_ptr(),
-                name.as_ptr(),
-                val.as_ptr().cast(),
-                val.len(),
-            )
-        };
-        if r < 0 {
-            return Err(os_err(r.into()));
-        }
-        *lock(&core.registered) = Some(group);
-        Ok(())
-    }
-}
-
-impl Core {
-    /// Register this gateway again if its image client changed (a reopen
-    /// after fencing gives it a new address).
-    fn keep_registered(&self, serving: &mut Option<(u16, Gateway)>) {
-        let Some((group, gw)) = serving else {
-            return;
-        };
-        let Some(address) = self.probe.address() else {
-            return;
-        };
-        if gw.address == address {
-            return;
-        }
-        let now = Gateway {
-            rel: gw.rel,
-            address,
-        };
-        match self.register(*group, &now) {
-            Ok(()) => *gw = now,
-            Err(e) => tracing::warn!(oid = ?self.oid, error = %e, "cannot register this gateway"),
-        }
-    }
-
-    /// The image's lock moved to or from this gateway: every nexus of
-    /// every gateway gets ASYMMETRIC ACCESS STATE CHANGED (SPC-4 §5.15.2.2).
-    /// On a thread of its own: the change waits for every watcher's
-    /// acknowledgement, this thread's included.
-    fn access_state_changed(self: &Arc<Self>) {
-        let me = self.clone();
-        let spawned = std::thread::Builder::new()
-            .name("rbd-alua".into())
-            .spawn(move || {
-                let r = me.update(&mut |cur| scsi::asymmetric_access_changed(cur));
-                if let Err(e) = r {
-                    tracing::warn!(oid = ?me.oid, result = ?e, "cannot announce an ALUA state change");
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::warn!(error = %e, "cannot announce an ALUA state change");
-        }
-    }
-
-    /// Take this gateway's registration out (it no longer serves the LU).
-    fn unregister(&self) {
-        let Some(group) = lock(&self.registered).take() else {
-            return;
-        };
-        let Ok(name) = cstr(&format!("{GATEWAY_XATTR}{group}")) else {
-            return;
-        };
-        // SAFETY: a live ioctx and C strings.
-        unsafe { (self.conn.api.rados_rmxattr)(self.conn.ioctx, self.oid.as_ptr(), name.as_ptr()) };
-    }
-
     /// The object's bytes and version (`Err(-errno)`).
     fn read(&self) -> Result<(Vec<u8>, u64), i64> {
         let api = self.conn.api;
@@ -429,65 +275,65 @@ impl Core {
         }
     }
 
-    /// Tell the other gateways the state changed, and wait for them.
-    fn notify(&self) {
+    /// Notify every watcher with `payload` and wait (up to `timeout_ms`)
+    /// for their acknowledgements: librados' reply (acks with their
+    /// payloads, then those that timed out) and the result.
+    pub(super) fn notify_with(&self, payload: &[u8], timeout_ms: u64) -> (Vec<u8>, i64) {
         let api = self.conn.api;
         let mut reply: *mut c_char = std::ptr::null_mut();
         let mut len = 0usize;
-        // SAFETY: a live ioctx and C string, no payload, out pointers for
-        // the reply, which we free.
-        let r = unsafe {
+        // SAFETY: a live ioctx and C string, a payload of the length
+        // given, out pointers for the reply, copied and freed here.
+        unsafe {
             let r = (api.rados_notify2)(
                 self.conn.ioctx,
                 self.oid.as_ptr(),
-                std::ptr::null(),
-                0,
-                NOTIFY_TIMEOUT_MS,
+                payload.as_ptr().cast(),
+                payload.len() as c_int,
+                timeout_ms,
                 &mut reply,
                 &mut len,
             );
+            let mut out = Vec::new();
             if !reply.is_null() {
+                out.extend_from_slice(std::slice::from_raw_parts(reply.cast::<u8>(), len));
                 (api.rados_buffer_free)(reply);
             }
-            r
-        };
-        if r < 0 {
-            tracing::warn!(oid = ?self.oid, error = %os_err(r.into()), "a gateway did not acknowledge a change of the shared SCSI state in time");
+            (out, r.into())
         }
     }
 
-    /// The state's thread: reads what others changed, keeps the watch,
-    /// keeps this gateway registered, and tells every gateway's nexuses
-    /// when the image's lock (so the ALUA states) moved here or away.
-    fn serve(self: &Arc<Self>, rx: &mpsc::Receiver<Msg>, arg: WatchArg, handle: u64) {
+    /// Tell the other gateways the state changed, and wait for them.
+    fn notify(&self) {
+        let (_, r) = self.notify_with(&[], NOTIFY_TIMEOUT_MS);
+        if r < 0 {
+            tracing::warn!(oid = ?self.oid, error = %os_err(r), "a gateway did not acknowledge a change of the shared SCSI state in time");
+        }
+    }
+
+    /// Acknowledge notification `id` on watch `handle`, with `payload`.
+    pub(super) fn ack(&self, id: u64, handle: u64, payload: &[u8]) {
+        // SAFETY: a live ioctx and C string, a payload of the length given.
+        unsafe {
+            (self.conn.api.rados_notify_ack)(
+                self.conn.ioctx,
+                self.oid.as_ptr(),
+                id,
+                handle,
+                payload.as_ptr().cast(),
+                payload.len() as c_int,
+            )
+        };
+    }
+
+    /// The state's thread: reads what others changed, and keeps the watch.
+    fn serve(&self, rx: &mpsc::Receiver<Msg>, arg: WatchArg, handle: u64) {
         let mut handle = Some(handle);
-        let mut serving: Option<(u16, Gateway)> = None;
-        let mut owner = self.probe.owns_lock();
         loop {
             match rx.recv_timeout(POLL) {
-                Ok(Msg::ServeAs { group, rel }) => {
-                    serving = Some((
-                        group,
-                        Gateway {
-                            rel,
-                            address: String::new(),
-                        },
-                    ));
-                    self.keep_registered(&mut serving);
-                }
                 Ok(Msg::Notify { id, handle: h }) => {
                     self.refresh();
-                    // SAFETY: a live ioctx and C string, no payload.
-                    unsafe {
-                        (self.conn.api.rados_notify_ack)(
-                            self.conn.ioctx,
-                            self.oid.as_ptr(),
-                            id,
-                            h,
-                            std::ptr::null(),
-                            0,
-                        )
-                    };
+                    self.ack(id, h, &[]);
                 }
                 Ok(Msg::Lost) => {
                     if let Some(h) = handle.take() {
@@ -501,17 +347,11 @@ impl Core {
                         handle = self.watch(&arg).ok();
                     }
                     self.refresh();
-                    self.keep_registered(&mut serving);
-                    let now = self.probe.owns_lock();
-                    if now.is_some() && owner.is_some() && now != owner {
-                        self.access_state_changed();
-                    }
-                    owner = now.or(owner);
                 }
                 Ok(Msg::Stop) | Err(RecvTimeoutError::Disconnected) => break,
             }
         }
-        self.unregister();
+        self.alua.unregister(self);
         if let Some(h) = handle {
             self.unwatch(h);
         }
@@ -528,12 +368,26 @@ unsafe extern "C" fn on_notify(
     notify_id: u64,
     handle: u64,
     _notifier: u64,
-    _data: *mut c_void,
-    _len: usize,
+    data: *mut c_void,
+    len: usize,
 ) {
     // SAFETY: `arg` is the WatchArg pointer, alive while the watch is.
-    let tx = unsafe { &*(arg as *const Mutex<Sender<Msg>>) };
-    let _ = lock(tx).send(Msg::Notify {
+    let cb = unsafe { &*(arg as *const Callbacks) };
+    let payload: &[u8] = if data.is_null() || len == 0 {
+        &[]
+    } else {
+        // SAFETY: librados' payload of `len` bytes, for this call.
+        unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
+    };
+    if payload == super::alua::ROLL_CALL {
+        // Answered here, at once: the state's thread may be busy, and a
+        // late answer reads as a dead gateway.
+        if let Some(core) = cb.core.upgrade() {
+            core.ack(notify_id, handle, &core.alua.answer());
+        }
+        return;
+    }
+    let _ = lock(&cb.tx).send(Msg::Notify {
         id: notify_id,
         handle,
     });
@@ -542,8 +396,17 @@ unsafe extern "C" fn on_notify(
 /// librados: the watch is broken and must be made again.
 unsafe extern "C" fn on_watch_error(arg: *mut c_void, _handle: u64, _err: c_int) {
     // SAFETY: as in `on_notify`.
-    let tx = unsafe { &*(arg as *const Mutex<Sender<Msg>>) };
-    let _ = lock(tx).send(Msg::Lost);
+    let cb = unsafe { &*(arg as *const Callbacks) };
+    let _ = lock(&cb.tx).send(Msg::Lost);
+}
+
+impl ClusterState {
+    /// Serve as port group `group` (relative port `rel`): the ALUA
+    /// thread registers this gateway now, and keeps it registered.
+    pub(super) fn serve_as(&self, group: u16, rel: u16) {
+        self.core.alua.serve_as(group, rel);
+        let _ = lock(&self.alua).send(());
+    }
 }
 
 impl SharedState for ClusterState {
@@ -560,7 +423,10 @@ impl SharedState for ClusterState {
 
 impl Core {
     /// See [`SharedState::update`].
-    fn update(&self, f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>) -> Result<(), MediaResult> {
+    pub(super) fn update(
+        &self,
+        f: &mut dyn FnMut(&[u8]) -> Option<Vec<u8>>,
+    ) -> Result<(), MediaResult> {
         let core = self;
         for _ in 0..MAX_RACES {
             let (cur, ver) = match core.read() {
