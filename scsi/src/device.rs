@@ -108,6 +108,19 @@ pub trait BlockDevice: Send + Sync {
         let _ = (group, rel);
         None
     }
+    /// Run `f`, a read-modify-write (a COMPARE AND WRITE the store cannot
+    /// do natively, ORWRITE), on a view of this store through which no
+    /// other writer of the medium, in this process or another gateway,
+    /// writes between its read and its write. `None` when the store needs
+    /// none: the LU's media lock already orders this process's I/O, and
+    /// nothing else writes the medium; the caller then runs `f` itself.
+    fn exclusive_view(
+        &self,
+        f: &mut dyn FnMut(&dyn BlockDevice),
+    ) -> Option<Result<(), MediaResult>> {
+        let _ = f;
+        None
+    }
     /// The medium is served here through relative target port `rel` of
     /// target port group `group`: a store shared by several gateways
     /// makes that known to the others (without blocking).

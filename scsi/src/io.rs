@@ -678,27 +678,33 @@ impl IoTask {
                 if buf.len() < 2 * n {
                     return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
                 }
-                // MISCOMPARE carries the offset of the first differing
-                // byte from the start of the Data-Out (SBC-3 §5.2).
-                compare_range(dev, offset, &buf[..n])?;
-                dev.write_at(&buf[n..2 * n], offset).map_err(write_fault)?;
-                if flush {
-                    dev.flush().map_err(write_fault)?;
-                }
+                exclusively(dev, &mut |dev| {
+                    // MISCOMPARE carries the offset of the first differing
+                    // byte from the start of the Data-Out (SBC-3 §5.2).
+                    compare_range(dev, offset, &buf[..n])?;
+                    dev.write_at(&buf[n..2 * n], offset).map_err(write_fault)?;
+                    if flush {
+                        dev.flush().map_err(write_fault)?;
+                    }
+                    Ok(())
+                })?;
                 buf.clear();
                 Ok(())
             }
             &IoOp::OrWrite { offset, len, flush } => {
                 let n = (len as usize).min(buf.len());
-                let mut cur = vec![0u8; n];
-                dev.read_at(&mut cur, offset).map_err(read_fault)?;
-                for (c, d) in cur.iter_mut().zip(&buf[..n]) {
-                    *c |= *d;
-                }
-                dev.write_at(&cur, offset).map_err(write_fault)?;
-                if flush {
-                    dev.flush().map_err(write_fault)?;
-                }
+                exclusively(dev, &mut |dev| {
+                    let mut cur = vec![0u8; n];
+                    dev.read_at(&mut cur, offset).map_err(read_fault)?;
+                    for (c, d) in cur.iter_mut().zip(&buf[..n]) {
+                        *c |= *d;
+                    }
+                    dev.write_at(&cur, offset).map_err(write_fault)?;
+                    if flush {
+                        dev.flush().map_err(write_fault)?;
+                    }
+                    Ok(())
+                })?;
                 buf.clear();
                 Ok(())
             }
@@ -724,6 +730,23 @@ impl IoTask {
 }
 
 /// Read `len` bytes at `offset` in chunks, only to see they can be read.
+/// Run a read-modify-write on the store's exclusive view, if it has one
+/// (see [`BlockDevice::exclusive_view`]), else on the store.
+fn exclusively(
+    dev: &dyn BlockDevice,
+    f: &mut dyn FnMut(&dyn BlockDevice) -> Result<(), Sense>,
+) -> Result<(), Sense> {
+    let mut result = Err(internal_failure());
+    let mut run = |d: &dyn BlockDevice| result = f(d);
+    match dev.exclusive_view(&mut run) {
+        None => run(dev),
+        // `result` stays a failure if the store did not run `f`.
+        Some(Ok(())) => {}
+        Some(Err(m)) => return Err(m.sense(false).unwrap_or_else(internal_failure)),
+    }
+    result
+}
+
 fn check_readable(dev: &dyn BlockDevice, offset: u64, len: u64) -> Result<(), Sense> {
     let mut tmp = vec![0u8; len.min(CHUNK) as usize];
     let mut at = 0;

@@ -297,7 +297,7 @@ fn states_changed(old: &[PortGroup], new: &[PortGroup]) -> bool {
 /// The acknowledgement payloads in librados' notify reply: le32 count,
 /// then per ack le64 gid, le64 cookie, le32 length and the payload; then
 /// the timed-out watchers (not needed here). `None` if malformed.
-fn parse_acks(b: &[u8]) -> Option<Vec<Vec<u8>>> {
+pub(super) fn parse_acks(b: &[u8]) -> Option<Vec<Vec<u8>>> {
     let mut at = 0usize;
     let mut take = |n: usize| -> Option<&[u8]> {
         let s = b.get(at..at.checked_add(n)?)?;

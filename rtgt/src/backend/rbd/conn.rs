@@ -284,6 +284,35 @@ impl Conn {
         found
     }
 
+    /// Read `buf.len()` bytes at `offset` (blocking).
+    pub(super) fn read(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        // SAFETY: an open image and a buffer of `buf.len()` bytes.
+        let r =
+            unsafe { (self.api.rbd_read)(self.image, offset, buf.len(), buf.as_mut_ptr().cast()) };
+        self.check(r as i64)?;
+        if r as usize != buf.len() {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    /// Write `buf` at `offset` (blocking).
+    pub(super) fn write(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        // SAFETY: an open image and a buffer of `buf.len()` bytes.
+        let r = unsafe { (self.api.rbd_write)(self.image, offset, buf.len(), buf.as_ptr().cast()) };
+        self.check(r as i64)?;
+        if r as usize != buf.len() {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        Ok(())
+    }
+
+    /// Flush the image (blocking).
+    pub(super) fn flush(&self) -> io::Result<()> {
+        // SAFETY: an open image.
+        self.check(unsafe { (self.api.rbd_flush)(self.image) }.into())
+    }
+
     /// This client's address as the cluster knows it (what
     /// [`lock_owners`](Conn::lock_owners) lists for it).
     pub(super) fn address(&self) -> io::Result<String> {

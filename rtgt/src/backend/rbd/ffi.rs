@@ -100,6 +100,8 @@ api! {
     rbd::rbd_lock_get_owners: fn(Image, *mut c_int, *mut *mut c_char, *mut usize) -> c_int;
     rbd::rbd_lock_get_owners_cleanup: fn(*mut *mut c_char, usize);
     rbd::rbd_lock_break: fn(Image, c_int, *const c_char) -> c_int;
+    rbd::rbd_lock_acquire: fn(Image, c_int) -> c_int;
+    rbd::rbd_lock_release: fn(Image) -> c_int;
     rbd::rbd_open: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_open_read_only: fn(IoCtx, *const c_char, *mut Image, *const c_char) -> c_int;
     rbd::rbd_close: fn(Image) -> c_int;

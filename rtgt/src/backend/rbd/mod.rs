@@ -48,6 +48,12 @@ pub use conn::wait_closed;
 use conn::{os_err, Conn};
 pub use spec::RbdSpec;
 
+/// librados' notify reply parser, for the fuzz target (see [`alua`]).
+#[doc(hidden)]
+pub fn parse_notify_acks(reply: &[u8]) -> Option<Vec<Vec<u8>>> {
+    alua::parse_acks(reply)
+}
+
 /// Seconds before a cluster operation (OSD or monitor) gives up; below
 /// the 30 s command timeout of Linux's SCSI layer, so our NOT READY comes
 /// before the initiator aborts the task.
@@ -67,6 +73,9 @@ struct Inner {
     conn: RwLock<Arc<Conn>>,
     /// A reconnect is under way.
     reopening: AtomicBool,
+    /// A second handle on the image for read-modify-writes (see
+    /// [`Inner::exclusively`]), opened when first needed.
+    rmw: std::sync::Mutex<Option<Arc<Conn>>>,
 }
 
 /// An RBD image behind a LUN.
@@ -105,6 +114,7 @@ impl RbdDevice {
             size: AtomicU64::new(0),
             conn: RwLock::new(Arc::new(conn)),
             reopening: AtomicBool::new(false),
+            rmw: std::sync::Mutex::new(None),
         });
         let probe = Box::new(ImageProbe(Arc::downgrade(&inner)));
         let shared = match shared::ClusterState::open(&inner.spec, &name, probe) {
@@ -197,6 +207,75 @@ impl alua::Probe for ImageProbe {
     }
 }
 
+impl Inner {
+    /// Run `f` while this gateway holds the image's exclusive lock and
+    /// gives it to no one: through a second handle on the image, which
+    /// takes the lock by hand (`rbd_lock_acquire`: the first handle gives
+    /// it up, as it does to any client asking; a hand-taken lock is not
+    /// given up when asked) and lets go of it after `f`. Other gateways'
+    /// writes wait meanwhile (or end NOT READY, which initiators retry), so
+    /// a read-modify-write is atomic across gateways. A separate handle,
+    /// because taking the lock by hand switches a handle's lock policy for
+    /// good, and the first handle must keep passing the lock on request.
+    fn exclusively(&self, f: &mut dyn FnMut(&dyn BlockDevice)) -> Result<(), MediaResult> {
+        let mut slot = self.rmw.lock().unwrap_or_else(|p| p.into_inner());
+        let c = match &*slot {
+            Some(c) if !c.fenced.load(Ordering::Acquire) => c.clone(),
+            _ => {
+                *slot = None;
+                let c = Conn::open(&self.spec, false).map_err(|e| MediaResult::from_io(&e))?;
+                let c = Arc::new(c);
+                *slot = Some(c.clone());
+                c
+            }
+        };
+        // SAFETY: an open image; mode 0 is exclusive.
+        let r = unsafe { (c.api.rbd_lock_acquire)(c.image, 0) };
+        if r < 0 {
+            if i64::from(r) == -ESHUTDOWN {
+                *slot = None;
+            }
+            return Err(c.result(r.into()));
+        }
+        f(&Held(&c));
+        // SAFETY: an open image whose lock we took.
+        let r = unsafe { (c.api.rbd_lock_release)(c.image) };
+        if r < 0 {
+            // Closing the handle lets the lock go.
+            tracing::warn!(image = %self.spec.image, error = %os_err(r.into()), "cannot release the image lock; reopening");
+            *slot = None;
+        }
+        Ok(())
+    }
+}
+
+/// The image through the handle that holds its lock (see
+/// [`Inner::exclusively`]): blocking calls only.
+struct Held<'a>(&'a Conn);
+
+impl BlockDevice for Held<'_> {
+    fn size(&self) -> u64 {
+        let c = self.0;
+        let mut size = 0u64;
+        // SAFETY: an open image and an out pointer.
+        let r = unsafe { (c.api.rbd_get_size)(c.image, &mut size) };
+        if r < 0 {
+            0
+        } else {
+            size
+        }
+    }
+    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.0.read(buf, offset)
+    }
+    fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
+        self.0.write(buf, offset)
+    }
+    fn flush(&self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
 impl BlockDevice for RbdDevice {
     fn size(&self) -> u64 {
         let last = self.inner.size.load(Ordering::Relaxed);
@@ -214,31 +293,15 @@ impl BlockDevice for RbdDevice {
     }
 
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        let c = self.conn_or_err()?;
-        // SAFETY: an open image and a buffer of `buf.len()` bytes.
-        let r = unsafe { (c.api.rbd_read)(c.image, offset, buf.len(), buf.as_mut_ptr().cast()) };
-        c.check(r as i64)?;
-        if r as usize != buf.len() {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        Ok(())
+        self.conn_or_err()?.read(buf, offset)
     }
 
     fn write_at(&self, buf: &[u8], offset: u64) -> io::Result<()> {
-        let c = self.conn_or_err()?;
-        // SAFETY: an open image and a buffer of `buf.len()` bytes.
-        let r = unsafe { (c.api.rbd_write)(c.image, offset, buf.len(), buf.as_ptr().cast()) };
-        c.check(r as i64)?;
-        if r as usize != buf.len() {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        Ok(())
+        self.conn_or_err()?.write(buf, offset)
     }
 
     fn flush(&self) -> io::Result<()> {
-        let c = self.conn_or_err()?;
-        // SAFETY: an open image.
-        c.check(unsafe { (c.api.rbd_flush)(c.image) }.into())
+        self.conn_or_err()?.flush()
     }
 
     fn punch_hole(&self, offset: u64, len: u64) -> io::Result<()> {
@@ -318,6 +381,14 @@ impl BlockDevice for RbdDevice {
 
     fn shared_state(&self) -> Option<&dyn SharedState> {
         self.shared.as_ref().map(|s| s as &dyn SharedState)
+    }
+
+    fn exclusive_view(
+        &self,
+        f: &mut dyn FnMut(&dyn BlockDevice),
+    ) -> Option<Result<(), MediaResult>> {
+        // A read-only image has no writer to keep out.
+        (!self.inner.readonly).then(|| self.inner.exclusively(f))
     }
 
     fn serve_port(&self, group: u16, rel: u16) {
