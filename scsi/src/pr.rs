@@ -861,7 +861,9 @@ impl PrState {
             return None;
         }
         let mut pr = PrState {
-            seq: r.u64()?,
+            // A state at the last `seq` could never be followed by a newer
+            // one: only damage puts it there (found by fuzzing).
+            seq: r.u64().filter(|s| *s < u64::MAX)?,
             generation: r.u32()?,
             ..PrState::default()
         };

@@ -2178,3 +2178,17 @@ fn an_access_state_change_reaches_every_nexus_of_every_gateway() {
         g.run(n, &[0; 6], &[]).good();
     }
 }
+
+#[test]
+fn a_shared_state_at_the_last_sequence_number_is_refused() {
+    // Found by the shared_state fuzz target: an ALUA change applied to a
+    // state whose seq was u64::MAX overflowed.
+    let mut b = b"RPR1".to_vec();
+    b.extend_from_slice(&u64::MAX.to_be_bytes());
+    b.extend_from_slice(&[0; 4 + 4 + 1 + 1 + 4]);
+    assert_eq!(crate::pr::PrState::decode(&b), None);
+    assert_eq!(crate::asymmetric_access_changed(&b), None);
+    b[4..12].copy_from_slice(&(u64::MAX - 1).to_be_bytes());
+    assert!(crate::pr::PrState::decode(&b).is_some());
+    assert!(crate::asymmetric_access_changed(&b).is_some());
+}
