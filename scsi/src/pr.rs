@@ -288,7 +288,7 @@ pub fn asymmetric_access_changed(state: &[u8]) -> Option<Vec<u8>> {
         rel: 0,
     };
     ua_to(&mut pr, &[everyone], asc::ASYMMETRIC_ACCESS_STATE_CHANGED);
-    pr.seq += 1;
+    pr.bump()?;
     Some(pr.encode())
 }
 
@@ -381,7 +381,7 @@ impl SharedChange {
                 ua_to(&mut pr, &[everyone_else], asc::BUS_DEVICE_RESET_FUNCTION);
             }
         }
-        pr.seq += 1;
+        pr.bump()?;
         Some(pr.encode())
     }
 }
@@ -535,8 +535,12 @@ pub(crate) fn apply(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> Ha
         op::RESERVE_6 | op::RESERVE_10 | op::RELEASE_6 | op::RELEASE_10 => spc2(pr, me, cdb),
         _ => pr_out(pr, me, cdb, dout),
     };
-    if *pr != before {
-        pr.seq += 1;
+    if *pr != before && pr.bump().is_none() {
+        *pr = before;
+        return Err(Sense::new(
+            crate::sense::key::HARDWARE_ERROR,
+            asc::INTERNAL_TARGET_FAILURE,
+        ));
     }
     r
 }
@@ -778,7 +782,21 @@ fn preempt(
 /// trusted.
 const ENCODING: &[u8; 4] = b"RPR1";
 
+/// The highest `seq` a state may have: every state must be followable by
+/// a newer one, so none parses at `u64::MAX`, and no change makes one.
+const LAST_SEQ: u64 = u64::MAX - 1;
+
 impl PrState {
+    /// Move `seq` on; `None` (and no change) at [`LAST_SEQ`], which only
+    /// damage to the stored state can bring near.
+    fn bump(&mut self) -> Option<()> {
+        if self.seq >= LAST_SEQ {
+            return None;
+        }
+        self.seq += 1;
+        Some(())
+    }
+
     /// The state as bytes (see [`PrState::decode`]).
     pub(crate) fn encode(&self) -> Vec<u8> {
         fn nexus(out: &mut Vec<u8>, n: &Nexus) {
@@ -863,7 +881,7 @@ impl PrState {
         let mut pr = PrState {
             // A state at the last `seq` could never be followed by a newer
             // one: only damage puts it there (found by fuzzing).
-            seq: r.u64().filter(|s| *s < u64::MAX)?,
+            seq: r.u64().filter(|s| *s <= LAST_SEQ)?,
             generation: r.u32()?,
             ..PrState::default()
         };
