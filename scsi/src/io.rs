@@ -550,7 +550,7 @@ impl IoTask {
                     return None;
                 };
                 let seq = pr.seq;
-                reply = crate::pr::apply(&mut pr, me, cdb, &dout);
+                reply = crate::pr::apply(&mut pr, me, cdb, &dout, true);
                 (pr.seq != seq).then(|| pr.encode())
             }),
         };

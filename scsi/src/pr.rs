@@ -12,8 +12,9 @@
 //! store for all of them ([`crate::device::SharedState`]), encoded by
 //! [`PrState::encode`]. Unit attentions a change owes to other nexuses are
 //! recorded in the state as events ([`Event`]), which every gateway
-//! delivers to the nexuses it has. APTPL is not supported: REPORT
-//! CAPABILITIES says PTPL_C 0.
+//! delivers to the nexuses it has. APTPL is offered (PTPL_C 1) only where
+//! the store keeps the state: there it outlives every gateway anyway; a
+//! LU of one process keeps it in memory and refuses APTPL (PTPL_C 0).
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -150,6 +151,8 @@ pub(crate) struct PrState {
     /// The holder of an SPC-2 RESERVE(6)/(10) reservation, when the store
     /// keeps it (a LU of one gateway keeps it as `Lun::reserved_by`).
     pub(crate) spc2: Option<Nexus>,
+    /// APTPL as the last registration set it (stores that keep the state).
+    aptpl: bool,
     /// Bumped by every change of any kind: a copy with a higher `seq` is
     /// newer (gateways install only those).
     pub(crate) seq: u64,
@@ -262,7 +265,7 @@ pub(crate) fn execute(
     din: &mut Vec<u8>,
 ) -> HandlerResult {
     if ctx.cdb[0] == op::PERSISTENT_RESERVE_IN {
-        return pr_in(&lun.pr, ctx, din);
+        return pr_in(&lun.pr, lun.shared_pr, ctx, din);
     }
     if lun.shared_pr {
         return Ok(shared_task(ctx, u64::from(be32(ctx.cdb, 5))));
@@ -271,7 +274,7 @@ pub(crate) fn execute(
         port: ctx.initiator.to_string(),
         rel: ctx.port.relative_port,
     };
-    let r = apply(&mut lun.pr, &me, ctx.cdb, dout);
+    let r = apply(&mut lun.pr, &me, ctx.cdb, dout, false);
     deliver_events(lun, ctx.names, ctx.port.relative_port);
     r
 }
@@ -415,7 +418,8 @@ pub(crate) fn deliver_events(lun: &mut Lun, names: &Names, rel: u16) {
     lun.pr_seen = lun.pr.seq;
 }
 
-fn pr_in(pr: &PrState, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
+/// `persistent`: the store keeps the state (PTPL_C).
+fn pr_in(pr: &PrState, persistent: bool, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
     let cdb = ctx.cdb;
     let alloc = usize::from(be16(cdb, 7));
     din.clear();
@@ -445,14 +449,15 @@ fn pr_in(pr: &PrState, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> HandlerResult {
         },
         in_sa::REPORT_CAPABILITIES => {
             // SPC-4 §6.15.4: LENGTH 8; CRH (compatible reservation handling,
-            // §5.13.3); SIP_C, ATP_C, PTPL_C 0; TMV with ALLOW COMMANDS 000b;
-            // the six types in the type mask.
+            // §5.13.3); SIP_C, ATP_C 0; PTPL_C where the store keeps the
+            // state, PTPL_A as the last REGISTER set it; TMV with ALLOW
+            // COMMANDS 000b; the six types in the type mask.
             din.clear();
             din.extend_from_slice(&[
                 0,
                 8,
-                0x10,
-                0x80,
+                0x10 | u8::from(persistent),
+                0x80 | u8::from(persistent && pr.aptpl),
                 0x80 | 0x40 | 0x20 | 0x08 | 0x02,
                 0x01,
                 0,
@@ -528,12 +533,19 @@ fn others(pr: &PrState, me: &Nexus) -> Vec<Nexus> {
 /// Apply PERSISTENT RESERVE OUT (SPC-4 §6.16, §5.13.7 to §5.13.11), or
 /// the SPC-2 RESERVE or RELEASE of a LU whose state the store keeps, from
 /// `me` to `pr`; the unit attentions it owes are added to `pr.events`, and
-/// `pr.seq` moves if anything changed. `dout` is the parameter list.
-pub(crate) fn apply(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResult {
+/// `pr.seq` moves if anything changed. `dout` is the parameter list;
+/// `persistent`: the store keeps the state, so APTPL may be set.
+pub(crate) fn apply(
+    pr: &mut PrState,
+    me: &Nexus,
+    cdb: &[u8],
+    dout: &[u8],
+    persistent: bool,
+) -> HandlerResult {
     let before = pr.clone();
     let r = match cdb[0] {
         op::RESERVE_6 | op::RESERVE_10 | op::RELEASE_6 | op::RELEASE_10 => spc2(pr, me, cdb),
-        _ => pr_out(pr, me, cdb, dout),
+        _ => pr_out(pr, me, cdb, dout, persistent),
     };
     if *pr != before && pr.bump().is_none() {
         *pr = before;
@@ -564,7 +576,13 @@ fn spc2(pr: &mut PrState, me: &Nexus, cdb: &[u8]) -> HandlerResult {
     Ok(Reply::Good { wanted: 0 })
 }
 
-fn pr_out(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResult {
+fn pr_out(
+    pr: &mut PrState,
+    me: &Nexus,
+    cdb: &[u8],
+    dout: &[u8],
+    persistent: bool,
+) -> HandlerResult {
     let action = crate::cdb::service_action(cdb);
     let scope = byte(cdb, 2) >> 4;
     let type_code = byte(cdb, 2) & 0x0f;
@@ -587,7 +605,8 @@ fn pr_out(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResul
     if flags & 0x04 != 0 {
         return Err(Sense::invalid_param(20)); // ALL_TG_PT: ATP_C is 0
     }
-    if flags & 0x01 != 0 {
+    let aptpl = flags & 0x01 != 0;
+    if aptpl && !persistent {
         return Err(Sense::invalid_param(20)); // APTPL: PTPL_C is 0
     }
     let good = Ok(Reply::Good { wanted });
@@ -611,6 +630,8 @@ fn pr_out(pr: &mut PrState, me: &Nexus, cdb: &[u8], dout: &[u8]) -> HandlerResul
                 }
             }
         }
+        // SPC-4 §5.13.5: the last valid APTPL received governs.
+        pr.aptpl = aptpl;
         pr.generation = pr.generation.wrapping_add(1);
         return good;
     }
@@ -827,6 +848,7 @@ impl PrState {
                 nexus(&mut out, n);
             }
         }
+        out.push(u8::from(self.aptpl));
         out.extend_from_slice(&(self.events.len() as u32).to_be_bytes());
         for e in &self.events {
             out.extend_from_slice(&e.seq.to_be_bytes());
@@ -903,6 +925,11 @@ impl PrState {
         pr.spc2 = match r.u8()? {
             0 => None,
             1 => Some(r.nexus()?),
+            _ => return None,
+        };
+        pr.aptpl = match r.u8()? {
+            0 => false,
+            1 => true,
             _ => return None,
         };
         let nevents = r.u32()? as usize;

@@ -2185,7 +2185,8 @@ fn a_shared_state_at_the_last_sequence_number_is_refused() {
     // state whose seq was u64::MAX overflowed.
     let mut b = b"RPR1".to_vec();
     b.extend_from_slice(&u64::MAX.to_be_bytes());
-    b.extend_from_slice(&[0; 4 + 4 + 1 + 1 + 4]);
+    // generation, no registrations, reservation, SPC-2 holder, APTPL, events
+    b.extend_from_slice(&[0; 4 + 4 + 1 + 1 + 1 + 4]);
     assert_eq!(crate::pr::PrState::decode(&b), None);
     assert_eq!(crate::asymmetric_access_changed(&b), None);
     // One short of it parses, but no change can move it on (the second
@@ -2196,4 +2197,27 @@ fn a_shared_state_at_the_last_sequence_number_is_refused() {
     b[4..12].copy_from_slice(&(u64::MAX - 2).to_be_bytes());
     let next = crate::asymmetric_access_changed(&b).unwrap();
     assert!(crate::pr::PrState::decode(&next).is_some());
+}
+
+#[test]
+fn aptpl_is_offered_where_the_store_keeps_the_state() {
+    let (g1, g2) = two_gateways();
+    let caps = g2.run(B, &prin(2, 8), &[]);
+    caps.good();
+    assert_eq!(caps.data[2] & 0x01, 1, "PTPL_C");
+    assert_eq!(caps.data[3] & 0x01, 0, "PTPL_A before any APTPL");
+    let mut p = prout_params(0, 0xa);
+    p[20] = 0x01; // APTPL
+    g1.run(A, &prout(0, 0), &p).good();
+    let caps = g2.run(B, &prin(2, 8), &[]);
+    assert_eq!(
+        caps.data[3] & 0x01,
+        1,
+        "PTPL_A, seen through the other gateway"
+    );
+    // A LU of one process keeps PR in memory: no APTPL.
+    let mut h = pr_h();
+    assert_eq!(h.cmd(&prin(2, 8)).data[2] & 0x01, 0);
+    h.cmd_out(&prout(0, 0), &p)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
 }
