@@ -59,6 +59,14 @@ impl Inst {
     }
 
     fn run(&mut self, unit_text: &str, key: &str) {
+        // `Environment=` gives defaults an environment file may override.
+        for kv in exec_lines(unit_text, "Environment") {
+            if let Some((k, v)) = kv.split_once('=') {
+                self.env
+                    .entry(k.to_string())
+                    .or_insert_with(|| v.to_string());
+            }
+        }
         for line in exec_lines(unit_text, key) {
             let w = self.expand(&line);
             if key == "ExecStart" {
