@@ -82,6 +82,8 @@ pub(super) struct Local {
     registered: Mutex<Option<(u16, Gateway)>>,
     /// The states as the last roll call found them.
     view: Mutex<Option<Vec<PortGroup>>>,
+    /// A port group two gateways answered for, as last reported.
+    duplicate: Mutex<Option<u16>>,
 }
 
 impl Local {
@@ -91,6 +93,7 @@ impl Local {
             me: Mutex::new(None),
             registered: Mutex::new(None),
             view: Mutex::new(None),
+            duplicate: Mutex::new(None),
         }
     }
 
@@ -201,11 +204,24 @@ fn survey(core: &Core) -> io::Result<Survey> {
     if r < 0 && r != -i64::from(libc::ETIMEDOUT) {
         return Err(os_err(r));
     }
-    let live: BTreeSet<u16> = parse_acks(&reply)
+    let answers: Vec<u16> = parse_acks(&reply)
         .unwrap_or_default()
         .iter()
         .filter_map(|p| std::str::from_utf8(p).ok()?.parse().ok())
         .collect();
+    let live: BTreeSet<u16> = answers.iter().copied().collect();
+    // Two gateways answering for one group: a configuration error that
+    // would make them overwrite each other's registration.
+    let twice = live
+        .iter()
+        .copied()
+        .find(|g| answers.iter().filter(|a| *a == g).count() > 1);
+    let mut said = lock(&core.alua.duplicate);
+    if twice.is_some() && twice != *said {
+        tracing::error!(oid = ?core.oid, group = twice, "two gateways serve this image as the same port group: give each rtgtd its own --port-group");
+    }
+    *said = twice;
+    drop(said);
     let live: Vec<u16> = live.into_iter().filter(|g| gws.contains_key(g)).collect();
     Ok((states(&gws, &live), gws, live))
 }
