@@ -947,7 +947,7 @@ fn a_gateway_killed_mid_write_fails_over_to_the_other() {
     // live port group is active/optimized, the other active/non-optimized,
     // wherever the image's lock is (writes down either path move it).
     let std = c1.inquiry(1).unwrap();
-    assert_eq!(std[5] & 0x30, 0x10, "TPGS: implicit ALUA");
+    assert_eq!(std[5] & 0x30, 0x30, "TPGS: implicit and explicit ALUA");
     let both = |c1: &mut Connection, c2: &mut Connection| {
         let (a, b) = (rtpg(c1), rtpg(c2));
         assert_eq!(a, b, "REPORT TARGET PORT GROUPS differs between gateways");
@@ -956,6 +956,17 @@ fn a_gateway_killed_mid_write_fails_over_to_the_other() {
     assert_eq!(both(&mut c1, &mut c2), vec![(1, 0, 1), (2, 1, 2)]);
     assert!(write_cmd(&mut c2, 1, 0, &[9u8; 512]).is_good());
     assert!(write_cmd(&mut c1, 1, 0, &[9u8; 512]).is_good());
+    assert_eq!(both(&mut c1, &mut c2), vec![(1, 0, 1), (2, 1, 2)]);
+    // Explicit ALUA: SET TARGET PORT GROUPS through gateway 1 makes group 2
+    // the optimized one everywhere, and back.
+    let stpg = |c: &mut Connection, group: u8| {
+        let cdb = [0xa4, 0x0a, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0];
+        let r = scsi_past_alua_ua(c, &cdb, &[0, 0, 0, 0, 0, 0, 0, group], 0);
+        assert!(r.is_good(), "{r:?}");
+    };
+    stpg(&mut c1, 2);
+    assert_eq!(both(&mut c1, &mut c2), vec![(1, 1, 1), (2, 0, 2)]);
+    stpg(&mut c2, 1);
     assert_eq!(both(&mut c1, &mut c2), vec![(1, 0, 1), (2, 1, 2)]);
     let chunk = 64 << 10;
     let writes = 160;
@@ -968,8 +979,17 @@ fn a_gateway_killed_mid_write_fails_over_to_the_other() {
         std::thread::spawn(move || {
             for i in 0..writes {
                 let data = pattern(500 + i as u64, chunk);
-                match c.scsi(1, &cdb16(0x8a, lba(i), blocks), &data, 0) {
+                let cdb = cdb16(0x8a, lba(i), blocks);
+                match c.scsi(1, &cdb, &data, 0) {
                     Ok(r) if r.is_good() => acked.store(i + 1, Ordering::SeqCst),
+                    // The ALUA states changed (the explicit switches above):
+                    // sent again, as initiators do.
+                    Ok(r) if r.sense_key() == Some((0x06, 0x2a, 0x06)) => {
+                        match c.scsi(1, &cdb, &data, 0) {
+                            Ok(r) if r.is_good() => acked.store(i + 1, Ordering::SeqCst),
+                            _ => return,
+                        }
+                    }
                     _ => return,
                 }
             }
@@ -1027,9 +1047,8 @@ fn a_gateway_killed_mid_write_fails_over_to_the_other() {
 /// REPORT TARGET PORT GROUPS: (group, access state, relative port) for
 /// each group of one port.
 fn rtpg(c: &mut Connection) -> Vec<(u16, u8, u16)> {
-    let r = c
-        .scsi(1, &[0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0], &[], 1024)
-        .unwrap();
+    let cdb = [0xa3, 0x0a, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0];
+    let r = scsi_past_alua_ua(c, &cdb, &[], 1024);
     assert!(r.is_good(), "{r:?}");
     let len = u32::from_be_bytes(r.data[0..4].try_into().unwrap()) as usize;
     let mut out = Vec::new();
@@ -1046,4 +1065,16 @@ fn rtpg(c: &mut Connection) -> Vec<(u16, u8, u16)> {
         at += 8 + 4 * ports;
     }
     out
+}
+
+/// A command, sent again after ASYMMETRIC ACCESS STATE CHANGED unit
+/// attentions (which initiators retry: the ALUA states just changed).
+fn scsi_past_alua_ua(c: &mut Connection, cdb: &[u8], dout: &[u8], din: usize) -> ScsiResult {
+    for _ in 0..8 {
+        let r = c.scsi(1, cdb, dout, din as u32).unwrap();
+        if r.sense_key() != Some((0x06, 0x2a, 0x06)) {
+            return r;
+        }
+    }
+    panic!("unit attentions without end");
 }

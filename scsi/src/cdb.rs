@@ -45,6 +45,7 @@ pub mod op {
     pub const SERVICE_ACTION_IN_16: u8 = 0x9e;
     pub const REPORT_LUNS: u8 = 0xa0;
     pub const MAINTENANCE_IN: u8 = 0xa3;
+    pub const MAINTENANCE_OUT: u8 = 0xa4;
     pub const READ_12: u8 = 0xa8;
     pub const WRITE_12: u8 = 0xaa;
     pub const WRITE_AND_VERIFY_12: u8 = 0xae;
@@ -56,6 +57,8 @@ pub mod sa {
     pub const READ_CAPACITY_16: u16 = 0x10;
     pub const GET_LBA_STATUS: u16 = 0x12;
     pub const REPORT_TARGET_PORT_GROUPS: u16 = 0x0a;
+    /// MAINTENANCE OUT's.
+    pub const SET_TARGET_PORT_GROUPS: u16 = 0x0a;
     pub const REPORT_SUPPORTED_OPCODES: u16 = 0x0c;
     pub const REPORT_SUPPORTED_TMFS: u16 = 0x0d;
 }

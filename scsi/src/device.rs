@@ -121,6 +121,14 @@ pub trait BlockDevice: Send + Sync {
         let _ = f;
         None
     }
+    /// Make port group `group` the active/optimized one for every gateway
+    /// (SET TARGET PORT GROUPS): `Ok(false)` when no live gateway serves
+    /// the medium as that group; `None` when the store knows of no other
+    /// gateway.
+    fn prefer_port_group(&self, group: u16) -> Option<Result<bool, MediaResult>> {
+        let _ = group;
+        None
+    }
     /// The medium is served here through relative target port `rel` of
     /// target port group `group`: a store shared by several gateways
     /// makes that known to the others (without blocking).
@@ -144,6 +152,8 @@ pub enum AccessState {
 pub struct PortGroup {
     pub id: u16,
     pub state: AccessState,
+    /// Made the preferred group by SET TARGET PORT GROUPS (PREF bit).
+    pub preferred: bool,
     /// Relative target port identifiers in the group.
     pub ports: Vec<u16>,
 }

@@ -100,7 +100,7 @@ fn standard(cfg: &LunConfig, d: &mut Vec<u8>) {
     d[3] = 0x12; // HISUP, RESPONSE DATA FORMAT 2
     d[4] = (STANDARD_LEN - 5) as u8;
     if cfg.alua {
-        d[5] = 0x10; // TPGS 01b: implicit asymmetric access only
+        d[5] = 0x30; // TPGS 11b: implicit and explicit asymmetric access
     }
     d[7] = 0x02; // CMDQUE
     padded(&mut d[8..16], &cfg.vendor_id);

@@ -76,6 +76,11 @@ pub(crate) enum IoOp {
         group: u16,
         rel: u16,
     },
+    /// SET TARGET PORT GROUPS (SPC-4 §6.39): make `optimized` the
+    /// preferred group (`None`: nothing to change).
+    SetTargetPortGroups {
+        optimized: Option<u16>,
+    },
     /// PERSISTENT RESERVE OUT on a LU whose PR state the store keeps for
     /// every gateway (see [`crate::device::SharedState`]); Data-Out holds
     /// the parameter list.
@@ -259,6 +264,7 @@ fn report_target_port_groups(
         None => vec![PortGroup {
             id: group,
             state: AccessState::ActiveOptimized,
+            preferred: false,
             ports: vec![rel],
         }],
         Some(Ok(g)) => g,
@@ -272,10 +278,11 @@ fn report_target_port_groups(
         out.extend_from_slice(&[0x10, IMPLICIT_TRANSITION_S, 0, 0]);
     }
     for g in &groups {
-        // PREF 0 and the state; the states we use: transitioning (T_SUP),
-        // active/non-optimized (AN_SUP), active/optimized (AO_SUP).
-        out.push(g.state as u8);
-        out.push(0x80 | 0x02 | 0x01);
+        // PREF and the state; the states we use: transitioning (T_SUP),
+        // unavailable (U_SUP), active/non-optimized (AN_SUP),
+        // active/optimized (AO_SUP).
+        out.push(g.state as u8 | if g.preferred { 0x80 } else { 0 });
+        out.push(0x80 | 0x08 | 0x02 | 0x01);
         out.extend_from_slice(&g.id.to_be_bytes());
         // Reserved, STATUS CODE 0 (none), vendor specific.
         out.extend_from_slice(&[0, 0, 0]);
@@ -338,7 +345,8 @@ impl IoTask {
             | IoOp::Sync
             | IoOp::GetLbaStatus { .. }
             | IoOp::PrOut { .. }
-            | IoOp::ReportTargetPortGroups { .. } => None,
+            | IoOp::ReportTargetPortGroups { .. }
+            | IoOp::SetTargetPortGroups { .. } => None,
         }
     }
 
@@ -711,6 +719,19 @@ impl IoTask {
             IoOp::Sync => {
                 buf.clear();
                 dev.flush().map_err(write_fault)
+            }
+            &IoOp::SetTargetPortGroups { optimized } => {
+                buf.clear();
+                match optimized.map(|g| dev.prefer_port_group(g)) {
+                    None => Ok(()),
+                    // A store that knows of one gateway only: ours is the
+                    // group, and optimized already.
+                    Some(None) => Ok(()),
+                    Some(Some(Ok(true))) => Ok(()),
+                    // Not a group serving the medium, or not one alive.
+                    Some(Some(Ok(false))) => Err(Sense::invalid_param(4)),
+                    Some(Some(Err(m))) => Err(m.sense(false).unwrap_or_else(internal_failure)),
+                }
             }
             // Answered by `run` before `perform` is reached.
             IoOp::PrOut { .. } | IoOp::ReportTargetPortGroups { .. } => Err(internal_failure()),

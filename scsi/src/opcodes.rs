@@ -684,6 +684,13 @@ static COMMANDS: &[CommandInfo] = &[
         Alua,
     ),
     c(
+        op::MAINTENANCE_OUT,
+        Some(sa::SET_TARGET_PORT_GROUPS),
+        &[op::MAINTENANCE_OUT, 0x0a, 0, 0, 0, 0, FF, FF, FF, FF, 0, 0],
+        Spc,
+        Alua,
+    ),
+    c(
         op::MAINTENANCE_IN,
         Some(sa::REPORT_SUPPORTED_TMFS),
         &[

@@ -12,7 +12,7 @@ use crate::LunId;
 pub(crate) fn execute(
     lun: &mut Lun,
     ctx: &Ctx<'_>,
-    _dout: &[u8],
+    dout: &[u8],
     din: &mut Vec<u8>,
 ) -> HandlerResult {
     let cdb = ctx.cdb;
@@ -78,6 +78,7 @@ pub(crate) fn execute(
             })
         }
         op::MAINTENANCE_IN => report_tmfs(cdb, din),
+        op::MAINTENANCE_OUT => set_target_port_groups(cdb, dout),
         _ => Err(Sense::invalid_opcode()),
     }
 }
@@ -220,5 +221,36 @@ fn report_tmfs(cdb: &[u8], din: &mut Vec<u8>) -> HandlerResult {
     din.truncate(alloc);
     Ok(Reply::Good {
         wanted: alloc as u64,
+    })
+}
+
+/// SET TARGET PORT GROUPS (SPC-4 §6.39): the group asked to be
+/// active/optimized becomes the preferred path of every gateway (the store
+/// does it, as a media task). Active/non-optimized for a group is what
+/// every other group already is, so it changes nothing; standby,
+/// unavailable and transitioning are states we never enter: INVALID
+/// FIELD IN PARAMETER LIST.
+fn set_target_port_groups(cdb: &[u8], dout: &[u8]) -> HandlerResult {
+    let plen = be32(cdb, 6) as usize;
+    if plen < 4 || plen % 4 != 0 || dout.len() < plen {
+        return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+    }
+    let mut optimized = None;
+    for (i, d) in dout[4..plen].chunks(4).enumerate() {
+        let at = (4 + i * 4) as u16;
+        let group = u16::from_be_bytes([d[2], d[3]]);
+        match d[0] & 0x0f {
+            0x0 if optimized.is_some_and(|g| g != group) => {
+                // Two groups cannot both be the one optimized.
+                return Err(Sense::invalid_param(at));
+            }
+            0x0 => optimized = Some(group),
+            0x1 => {}
+            _ => return Err(Sense::invalid_param(at)),
+        }
+    }
+    Ok(Reply::Io {
+        op: crate::io::IoOp::SetTargetPortGroups { optimized },
+        wanted: plen as u64,
     })
 }

@@ -2140,7 +2140,7 @@ fn a_restarted_gateway_drops_the_spc2_reservation_its_port_held() {
 fn a_shared_lu_reports_implicit_alua_with_its_gateway_as_a_port_group() {
     let (g1, g2) = two_gateways();
     let std = g2.run(B, &inquiry(false, 0, 36), &[]);
-    assert_eq!(std.data[5] & 0x30, 0x10, "TPGS 01b");
+    assert_eq!(std.data[5] & 0x30, 0x30, "TPGS 11b");
     // REPORT TARGET PORT GROUPS, extended header: our group (port group 2
     // = relative port 2 here), active/optimized when alone.
     let rtpg = [0xa3, 0x2a, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0];
@@ -2157,6 +2157,17 @@ fn a_shared_lu_reports_implicit_alua_with_its_gateway_as_a_port_group() {
     r.good();
     assert_eq!(r.data.len(), 6);
     assert_eq!(&r.data[0..4], &12u32.to_be_bytes());
+    // SET TARGET PORT GROUPS: our group active/optimized is accepted (a
+    // store that knows no other gateway has nothing to change); standby is
+    // a state we never enter; a bad length is refused.
+    let stpg = |len: u8| [0xa4, 0x0a, 0, 0, 0, 0, 0, 0, 0, len, 0, 0];
+    g2.run(B, &stpg(8), &[0, 0, 0, 0, 0x00, 0, 0, 2]).good();
+    g2.run(B, &stpg(8), &[0, 0, 0, 0, 0x02, 0, 0, 2])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    g2.run(B, &stpg(12), &[0, 0, 0, 0, 0x00, 0, 0, 2, 0x00, 0, 0, 1])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    g2.run(B, &stpg(6), &[0; 6])
+        .check(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH_ERROR);
     // A LU of one gateway has no asymmetric access.
     let mut h = H::new();
     assert_eq!(h.cmd(&inquiry(false, 0, 36)).data[5] & 0x30, 0);

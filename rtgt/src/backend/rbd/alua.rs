@@ -51,6 +51,9 @@ const MISSES_BEFORE_BREAK: u32 = 2;
 /// Registry entries' names: this prefix and the port group.
 const GATEWAY_XATTR: &str = "rtgt.gw.";
 
+/// The port group SET TARGET PORT GROUPS made the preferred one.
+const PREFERRED_XATTR: &str = "rtgt.preferred";
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -152,6 +155,7 @@ fn tick(core: &Core, misses: &mut BTreeMap<u16, u32>) -> io::Result<()> {
     };
     let (view, gws, live) = survey(core)?;
     let old = lock(&core.alua.view).replace(view.clone());
+    // One gateway announces a change: the lowest live one.
     if old.is_some_and(|old| states_changed(&old, &view)) && live.first() == Some(&group) {
         let r = core.update(&mut |cur| scsi::asymmetric_access_changed(cur));
         if let Err(e) = r {
@@ -195,11 +199,22 @@ fn tick(core: &Core, misses: &mut BTreeMap<u16, u32>) -> io::Result<()> {
 /// live registered groups in order.
 type Survey = (Vec<PortGroup>, BTreeMap<u16, Gateway>, Vec<u16>);
 
+/// Make `group` the preferred (active/optimized) one for every gateway:
+/// `false` when it is not a live registered group.
+pub(super) fn prefer(core: &Core, group: u16) -> io::Result<bool> {
+    let (_, _, live) = survey(core)?;
+    if !live.contains(&group) {
+        return Ok(false);
+    }
+    core.set_xattr(PREFERRED_XATTR, group.to_string().as_bytes())?;
+    Ok(true)
+}
+
 /// Register (again, if our image client changed), take the roll, and work
 /// out the states.
 fn survey(core: &Core) -> io::Result<Survey> {
     keep_registered(core)?;
-    let gws = gateways(core)?;
+    let (gws, preferred) = registry(core)?;
     let (reply, r) = core.notify_with(ROLL_CALL, ROLL_CALL_TIMEOUT_MS);
     if r < 0 && r != -i64::from(libc::ETIMEDOUT) {
         return Err(os_err(r));
@@ -223,7 +238,7 @@ fn survey(core: &Core) -> io::Result<Survey> {
     *said = twice;
     drop(said);
     let live: Vec<u16> = live.into_iter().filter(|g| gws.contains_key(g)).collect();
-    Ok((states(&gws, &live), gws, live))
+    Ok((states(&gws, &live, preferred), gws, live))
 }
 
 fn keep_registered(core: &Core) -> io::Result<()> {
@@ -246,10 +261,15 @@ fn keep_registered(core: &Core) -> io::Result<()> {
     Ok(())
 }
 
-/// The registered gateways, by port group.
-fn gateways(core: &Core) -> io::Result<BTreeMap<u16, Gateway>> {
+/// The registered gateways, by port group, and the group set preferred.
+fn registry(core: &Core) -> io::Result<(BTreeMap<u16, Gateway>, Option<u16>)> {
     let mut out = BTreeMap::new();
+    let mut preferred = None;
     for (name, val) in core.xattrs()? {
+        if name == PREFERRED_XATTR {
+            preferred = std::str::from_utf8(&val).ok().and_then(|v| v.parse().ok());
+            continue;
+        }
         let Some(group) = name
             .strip_prefix(GATEWAY_XATTR)
             .and_then(|g| g.parse::<u16>().ok())
@@ -264,7 +284,7 @@ fn gateways(core: &Core) -> io::Result<BTreeMap<u16, Gateway>> {
             }
         }
     }
-    Ok(out)
+    Ok((out, preferred))
 }
 
 /// The states REPORT TARGET PORT GROUPS gives (see the module text), from
@@ -281,13 +301,16 @@ pub(super) fn port_groups(core: &Core, group: u16, rel: u16) -> io::Result<Vec<P
     }
 }
 
-/// Lowest live group active/optimized, other live ones non-optimized, the
-/// silent ones unavailable.
-fn states(gws: &BTreeMap<u16, Gateway>, live: &[u16]) -> Vec<PortGroup> {
-    let preferred = live.first().copied();
+/// The group set preferred if it is live, else the lowest live group,
+/// active/optimized; other live ones non-optimized; the silent ones
+/// unavailable.
+fn states(gws: &BTreeMap<u16, Gateway>, live: &[u16], set: Option<u16>) -> Vec<PortGroup> {
+    let set = set.filter(|g| live.contains(g));
+    let preferred = set.or_else(|| live.first().copied());
     gws.iter()
         .map(|(&id, gw)| PortGroup {
             id,
+            preferred: Some(id) == set,
             state: if Some(id) == preferred {
                 AccessState::ActiveOptimized
             } else if live.contains(&id) {
@@ -430,7 +453,10 @@ mod tests {
     fn the_lowest_live_group_is_preferred_and_silent_ones_unavailable() {
         let gws: BTreeMap<u16, Gateway> = [(1, gw(1)), (2, gw(2)), (3, gw(3))].into();
         let s = |live: &[u16]| -> Vec<(u16, AccessState)> {
-            states(&gws, live).iter().map(|p| (p.id, p.state)).collect()
+            states(&gws, live, None)
+                .iter()
+                .map(|p| (p.id, p.state))
+                .collect()
         };
         use AccessState::*;
         assert_eq!(
@@ -449,12 +475,20 @@ mod tests {
                 (3, ActiveNonOptimized)
             ]
         );
-        let before = states(&gws, &[1, 2, 3]);
-        assert!(states_changed(&before, &states(&gws, &[2, 3])));
-        assert!(!states_changed(&before, &states(&gws, &[1, 2, 3])));
+        let before = states(&gws, &[1, 2, 3], None);
+        assert!(states_changed(&before, &states(&gws, &[2, 3], None)));
+        assert!(!states_changed(&before, &states(&gws, &[1, 2, 3], None)));
         // A group joining changes no state.
         let two: BTreeMap<u16, Gateway> = [(1, gw(1)), (2, gw(2))].into();
-        assert!(!states_changed(&states(&two, &[1, 2]), &before));
+        assert!(!states_changed(&states(&two, &[1, 2], None), &before));
+        // SET TARGET PORT GROUPS' choice wins while it is live.
+        let set = states(&gws, &[1, 2, 3], Some(3));
+        assert_eq!(set[2].state, ActiveOptimized);
+        assert!(set[2].preferred && !set[0].preferred);
+        assert_eq!(set[0].state, ActiveNonOptimized);
+        let gone = states(&gws, &[1, 2], Some(3));
+        assert_eq!(gone[0].state, ActiveOptimized);
+        assert_eq!(gone[2].state, Unavailable);
     }
 
     #[test]

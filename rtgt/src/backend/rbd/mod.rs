@@ -391,6 +391,11 @@ impl BlockDevice for RbdDevice {
         (!self.inner.readonly).then(|| self.inner.exclusively(f))
     }
 
+    fn prefer_port_group(&self, group: u16) -> Option<Result<bool, MediaResult>> {
+        let shared = self.shared.as_ref()?;
+        Some(shared.prefer(group).map_err(|e| MediaResult::from_io(&e)))
+    }
+
     fn serve_port(&self, group: u16, rel: u16) {
         if let Some(s) = &self.shared {
             s.serve_as(group, rel);

@@ -407,6 +407,14 @@ impl ClusterState {
         self.core.alua.serve_as(group, rel);
         let _ = lock(&self.alua).send(());
     }
+
+    /// SET TARGET PORT GROUPS: see [`super::alua::prefer`]; the ALUA
+    /// thread then takes the roll at once, and announces the change.
+    pub(super) fn prefer(&self, group: u16) -> io::Result<bool> {
+        let done = super::alua::prefer(&self.core, group)?;
+        let _ = lock(&self.alua).send(());
+        Ok(done)
+    }
 }
 
 impl SharedState for ClusterState {
