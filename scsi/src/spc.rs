@@ -232,7 +232,7 @@ fn report_tmfs(cdb: &[u8], din: &mut Vec<u8>) -> HandlerResult {
 /// FIELD IN PARAMETER LIST.
 fn set_target_port_groups(cdb: &[u8], dout: &[u8]) -> HandlerResult {
     let plen = be32(cdb, 6) as usize;
-    if plen < 4 || plen % 4 != 0 || dout.len() < plen {
+    if plen < 4 || !plen.is_multiple_of(4) || dout.len() < plen {
         return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
     }
     let mut optimized = None;
