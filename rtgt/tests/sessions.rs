@@ -741,3 +741,35 @@ fn port_group_names_the_gateway_port() {
     let name = ports.iter().find(|(t, _)| *t == 8).expect("port name");
     assert!(String::from_utf8_lossy(&name.1).starts_with(&format!("{iqn},t,0x0007")));
 }
+
+/// tgt-admin's `write-cache off` is a caching mode page with WCE clear
+/// (`--params mode_page=8:0:18:0x10:...`); MODE SENSE then shows WCE 0,
+/// and `on` (tgt's default page, 0x14) sets it again. It was stored but
+/// not applied: writes went on being cached where the configuration said
+/// they must not be.
+#[test]
+fn write_cache_off_from_tgt_admin_reaches_the_caching_page() {
+    let d = setup("wce");
+    let mut c = login(&d, &opts(&d));
+    let wce = |c: &mut Connection| {
+        let mut r = c.scsi(1, &[0x1a, 0, 0x08, 0, 255, 0], &[], 255).unwrap();
+        if r.sense_key() == Some((0x06, 0x2a, 0x01)) {
+            // MODE PARAMETERS CHANGED: the update is announced first.
+            r = c.scsi(1, &[0x1a, 0, 0x08, 0, 255, 0], &[], 255).unwrap();
+        }
+        assert!(r.is_good(), "{r:?}");
+        let page = &r.data[4 + r.data[3] as usize..];
+        assert_eq!(page[0] & 0x3f, 8, "caching page");
+        page[2] & 0x04 != 0
+    };
+    assert!(wce(&mut c), "tgt's default: write cache on");
+    let page = |b2: &str| {
+        format!("mode_page=8:0:18:{b2}:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:0:0:0:0:0:0")
+    };
+    let o = d.lu("update", 1, 1, &["--params", &page("0x10")]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(!wce(&mut c), "write-cache off");
+    let o = d.lu("update", 1, 1, &["--params", &page("0x14")]);
+    assert!(o.status.success(), "{o:?}");
+    assert!(wce(&mut c), "write-cache on");
+}

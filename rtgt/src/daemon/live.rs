@@ -182,8 +182,22 @@ pub fn lun_config(tid: u32, spec: &LunSpec) -> LunConfig {
         optimal_xfer_len: spec.optimal_xfer_len.unwrap_or(0),
         path: spec.path.clone(),
         numeric_id: spec.numeric_id,
+        write_cache: write_cache(spec),
         ..base
     }
+}
+
+/// WCE as tgt-admin's `write-cache on|off` sets it: a caching mode page
+/// (8, subpage 0) given with `--params mode_page=8:0:18:<byte 2>:...`, whose
+/// first byte is the page's byte 2, with WCE in bit 2 (SBC-3 §6.4.5);
+/// tgt's own default page has it on. The last such page given counts.
+fn write_cache(spec: &LunSpec) -> bool {
+    spec.mode_pages
+        .iter()
+        .rev()
+        .find(|p| p.pcode == 8 && p.subpcode == 0)
+        .and_then(|p| p.data.first())
+        .is_none_or(|b| b & 0x04 != 0)
 }
 
 fn open_flags(spec: &LunSpec) -> OpenFlags {
