@@ -100,9 +100,22 @@ fn serve(d: &Daemon, file: &Path, write_cache: bool) {
     }
 }
 
-/// One run: write until `kill_after` writes are acknowledged, kill, restart,
-/// verify.
+/// How the daemon ends mid-write.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum End {
+    /// SIGKILL: a crash.
+    Kill,
+    /// SIGTERM, as systemd stops it: it must exit cleanly, promptly.
+    Term,
+}
+
+/// One run: write until `kill_after` writes are acknowledged, end the
+/// daemon, restart it, verify.
 fn crash_run(dir: &Path, write_cache: bool, kill_after: usize) {
+    run(dir, write_cache, kill_after, End::Kill)
+}
+
+fn run(dir: &Path, write_cache: bool, kill_after: usize, end: End) {
     let file = sparse_file(dir, "disk.img", 16 << 20);
     let d = Daemon::start("crash");
     serve(&d, &file, write_cache);
@@ -143,7 +156,33 @@ fn crash_run(dir: &Path, write_cache: bool, kill_after: usize) {
     while acked.load(Ordering::SeqCst) < kill_after {
         std::thread::yield_now();
     }
-    drop(d); // SIGKILL, writes in flight
+    match end {
+        End::Kill => drop(d), // writes in flight
+        End::Term => {
+            let mut d = d;
+            let st = std::process::Command::new("kill")
+                .args(["-TERM", &d.child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(st.success());
+            let t0 = std::time::Instant::now();
+            let status = loop {
+                if let Some(s) = d.child.try_wait().unwrap() {
+                    break s;
+                }
+                assert!(
+                    t0.elapsed() < Duration::from_secs(30),
+                    "rtgtd still running 30 s after SIGTERM"
+                );
+                std::thread::yield_now();
+            };
+            assert!(
+                status.success(),
+                "rtgtd after SIGTERM: {status}\n{}",
+                d.log()
+            );
+        }
+    }
     for w in writers {
         w.join().unwrap();
     }
@@ -186,7 +225,7 @@ fn crash_run(dir: &Path, write_cache: bool, kill_after: usize) {
         }
     }
     eprintln!(
-        "crash ({}, write cache {write_cache}): {total} writes acknowledged and found; \
+        "{end:?} ({}, write cache {write_cache}): {total} writes acknowledged and found; \
          {pending_seen} sectors of unanswered writes landed",
         dir.display()
     );
@@ -213,4 +252,10 @@ fn acknowledged_writes_survive_a_killed_daemon_on_tmpfs() {
         crash_run(&dir, wce, n);
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+#[test]
+fn sigterm_mid_write_exits_cleanly_with_every_acknowledged_write() {
+    let dir = tempdir("crash-term");
+    run(&dir, true, 1000, End::Term);
 }

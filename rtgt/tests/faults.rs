@@ -117,3 +117,120 @@ fn a_full_file_system_fails_writes_with_the_thin_provisioning_answer() {
     drop(c);
     drop(d);
 }
+
+/// A backing file truncated underneath the LUN: reads past its new end
+/// fail with MEDIUM ERROR (UNRECOVERED READ ERROR, the LBA in INFORMATION)
+/// rather than returning made-up data or crashing; reads before it and
+/// writes anywhere go on, and so do other sessions and management.
+#[test]
+fn a_backing_file_truncated_underneath_gives_errors_not_a_crash() {
+    let d = Daemon::start("truncate");
+    let file = sparse_file(&d.dir, "disk.img", 16 << 20);
+    d.file_target(1, IQN, &file, false);
+    let o = LoginOptions {
+        initiator_name: "iqn.2026-12.io.rtgt:trunc-test".into(),
+        target_name: Some(IQN.into()),
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let (mut c, _) = Connection::login(d.portal, &o).expect("login");
+    for _ in 0..4 {
+        if c.test_unit_ready(1).unwrap().is_good() {
+            break;
+        }
+    }
+    let data = vec![0x42u8; 1 << 20];
+    for mib in [0u64, 8, 15] {
+        let r = c.scsi(1, &write16(mib * 2048, 2048), &data, 0).unwrap();
+        assert!(r.is_good(), "{r:?}");
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    // Before the new end: as written.
+    assert_eq!(c.read(1, 0, 8, 512).unwrap(), vec![0x42u8; 4096]);
+    // Past it: an error naming the LBA.
+    let mut read10 = [0x28u8, 0, 0, 0, 0, 0, 0, 0, 8, 0];
+    read10[2..6].copy_from_slice(&(8u32 * 2048).to_be_bytes());
+    let r = c.scsi(1, &read10, &[], 4096).unwrap();
+    assert_eq!(r.sense_key(), Some((0x03, 0x11, 0x00)), "{r:?}");
+    assert_eq!(&r.sense[3..7], &(8u32 * 2048).to_be_bytes(), "INFORMATION");
+    // Writes past it grow the file again, and read back.
+    let r = c.scsi(1, &write16(12 * 2048, 2048), &data, 0).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(c.read(1, 12 * 2048, 8, 512).unwrap(), vec![0x42u8; 4096]);
+    // The daemon, a new session and management are fine.
+    assert!(c.test_unit_ready(1).unwrap().is_good());
+    let (mut c2, _) = Connection::login(d.portal, &o).expect("second login");
+    assert!(c2.nop().is_ok());
+    let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert!(show.contains(IQN), "{show}");
+}
+
+/// A target deleted with `--force` while sessions write to it: their
+/// connections end, the daemon and its management go on, and the target
+/// can be made again and served at once.
+#[test]
+fn a_target_deleted_with_force_during_io_ends_its_sessions_cleanly() {
+    let d = Daemon::start("force-delete");
+    let file = sparse_file(&d.dir, "disk.img", 16 << 20);
+    d.file_target(1, IQN, &file, false);
+    let o = LoginOptions {
+        initiator_name: "iqn.2026-12.io.rtgt:force-test".into(),
+        target_name: Some(IQN.into()),
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..3u8)
+        .map(|i| {
+            let o = LoginOptions {
+                isid: [0x80, 0, 0, 0, 1, i],
+                ..o.clone()
+            };
+            let (mut c, _) = Connection::login(d.portal, &o).expect("login");
+            let done = done.clone();
+            std::thread::spawn(move || {
+                let data = vec![i; 64 << 10];
+                for n in 0u64.. {
+                    let lba = (n % 200) * 128;
+                    match c.scsi(1, &write16(lba, 128), &data, 0) {
+                        Ok(r) if r.is_good() || r.status == 2 => {
+                            done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        _ => return n,
+                    }
+                }
+                unreachable!()
+            })
+        })
+        .collect();
+    while done.load(std::sync::atomic::Ordering::SeqCst) < 300 {
+        std::thread::yield_now();
+    }
+    d.must(&[
+        "--lld", "iscsi", "--op", "delete", "--mode", "target", "--tid", "1", "--force",
+    ]);
+    for w in writers {
+        let n = w.join().expect("a writer panicked");
+        assert!(n > 0);
+    }
+    let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert!(show.is_empty(), "{show}");
+    // Made again, served again.
+    d.file_target(1, IQN, &file, false);
+    let (mut c, _) = Connection::login(d.portal, &o).expect("login after");
+    for _ in 0..4 {
+        if c.test_unit_ready(1).unwrap().is_good() {
+            break;
+        }
+    }
+    assert!(c
+        .scsi(1, &write16(0, 8), &[7u8; 4096], 0)
+        .unwrap()
+        .is_good());
+    assert_eq!(c.read(1, 0, 8, 512).unwrap(), vec![7u8; 4096]);
+}

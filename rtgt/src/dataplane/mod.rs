@@ -776,13 +776,29 @@ impl TargetHandle {
         }
     }
 
-    /// Stop the loops and join their threads.
+    /// Stop the loops and join their threads (each waits for its I/O in
+    /// flight), then flush every store: with the write cache on, writes
+    /// already acknowledged may sit in the page cache, and a daemon told to
+    /// stop (SIGTERM, `--op delete --mode system`) leaves them durable.
     pub fn stop(mut self) {
         for l in &self.loops {
             let _ = l.send(TargetMsg::Stop);
         }
         for t in self.threads.drain(..) {
             let _ = t.join();
+        }
+        let stores: Vec<(LunId, Arc<dyn BlockDevice>)> = self
+            .shared
+            .devices
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(id, io)| (*id, io.dev.clone()))
+            .collect();
+        for (lun, dev) in stores {
+            if let Err(e) = dev.flush() {
+                tracing::warn!(tid = self.tid, lun = lun.0, error = %e, "flush at stop failed");
+            }
         }
     }
 }
