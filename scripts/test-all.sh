@@ -16,6 +16,9 @@ cargo build --workspace --all-targets
 cargo test --workspace
 # The initiator's interoperability suite again, now against rtgtd.
 RTGT_TEST_DAEMON="$PWD/target/debug/rtgtd" cargo test -p initiator --test against_tgtd
+# A 60-second soak: 64 sessions x QD64, 4 KiB-1 MiB, every byte verified,
+# memory bounded, nothing left after logout (bench/soak.sh runs it longer).
+RTGT_TEST_DAEMON="$PWD/target/debug/rtgtd" cargo test -p initiator --test soak -- --nocapture
 tests/conformance/run.sh target/debug/rtgtd target/conformance
 # The same suite on an RBD LUN in a throwaway one-node Ceph cluster, held
 # to the file LUN's floor, with two gateways (port groups 1 and 2) serving

@@ -21,6 +21,7 @@ mod conn;
 mod error;
 mod login;
 pub mod text;
+pub mod verify;
 
 pub use conn::{Connection, ScsiResult, SessionParams};
 pub use error::Error;

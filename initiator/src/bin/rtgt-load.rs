@@ -4,6 +4,14 @@
 //! pipelined on it; sessions are spread over `--threads` OS threads. The run
 //! always ends by itself: after `--seconds` (default 10) or `--ios` commands,
 //! whichever comes first. Prints one line of plain text (or JSON with `--json`).
+//!
+//! `--verify` checks every byte end to end: each session writes only its
+//! own region, with a pattern that names the unit and its generation, never
+//! has two overlapping commands in flight, and checks every read against
+//! the last acknowledged write (`initiator::verify`). Transfers are then a
+//! random power of two from `--bs` to `--bs-max`. TASK SET FULL and BUSY,
+//! a target's answer to more than it takes at once, are counted apart and
+//! are not errors.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -82,12 +90,20 @@ struct Args {
     /// Per-wait timeout in seconds.
     #[arg(long, default_value_t = 30)]
     timeout: u64,
+    /// Verify every byte read against what was written (random modes).
+    #[arg(long)]
+    verify: bool,
+    /// With --verify: the largest transfer (a power-of-two multiple of --bs).
+    #[arg(long)]
+    bs_max: Option<u32>,
 }
 
 struct Session {
     conn: Connection,
     inflight: std::collections::HashMap<u32, Instant>,
     next_lba: u64,
+    /// Its number among all sessions (its region, with --verify).
+    index: usize,
 }
 
 #[derive(Default)]
@@ -95,9 +111,19 @@ struct ThreadResult {
     lat_us: Vec<u32>,
     ios: u64,
     bad_status: u64,
+    /// TASK SET FULL / BUSY answers (--verify).
+    busy: u64,
+    /// Units that did not read back as written (--verify).
+    mismatches: u64,
+    /// Bytes moved (--verify: transfers vary).
+    bytes: u64,
+    /// Bytes whose contents were known at the end (--verify).
+    known: u64,
 }
 
 struct Plan {
+    /// --verify: units per transfer at most (a power of two).
+    verify_max_units: Option<usize>,
     lun: u64,
     blocks_per_io: u32,
     block_size: u32,
@@ -172,7 +198,22 @@ fn run(a: &Args) -> Result<(), String> {
         (s, _) => s,
     };
     let start = Instant::now();
+    let verify_max_units = match (a.verify, a.bs_max) {
+        (false, None) => None,
+        (false, Some(_)) => return Err("--bs-max goes with --verify".into()),
+        (true, m) => {
+            if !matches!(a.rw, Mode::Randread | Mode::Randwrite | Mode::Randrw) {
+                return Err("--verify needs a random mode (randread, randwrite, randrw)".into());
+            }
+            let max = m.unwrap_or(a.bs);
+            if max < a.bs || !max.is_multiple_of(a.bs) || !(max / a.bs).is_power_of_two() {
+                return Err("--bs-max must be --bs times a power of two".into());
+            }
+            Some((max / a.bs) as usize)
+        }
+    };
     let plan = Arc::new(Plan {
+        verify_max_units,
         lun: a.lun,
         blocks_per_io,
         block_size,
@@ -187,6 +228,7 @@ fn run(a: &Args) -> Result<(), String> {
     let abort = Arc::new(AtomicBool::new(false));
     let nthreads = a.threads.unwrap_or(a.sessions).clamp(1, a.sessions);
     let mut per_thread: Vec<Vec<Session>> = (0..nthreads).map(|_| Vec::new()).collect();
+    let nsessions = sessions.len();
     let n = sessions.len() as u64;
     for (i, conn) in sessions.into_iter().enumerate() {
         // Sequential streams start at evenly spread points of the region.
@@ -196,6 +238,7 @@ fn run(a: &Args) -> Result<(), String> {
             conn,
             inflight: Default::default(),
             next_lba: start_lba,
+            index: i,
         });
     }
     let handles: Vec<_> = per_thread
@@ -206,7 +249,11 @@ fn run(a: &Args) -> Result<(), String> {
             std::thread::Builder::new()
                 .name(format!("load/{t}"))
                 .spawn(move || {
-                    let r = worker(t as u64, ss, &plan, &submitted, &abort);
+                    let r = if plan.verify_max_units.is_some() {
+                        verify_worker(t as u64, ss, &plan, &submitted, &abort, nsessions)
+                    } else {
+                        worker(t as u64, ss, &plan, &submitted, &abort)
+                    };
                     if r.is_err() {
                         abort.store(true, Ordering::Relaxed);
                     }
@@ -226,6 +273,10 @@ fn run(a: &Args) -> Result<(), String> {
             Ok(r) => {
                 total.ios += r.ios;
                 total.bad_status += r.bad_status;
+                total.busy += r.busy;
+                total.mismatches += r.mismatches;
+                total.bytes += r.bytes;
+                total.known += r.known;
                 total.lat_us.extend(r.lat_us);
             }
             Err(e) => first_err = first_err.or(Some(e)),
@@ -245,23 +296,39 @@ fn run(a: &Args) -> Result<(), String> {
         }
     };
     let iops = total.ios as f64 / elapsed;
-    let mbps = iops * a.bs as f64 / 1e6;
+    let mbps = if a.verify {
+        total.bytes as f64 / elapsed / 1e6
+    } else {
+        iops * a.bs as f64 / 1e6
+    };
+    let verified = if a.verify {
+        format!(
+            " busy={} mismatches={} known_mib={:.1}",
+            total.busy,
+            total.mismatches,
+            total.known as f64 / (1 << 20) as f64
+        )
+    } else {
+        String::new()
+    };
     let mode = format!("{:?}", a.rw).to_lowercase();
     if a.json {
         println!(
-            "{{\"rw\":\"{mode}\",\"bs\":{},\"qd\":{},\"sessions\":{},\"threads\":{nthreads},\"ios\":{},\"bad_status\":{},\"seconds\":{elapsed:.3},\"iops\":{iops:.1},\"mb_per_s\":{mbps:.2},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
+            "{{\"rw\":\"{mode}\",\"bs\":{},\"qd\":{},\"sessions\":{},\"threads\":{nthreads},\"ios\":{},\"bad_status\":{},\"busy\":{},\"mismatches\":{},\"seconds\":{elapsed:.3},\"iops\":{iops:.1},\"mb_per_s\":{mbps:.2},\"p50_us\":{},\"p99_us\":{},\"max_us\":{}}}",
             a.bs,
             a.qd,
             a.sessions,
             total.ios,
             total.bad_status,
+            total.busy,
+            total.mismatches,
             pct(0.5),
             pct(0.99),
             total.lat_us.last().copied().unwrap_or(0)
         );
     } else {
         println!(
-            "rw={mode} bs={} qd={} sessions={} threads={nthreads} ios={} bad_status={} seconds={elapsed:.2} iops={iops:.0} MB/s={mbps:.1} p50_us={} p99_us={}",
+            "rw={mode} bs={} qd={} sessions={} threads={nthreads} ios={} bad_status={} seconds={elapsed:.2} iops={iops:.0} MB/s={mbps:.1} p50_us={} p99_us={}{verified}",
             a.bs,
             a.qd,
             a.sessions,
@@ -270,6 +337,12 @@ fn run(a: &Args) -> Result<(), String> {
             pct(0.5),
             pct(0.99)
         );
+    }
+    if total.mismatches > 0 {
+        return Err(format!(
+            "{} units did not read back as written",
+            total.mismatches
+        ));
     }
     if total.bad_status > 0 {
         return Err(format!(
@@ -379,6 +452,136 @@ fn worker(
             break;
         }
     }
+    for s in ss.iter_mut() {
+        let _ = s.conn.logout(initiator::logout_reason::CLOSE_SESSION);
+    }
+    Ok(res)
+}
+
+/// TASK SET FULL and BUSY: the target took nothing (SAM-5 §5.3).
+fn refused(status: u8) -> bool {
+    status == 0x28 || status == 0x08
+}
+
+/// The --verify worker: see the module text.
+fn verify_worker(
+    seed: u64,
+    mut ss: Vec<Session>,
+    plan: &Plan,
+    submitted: &AtomicU64,
+    abort: &AtomicBool,
+    nsessions: usize,
+) -> Result<ThreadResult, String> {
+    use initiator::verify::{Planned, Region};
+    let max_units = plan.verify_max_units.unwrap_or(1);
+    let mut rng = StdRng::seed_from_u64(0x7e51 ^ seed);
+    let mut res = ThreadResult::default();
+    // Each session its own slice of the region, in whole transfers.
+    let unit_blocks = plan.blocks_per_io;
+    let share = plan.region_blocks / nsessions as u64 / u64::from(unit_blocks);
+    let units = (share as usize / max_units * max_units).max(max_units);
+    let mut regions: Vec<Region> = ss
+        .iter()
+        .map(|s| {
+            let idx = s.index as u64;
+            Region::new(
+                idx as u32,
+                idx * units as u64 * u64::from(unit_blocks),
+                units,
+                unit_blocks,
+                plan.block_size,
+            )
+        })
+        .collect();
+    if (units * nsessions) as u64 * u64::from(unit_blocks) > plan.region_blocks {
+        return Err("LUN (or --size-mib) too small for --verify with these sessions".into());
+    }
+    let mut inflight: Vec<std::collections::HashMap<u32, (Instant, Planned)>> =
+        ss.iter().map(|_| Default::default()).collect();
+    let mut running = true;
+    let mut reported = 0;
+    loop {
+        if running {
+            'fill: for (i, s) in ss.iter_mut().enumerate() {
+                let mut tries = 0;
+                while inflight[i].len() < plan.qd && tries < 8 {
+                    if !may_submit(plan, submitted, abort) {
+                        running = false;
+                        break 'fill;
+                    }
+                    let n = 1usize << rng.gen_range(0..=max_units.trailing_zeros());
+                    let start = rng.gen_range(0..=(units - n) / n) * n;
+                    let read = match plan.mode {
+                        Mode::Randread => true,
+                        Mode::Randwrite => false,
+                        _ => rng.gen_range(0..100) < plan.rwmixread,
+                    };
+                    let mut data = Vec::new();
+                    let Some(p) = regions[i].plan(start, n, !read, &mut data) else {
+                        // Overlaps a command in flight: the budget goes back.
+                        tries += 1;
+                        submitted.fetch_sub(u64::from(plan.ios.is_some()), Ordering::Relaxed);
+                        continue;
+                    };
+                    let (lba, blocks) = regions[i].extent(&p);
+                    let t0 = Instant::now();
+                    let itt = if read {
+                        s.conn.submit(
+                            plan.lun,
+                            &cdb::read16(lba, blocks),
+                            &[],
+                            blocks * plan.block_size,
+                        )
+                    } else {
+                        s.conn
+                            .submit(plan.lun, &cdb::write16(lba, blocks), &data, 0)
+                    }
+                    .map_err(|e| format!("submit: {e}"))?;
+                    inflight[i].insert(itt, (t0, p));
+                }
+            }
+        }
+        let mut any = false;
+        for (i, s) in ss.iter_mut().enumerate() {
+            if inflight[i].is_empty() {
+                continue;
+            }
+            any = true;
+            let (itt, r) = s.conn.complete().map_err(|e| format!("complete: {e}"))?;
+            let (t0, p) = inflight[i]
+                .remove(&itt)
+                .ok_or("completion for an unknown ITT")?;
+            res.lat_us
+                .push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+            res.ios += 1;
+            let good = r.is_good();
+            if refused(r.status) {
+                res.busy += 1;
+            } else if !good {
+                res.bad_status += 1;
+            }
+            let (_, blocks) = regions[i].extent(&p);
+            if good {
+                res.bytes += u64::from(blocks) * u64::from(plan.block_size);
+            }
+            if p.is_write() {
+                regions[i].wrote(&p, good, refused(r.status));
+            } else {
+                let bad = regions[i].read(&p, good.then_some(&r.data[..]));
+                for m in &bad {
+                    if reported < 20 {
+                        eprintln!("rtgt-load: MISMATCH {m}");
+                        reported += 1;
+                    }
+                }
+                res.mismatches += bad.len() as u64;
+            }
+        }
+        if !running && !any {
+            break;
+        }
+    }
+    res.known = regions.iter().map(|r| r.known_bytes()).sum();
     for s in ss.iter_mut() {
         let _ = s.conn.logout(initiator::logout_reason::CLOSE_SESSION);
     }

@@ -468,6 +468,7 @@ impl TargetCtx {
                 sh.registry.remove_session(tsih);
                 sh.stats.remove_session(tsih);
             }
+            let idle = sessions.is_empty();
             drop(sessions);
             let changes = {
                 let mut luns = sh.luns();
@@ -475,6 +476,14 @@ impl TargetCtx {
                 luns.take_shared_changes()
             };
             sh.apply_shared_changes(changes);
+            if idle {
+                // The loop's last session went: give the memory its
+                // buffers held back to the system (glibc keeps freed
+                // memory in its arenas otherwise), so a burst of large
+                // transfers does not leave rtgtd's RSS at its peak.
+                // SAFETY: malloc_trim only releases free memory.
+                unsafe { libc::malloc_trim(0) };
+            }
         }
     }
 
