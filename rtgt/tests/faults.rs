@@ -234,3 +234,99 @@ fn a_target_deleted_with_force_during_io_ends_its_sessions_cleanly() {
         .is_good());
     assert_eq!(c.read(1, 0, 8, 512).unwrap(), vec![7u8; 4096]);
 }
+
+/// A store that stops answering (`RTGT_FAULT_STALL_GATE`, see
+/// rtgt/src/backend/fault.rs) holds only the commands sent to it: another
+/// LUN of the same target and session, NOP-Out, management and a new
+/// session go on, and ABORT TASK and LOGICAL UNIT RESET of the stuck
+/// commands are answered at once (the store's late completions are
+/// dropped); once the store answers again, the LUN serves normally.
+#[test]
+fn a_stalled_store_holds_only_its_own_commands() {
+    let gate = tempdir("stall-gate").join("gate");
+    std::fs::write(&gate, b"").unwrap();
+    let d = Daemon::start_env(
+        "stall",
+        &[],
+        &[("RTGT_FAULT_STALL_GATE", gate.to_str().unwrap())],
+    );
+    let stuck = sparse_file(&d.dir, "disk.stall", 16 << 20);
+    let fine = sparse_file(&d.dir, "disk.img", 16 << 20);
+    d.file_target(1, IQN, &stuck, false);
+    let o = d.lu("new", 1, 2, &["-b", fine.to_str().unwrap()]);
+    assert!(o.status.success(), "{o:?}");
+    let o = LoginOptions {
+        initiator_name: "iqn.2026-12.io.rtgt:stall-test".into(),
+        target_name: Some(IQN.into()),
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let (mut c, _) = Connection::login(d.portal, &o).expect("login");
+    for lun in [1, 2] {
+        for _ in 0..4 {
+            if c.test_unit_ready(lun).unwrap().is_good() {
+                break;
+            }
+        }
+    }
+    // Commands stuck in the store: more than the target has worker
+    // threads.
+    let w = c.submit(1, &write16(0, 8), &[1u8; 4096], 0).unwrap();
+    let r = c
+        .submit(1, &[0x28, 0, 0, 0, 0, 8, 0, 0, 8, 0], &[], 4096)
+        .unwrap();
+    for i in 0..16u64 {
+        c.submit(1, &write16(64 + 8 * i, 8), &[4u8; 4096], 0)
+            .unwrap();
+    }
+    let t0 = std::time::Instant::now();
+    // Everything else answers.
+    let ok = c.scsi(2, &write16(0, 8), &[2u8; 4096], 0).unwrap();
+    assert!(ok.is_good(), "{ok:?}");
+    assert_eq!(c.read(2, 0, 8, 512).unwrap(), vec![2u8; 4096]);
+    assert!(c.nop().is_ok());
+    let show = d.must(&["--lld", "iscsi", "--op", "show", "--mode", "target"]);
+    assert!(show.contains("disk.stall"), "{show}");
+    let (mut c2, _) = Connection::login(
+        d.portal,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 2, 2],
+            ..o.clone()
+        },
+    )
+    .expect("second login");
+    assert!(c2.nop().is_ok());
+    // The stuck commands can be aborted, and the LU reset, at once.
+    assert_eq!(
+        c.task_mgmt(initiator::tmf::ABORT_TASK, 1, w).unwrap(),
+        0,
+        "ABORT TASK: function complete"
+    );
+    assert_eq!(
+        c.task_mgmt(initiator::tmf::LOGICAL_UNIT_RESET, 1, 0)
+            .unwrap(),
+        0,
+        "LOGICAL UNIT RESET: function complete"
+    );
+    let _ = r;
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "answers behind a stalled store took {:?}",
+        t0.elapsed()
+    );
+    // The store answers again: the LU serves (after the reset's unit
+    // attention), and the stuck writes' late completions went nowhere.
+    std::fs::remove_file(&gate).unwrap();
+    let mut good = false;
+    for _ in 0..4 {
+        let r = c.scsi(1, &write16(8, 8), &[3u8; 4096], 0).unwrap();
+        if r.is_good() {
+            good = true;
+            break;
+        }
+        assert_eq!(r.sense_key().map(|k| k.0), Some(0x06), "{r:?}");
+    }
+    assert!(good);
+    assert_eq!(c.read(1, 8, 8, 512).unwrap(), vec![3u8; 4096]);
+    assert!(c.nop().is_ok());
+}

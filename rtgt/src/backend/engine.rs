@@ -223,10 +223,24 @@ struct PoolState {
     idle: usize,
     threads: usize,
     stop: bool,
+    /// Tasks running per LUN (by its gate's address).
+    running: std::collections::HashMap<usize, usize>,
 }
 
-/// A bounded pool of worker threads for one loop, started on demand up to
-/// `max` (tgtd's `-t`), each running whole tasks against blocking stores.
+/// How many LUNs' worth of threads a pool may grow to (see [`Pool`]).
+const POOL_LUNS: usize = 8;
+
+fn lun_key(gate: &Arc<LunGate>) -> usize {
+    Arc::as_ptr(gate) as usize
+}
+
+/// A pool of worker threads for one loop, each running whole tasks
+/// against blocking stores. A LUN runs at most `max` tasks at once (tgtd's
+/// `-t`, which tgt gives each LU); threads start on demand, up to `max`
+/// per LUN with work and [`POOL_LUNS`] x `max` in all, so a store that
+/// stops answering holds its own `max` threads and never the others'
+/// (before, its stuck commands took every thread, and other LUNs' I/O
+/// stalled behind them).
 pub struct Pool {
     state: Mutex<PoolState>,
     cv: Condvar,
@@ -243,6 +257,7 @@ impl Pool {
                 idle: 0,
                 threads: 0,
                 stop: false,
+                running: std::collections::HashMap::new(),
             }),
             cv: Condvar::new(),
             max: max.max(1),
@@ -258,8 +273,12 @@ impl Pool {
             job.gate.exclusive.fetch_add(1, Ordering::SeqCst);
         }
         let mut st = lock(&self.state);
+        let key = lun_key(&job.gate);
         st.jobs.push_back(job);
-        if st.idle == 0 && st.threads < self.max {
+        // A new thread only if nobody idle could take the task: its LUN
+        // is below its share, and the pool below its ceiling.
+        let lun_full = st.running.get(&key).copied().unwrap_or(0) >= self.max;
+        if st.idle == 0 && !lun_full && st.threads < self.max * POOL_LUNS {
             st.threads += 1;
             let me = self.clone();
             let n = st.threads;
@@ -291,15 +310,34 @@ impl Pool {
             return;
         }
         drop(st);
+        // Any idle worker can take the task if its LUN is below its share,
+        // and none can if not: one is enough.
         self.cv.notify_one();
     }
 
     fn work(&self) {
+        // The LUN of the task this worker ran last, counted out when it
+        // next takes the lock (one lock per task, as before fairness).
+        let mut ran: Option<usize> = None;
         loop {
             let job = {
                 let mut st = lock(&self.state);
+                if let Some(key) = ran.take() {
+                    if let Some(n) = st.running.get_mut(&key) {
+                        *n -= 1;
+                        if *n == 0 {
+                            st.running.remove(&key);
+                        }
+                    }
+                }
                 loop {
-                    if let Some(j) = st.jobs.pop_front() {
+                    // The first task whose LUN is below its share.
+                    let max = self.max;
+                    let eligible = st.jobs.iter().position(|j| {
+                        st.running.get(&lun_key(&j.gate)).copied().unwrap_or(0) < max
+                    });
+                    if let Some(j) = eligible.and_then(|i| st.jobs.remove(i)) {
+                        *st.running.entry(lun_key(&j.gate)).or_default() += 1;
                         break j;
                     }
                     if st.stop {
@@ -335,6 +373,7 @@ impl Pool {
                 // A store that panicked: the command fails, the pool lives.
                 Err(_) => Finished::Failed,
             };
+            ran = Some(lun_key(&gate));
             self.cq.push(Done { tag, result, buf });
         }
     }

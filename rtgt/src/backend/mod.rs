@@ -10,6 +10,7 @@
 //! the bounded worker pool, unless rtgtd runs with `--rdwr-engine uring`.
 
 pub mod engine;
+mod fault;
 mod file;
 mod null;
 pub mod rbd;
@@ -143,7 +144,7 @@ pub fn open(
             if kind == BackendKind::Rdwr && !RDWR_USES_URING.load(Ordering::Relaxed) {
                 dev = dev.without_uring();
             }
-            Ok(Arc::new(dev))
+            Ok(fault::maybe_stall(path, Arc::new(dev)))
         }
     }
 }
