@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Duration;
 
 use scsi::{BlockDevice, CompletionSink, IoTask, MediaResult, Response};
@@ -299,49 +299,9 @@ impl Pool {
             job.gate.exclusive.fetch_add(1, Ordering::SeqCst);
         }
         let mut st = lock(&self.state);
-        let key = lun_key(&job.gate);
         st.jobs.push_back(job);
-        // A new thread only if nobody idle could take the task, its LUN is
-        // below its share, and other LUNs' tasks hold so many threads that
-        // fewer than `max` are left for it (with one LUN: up to `max`, as a
-        // plain bounded pool).
-        let lun_full = st.running(key) >= self.max;
-        let others: usize = st
-            .running
-            .iter()
-            .filter(|(k, _)| *k != key)
-            .map(|(_, n)| n)
-            .sum();
-        let room = (self.max + others).min(self.max * POOL_LUNS);
-        if st.idle == 0 && !lun_full && st.threads < room {
-            st.threads += 1;
-            let me = self.clone();
-            let n = st.threads;
-            drop(st);
-            let spawned = std::thread::Builder::new()
-                .name(format!("{}.io{n}", self.name))
-                .spawn(move || me.work());
-            if spawned.is_err() {
-                let mut st = lock(&self.state);
-                st.threads -= 1;
-                if st.threads == 0 {
-                    // Nobody would ever run what is queued: fail it (the
-                    // commands get CHECK CONDITION) rather than leave it.
-                    let jobs: Vec<Job> = st.jobs.drain(..).collect();
-                    drop(st);
-                    tracing::warn!(pool = %self.name, "cannot start an I/O thread");
-                    for j in jobs {
-                        if j.task.is_exclusive() {
-                            j.gate.exclusive.fetch_sub(1, Ordering::SeqCst);
-                        }
-                        self.cq.push(Done {
-                            tag: j.tag,
-                            result: Finished::Failed,
-                            buf: j.buf,
-                        });
-                    }
-                }
-            }
+        if self.wants_thread(&st) {
+            self.spawn_worker(st);
             return;
         }
         drop(st);
@@ -350,7 +310,66 @@ impl Pool {
         self.cv.notify_one();
     }
 
-    fn work(&self) {
+    /// Whether a queued task needs a new thread: nobody is idle, its LUN
+    /// is below its share, and other LUNs' tasks hold so many threads that
+    /// fewer than `max` are left for it (with one LUN: up to `max`, as a
+    /// plain bounded pool). Asked when a task is queued and whenever a
+    /// worker takes one (the threads that were started for one LUN may
+    /// all go to it, leaving a later LUN's task without).
+    fn wants_thread(&self, st: &PoolState) -> bool {
+        if st.idle > 0 {
+            return false;
+        }
+        let Some(key) = st
+            .jobs
+            .iter()
+            .map(|j| lun_key(&j.gate))
+            .find(|k| st.running(*k) < self.max)
+        else {
+            return false;
+        };
+        let others: usize = st
+            .running
+            .iter()
+            .filter(|(k, _)| *k != key)
+            .map(|(_, n)| n)
+            .sum();
+        st.threads < (self.max + others).min(self.max * POOL_LUNS)
+    }
+
+    /// Start a worker (the state's lock is let go first).
+    fn spawn_worker(self: &Arc<Self>, mut st: MutexGuard<'_, PoolState>) {
+        st.threads += 1;
+        let me = self.clone();
+        let n = st.threads;
+        drop(st);
+        let spawned = std::thread::Builder::new()
+            .name(format!("{}.io{n}", self.name))
+            .spawn(move || me.work());
+        if spawned.is_err() {
+            let mut st = lock(&self.state);
+            st.threads -= 1;
+            if st.threads == 0 {
+                // Nobody would ever run what is queued: fail it (the
+                // commands get CHECK CONDITION) rather than leave it.
+                let jobs: Vec<Job> = st.jobs.drain(..).collect();
+                drop(st);
+                tracing::warn!(pool = %self.name, "cannot start an I/O thread");
+                for j in jobs {
+                    if j.task.is_exclusive() {
+                        j.gate.exclusive.fetch_sub(1, Ordering::SeqCst);
+                    }
+                    self.cq.push(Done {
+                        tag: j.tag,
+                        result: Finished::Failed,
+                        buf: j.buf,
+                    });
+                }
+            }
+        }
+    }
+
+    fn work(self: &Arc<Self>) {
         // The LUN of the task this worker ran last, counted out when it
         // next takes the lock (one lock per task, as before fairness).
         let mut ran: Option<usize> = None;
@@ -369,6 +388,9 @@ impl Pool {
                         .position(|j| st.running(lun_key(&j.gate)) < max);
                     if let Some(j) = eligible.and_then(|i| st.jobs.remove(i)) {
                         st.start(lun_key(&j.gate));
+                        if self.wants_thread(&st) {
+                            self.spawn_worker(st);
+                        }
                         break j;
                     }
                     if st.stop {
