@@ -41,6 +41,29 @@ fn write16(lba: u64, blocks: u32) -> [u8; 16] {
     c
 }
 
+/// Login options of a test initiator named `who`.
+fn opts(who: &str) -> LoginOptions {
+    LoginOptions {
+        initiator_name: format!("iqn.2026-12.io.rtgt:{who}"),
+        target_name: Some(IQN.into()),
+        timeout: Duration::from_secs(10),
+        ..Default::default()
+    }
+}
+
+/// Log in and take the power-on unit attentions of `luns`.
+fn login(d: &Daemon, o: &LoginOptions, luns: &[u64]) -> Connection {
+    let (mut c, _) = Connection::login(d.portal, o).expect("login");
+    for &lun in luns {
+        for _ in 0..4 {
+            if c.test_unit_ready(lun).unwrap().is_good() {
+                break;
+            }
+        }
+    }
+    c
+}
+
 /// UNMAP of one range (SBC-3 §5.28).
 fn unmap(c: &mut Connection, lba: u64, blocks: u32) -> initiator::ScsiResult {
     let mut p = vec![0u8; 24];
@@ -66,18 +89,8 @@ fn a_full_file_system_fails_writes_with_the_thin_provisioning_answer() {
     let file = sparse_file(&mnt, "thin.img", 64 << 20);
     let d = Daemon::start("full");
     d.file_target(1, IQN, &file, true);
-    let o = LoginOptions {
-        initiator_name: "iqn.2026-12.io.rtgt:full-test".into(),
-        target_name: Some(IQN.into()),
-        timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
-    let (mut c, _) = Connection::login(d.portal, &o).expect("login");
-    for _ in 0..4 {
-        if c.test_unit_ready(1).unwrap().is_good() {
-            break;
-        }
-    }
+    let o = opts("full-test");
+    let mut c = login(&d, &o, &[1]);
     // 1 MiB writes until the 8 MiB file system is full.
     let chunk = 1 << 20;
     let blocks = (chunk / 512) as u32;
@@ -127,18 +140,8 @@ fn a_backing_file_truncated_underneath_gives_errors_not_a_crash() {
     let d = Daemon::start("truncate");
     let file = sparse_file(&d.dir, "disk.img", 16 << 20);
     d.file_target(1, IQN, &file, false);
-    let o = LoginOptions {
-        initiator_name: "iqn.2026-12.io.rtgt:trunc-test".into(),
-        target_name: Some(IQN.into()),
-        timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
-    let (mut c, _) = Connection::login(d.portal, &o).expect("login");
-    for _ in 0..4 {
-        if c.test_unit_ready(1).unwrap().is_good() {
-            break;
-        }
-    }
+    let o = opts("trunc-test");
+    let mut c = login(&d, &o, &[1]);
     let data = vec![0x42u8; 1 << 20];
     for mib in [0u64, 8, 15] {
         let r = c.scsi(1, &write16(mib * 2048, 2048), &data, 0).unwrap();
@@ -178,12 +181,7 @@ fn a_target_deleted_with_force_during_io_ends_its_sessions_cleanly() {
     let d = Daemon::start("force-delete");
     let file = sparse_file(&d.dir, "disk.img", 16 << 20);
     d.file_target(1, IQN, &file, false);
-    let o = LoginOptions {
-        initiator_name: "iqn.2026-12.io.rtgt:force-test".into(),
-        target_name: Some(IQN.into()),
-        timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
+    let o = opts("force-test");
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let writers: Vec<_> = (0..3u8)
         .map(|i| {
@@ -222,12 +220,7 @@ fn a_target_deleted_with_force_during_io_ends_its_sessions_cleanly() {
     assert!(show.is_empty(), "{show}");
     // Made again, served again.
     d.file_target(1, IQN, &file, false);
-    let (mut c, _) = Connection::login(d.portal, &o).expect("login after");
-    for _ in 0..4 {
-        if c.test_unit_ready(1).unwrap().is_good() {
-            break;
-        }
-    }
+    let mut c = login(&d, &o, &[1]);
     assert!(c
         .scsi(1, &write16(0, 8), &[7u8; 4096], 0)
         .unwrap()
@@ -255,20 +248,8 @@ fn a_stalled_store_holds_only_its_own_commands() {
     d.file_target(1, IQN, &stuck, false);
     let o = d.lu("new", 1, 2, &["-b", fine.to_str().unwrap()]);
     assert!(o.status.success(), "{o:?}");
-    let o = LoginOptions {
-        initiator_name: "iqn.2026-12.io.rtgt:stall-test".into(),
-        target_name: Some(IQN.into()),
-        timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
-    let (mut c, _) = Connection::login(d.portal, &o).expect("login");
-    for lun in [1, 2] {
-        for _ in 0..4 {
-            if c.test_unit_ready(lun).unwrap().is_good() {
-                break;
-            }
-        }
-    }
+    let o = opts("stall-test");
+    let mut c = login(&d, &o, &[1, 2]);
     // Commands stuck in the store: more than the target has worker
     // threads.
     let w = c.submit(1, &write16(0, 8), &[1u8; 4096], 0).unwrap();

@@ -484,23 +484,8 @@ impl IoTask {
             rel,
         } = &self.op
         {
-            return match report_target_port_groups(dev, extended, alloc, group, rel, buf) {
-                Ok(()) => Response {
-                    status: Status::Good,
-                    sense: Vec::new(),
-                    data_len: buf.len(),
-                    wanted: self.wanted,
-                },
-                Err(s) => {
-                    buf.clear();
-                    Response {
-                        status: Status::CheckCondition,
-                        sense: s.to_bytes(self.format),
-                        data_len: 0,
-                        wanted: 0,
-                    }
-                }
-            };
+            let r = report_target_port_groups(dev, extended, alloc, group, rel, buf);
+            return self.answer(r, buf);
         }
         // Read-modify-write commands hold the LU's lock exclusively, all
         // others shared, so no command sees or interleaves with half of a
@@ -518,6 +503,12 @@ impl IoTask {
             }
             None => self.perform(dev, buf),
         };
+        self.answer(result, buf)
+    }
+
+    /// The response for a task that ran: GOOD with `buf` as Data-In, or
+    /// CHECK CONDITION (with the command's LBA for a medium error).
+    fn answer(&self, result: Result<(), Sense>, buf: &mut Vec<u8>) -> Response {
         match result {
             Ok(()) => Response {
                 status: Status::Good,
