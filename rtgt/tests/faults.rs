@@ -311,3 +311,25 @@ fn a_stalled_store_holds_only_its_own_commands() {
     assert_eq!(c.read(1, 8, 8, 512).unwrap(), vec![3u8; 4096]);
     assert!(c.nop().is_ok());
 }
+
+/// A store whose every transfer fails with EIO (`RTGT_FAULT_EIO`, a
+/// `*.eio` backing file): reads answer MEDIUM ERROR, UNRECOVERED READ
+/// ERROR and writes MEDIUM ERROR, WRITE ERROR (SBC-3), each with the
+/// command's first LBA in INFORMATION; the LU and the session go on.
+#[test]
+fn an_eio_store_answers_medium_errors_with_the_lba() {
+    let d = Daemon::start_env("eio", &[], &[("RTGT_FAULT_EIO", "1")]);
+    let bad = sparse_file(&d.dir, "disk.eio", 16 << 20);
+    d.file_target(1, IQN, &bad, false);
+    let mut c = login(&d, &opts("eio-test"), &[1]);
+    let r = c
+        .scsi(1, &[0x28, 0, 0, 0, 0x12, 0x34, 0, 0, 8, 0], &[], 4096)
+        .unwrap();
+    assert_eq!(r.sense_key(), Some((0x03, 0x11, 0x00)), "{r:?}");
+    assert_eq!(&r.sense[3..7], &0x1234u32.to_be_bytes(), "INFORMATION");
+    let r = c.scsi(1, &write16(0x777, 8), &[1u8; 4096], 0).unwrap();
+    assert_eq!(r.sense_key(), Some((0x03, 0x0c, 0x00)), "{r:?}");
+    assert_eq!(&r.sense[3..7], &0x777u32.to_be_bytes(), "INFORMATION");
+    assert!(c.test_unit_ready(1).unwrap().is_good());
+    assert!(c.nop().is_ok());
+}

@@ -3,7 +3,9 @@
 //! in `.stall` runs on the worker pool and blocks every operation while
 //! `<path>` exists (up to two minutes), standing in for a store that stops
 //! answering (a hung NFS server, a dying disk). Removing the file lets the
-//! stuck operations finish.
+//! stuck operations finish. With `RTGT_FAULT_EIO` set, a file store whose
+//! path ends in `.eio` fails every read, write and flush with EIO, as a
+//! disk with bad sectors does.
 
 use std::io;
 use std::path::PathBuf;
@@ -15,15 +17,42 @@ use scsi::BlockDevice;
 /// The longest a stalled operation waits before going on anyway.
 const LONGEST: Duration = Duration::from_secs(120);
 
-/// `dev`, stalling as described above when the variable is set and `path`
-/// asks for it.
-pub fn maybe_stall(path: &str, dev: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
+/// `dev`, failing or stalling as described above when a variable is set
+/// and `path` asks for it; else `dev` itself.
+pub fn inject(path: &str, dev: Arc<dyn BlockDevice>) -> Arc<dyn BlockDevice> {
+    if path.ends_with(".eio") && std::env::var_os("RTGT_FAULT_EIO").is_some() {
+        return Arc::new(Failing { inner: dev });
+    }
     match std::env::var_os("RTGT_FAULT_STALL_GATE") {
         Some(gate) if path.ends_with(".stall") => Arc::new(Stalling {
             inner: dev,
             gate: PathBuf::from(gate),
         }),
         _ => dev,
+    }
+}
+
+/// Every transfer fails with EIO.
+struct Failing {
+    inner: Arc<dyn BlockDevice>,
+}
+
+fn eio() -> io::Error {
+    io::Error::from_raw_os_error(libc::EIO)
+}
+
+impl BlockDevice for Failing {
+    fn size(&self) -> u64 {
+        self.inner.size()
+    }
+    fn read_at(&self, _buf: &mut [u8], _offset: u64) -> io::Result<()> {
+        Err(eio())
+    }
+    fn write_at(&self, _buf: &[u8], _offset: u64) -> io::Result<()> {
+        Err(eio())
+    }
+    fn flush(&self) -> io::Result<()> {
+        Err(eio())
     }
 }
 

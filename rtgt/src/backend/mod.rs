@@ -144,7 +144,7 @@ pub fn open(
             if kind == BackendKind::Rdwr && !RDWR_USES_URING.load(Ordering::Relaxed) {
                 dev = dev.without_uring();
             }
-            Ok(fault::maybe_stall(path, Arc::new(dev)))
+            Ok(fault::inject(path, Arc::new(dev)))
         }
     }
 }
