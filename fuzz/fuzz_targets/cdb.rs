@@ -51,9 +51,14 @@ fuzz_target!(|data: &[u8]| {
                 match task.native(&buf) {
                     Some(NativeIo::CompareAndWrite { len, .. }) => assert!(2 * len <= buf.len()),
                     Some(NativeIo::WriteSame {
-                        block, zeros, unmap, ..
+                        block,
+                        zeros,
+                        unmap,
+                        ..
                     }) => assert!(zeros || unmap || block <= buf.len()),
-                    Some(NativeIo::Simple(SimpleIo::Write { len, .. })) => assert!(len <= buf.len()),
+                    Some(NativeIo::Simple(SimpleIo::Write { len, .. })) => {
+                        assert!(len <= buf.len())
+                    }
                     _ => {}
                 }
                 let r = task.run(&dev, &mut buf);
