@@ -553,13 +553,10 @@ impl IoTask {
                 (pr.seq != seq).then(|| pr.encode())
             }),
         };
-        let (status, sense) = match (stored, reply) {
+        let result = match (stored, reply) {
             // A failure is the store's, not the medium's: no MEDIUM ERROR.
-            (Err(MediaResult::Failed), _) => (Status::CheckCondition, internal_failure()),
-            (Err(m), _) => (
-                Status::CheckCondition,
-                m.sense(false).unwrap_or_else(internal_failure),
-            ),
+            (Err(MediaResult::Failed), _) => Err(internal_failure()),
+            (Err(m), _) => Err(m.sense(false).unwrap_or_else(internal_failure)),
             (Ok(()), Ok(crate::lu::Reply::Conflict)) => {
                 return Response {
                     status: Status::ReservationConflict,
@@ -568,22 +565,11 @@ impl IoTask {
                     wanted: 0,
                 }
             }
-            (Ok(()), Ok(_)) => {
-                return Response {
-                    status: Status::Good,
-                    sense: Vec::new(),
-                    data_len: 0,
-                    wanted: self.wanted,
-                }
-            }
-            (Ok(()), Err(s)) => (Status::CheckCondition, s),
+            (Ok(()), Ok(_)) => Ok(()),
+            (Ok(()), Err(s)) => Err(s),
         };
-        Response {
-            status,
-            sense: sense.to_bytes(self.format),
-            data_len: 0,
-            wanted: 0,
-        }
+        // `buf` is empty: the parameter list was taken above.
+        self.answer(result, buf)
     }
 
     fn perform(&self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Result<(), Sense> {

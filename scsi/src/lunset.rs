@@ -24,9 +24,9 @@ pub struct LunSet {
     luns: BTreeMap<LunId, Lun>,
     /// The I_T nexuses and their SCSI initiator port names.
     nexuses: Names,
-    /// Releases the stores' shared state owes to nexus losses and resets,
+    /// Changes the stores' shared state owes to nexus losses and resets,
     /// for the transport to apply ([`LunSet::take_shared_changes`]).
-    releases: Vec<pr::SharedChange>,
+    shared_changes: Vec<pr::SharedChange>,
 }
 
 impl LunSet {
@@ -37,7 +37,7 @@ impl LunSet {
             port,
             luns: BTreeMap::new(),
             nexuses: Names::new(),
-            releases: Vec::new(),
+            shared_changes: Vec::new(),
         };
         set.put_implicit_lun0();
         set
@@ -153,10 +153,6 @@ impl LunSet {
         }
     }
 
-    /// SPC-2 reservations to release in the state stores keep for several
-    /// gateways (nexus loss and resets release them, SPC-2 §5.5.1, but
-    /// only the store can change that state): the transport applies each
-    /// with the LU's [`crate::SharedState::update`], off its event loop.
     /// The releases nexus `n`'s loss will owe the stores' shared state,
     /// for a transport that makes them before it lets the nexus go (a
     /// Logout Response waits for them); what they change comes back
@@ -178,26 +174,26 @@ impl LunSet {
             .collect()
     }
 
+    /// Changes owed to the state stores keep for several gateways: SPC-2
+    /// reservations released by nexus loss and resets (SPC-2 §5.5.1), and
+    /// resets other gateways' nexuses must hear of; only the store can
+    /// change that state, so the transport applies each with the LU's
+    /// [`crate::SharedState::update`], off its event loop.
     pub fn take_shared_changes(&mut self) -> Vec<pr::SharedChange> {
-        std::mem::take(&mut self.releases)
+        std::mem::take(&mut self.shared_changes)
     }
 
     /// I_T nexus loss: its UAs go, its SPC-2 reservations and preventions
     /// are released; persistent reservations stay (SPC-4 §5.13.1).
     pub fn remove_nexus(&mut self, n: NexusId) {
-        let name = self.nexuses.remove(&n);
-        for (id, lun) in self.luns.iter_mut() {
+        let owed = self.spc2_changes_for(n);
+        self.shared_changes.extend(owed);
+        self.nexuses.remove(&n);
+        for lun in self.luns.values_mut() {
             lun.ua.remove(&n);
             lun.prevent.remove(&n);
             if lun.reserved_by == Some(n) {
                 lun.reserved_by = None;
-                if let (true, Some(port)) = (lun.shared_pr, &name) {
-                    let holder = pr::Nexus {
-                        port: port.clone(),
-                        rel: self.port.relative_port,
-                    };
-                    self.releases.push(pr::SharedChange::release(*id, holder));
-                }
             }
         }
     }
@@ -212,7 +208,7 @@ impl LunSet {
             Self::reset_one(l, &nexuses, by);
             if l.shared_pr {
                 let rel = self.port.relative_port;
-                self.releases.push(pr::SharedChange::reset(lun, rel));
+                self.shared_changes.push(pr::SharedChange::reset(lun, rel));
             }
         }
     }
@@ -224,7 +220,7 @@ impl LunSet {
             Self::reset_one(l, &nexuses, by);
             if l.shared_pr {
                 let rel = self.port.relative_port;
-                self.releases.push(pr::SharedChange::reset(*id, rel));
+                self.shared_changes.push(pr::SharedChange::reset(*id, rel));
             }
         }
     }
@@ -267,7 +263,8 @@ impl LunSet {
             // An SPC-2 reservation held through our port is a nexus's
             // that did not survive our restart: it goes (SPC-2 §5.5.1).
             if let Some(h) = pr.spc2.as_ref().filter(|h| h.rel == rel) {
-                self.releases.push(pr::SharedChange::release(id, h.clone()));
+                self.shared_changes
+                    .push(pr::SharedChange::release(id, h.clone()));
             }
         }
         lun.pr = pr;

@@ -238,7 +238,7 @@ impl TargetShared {
             };
             if !t
                 .device(id)
-                .is_some_and(|io| std::sync::Weak::ptr_eq(&Arc::downgrade(&io.dev), &mine))
+                .is_some_and(|io| std::ptr::addr_eq(Arc::as_ptr(&io.dev), mine.as_ptr()))
             {
                 return;
             }
@@ -253,8 +253,9 @@ impl TargetShared {
         }));
     }
 
-    /// Apply to the stores' shared state the SPC-2 releases that nexus
-    /// losses and resets owe it ([`LunSet::take_shared_changes`]), each
+    /// Apply to the stores' shared state what nexus losses and resets owe
+    /// it (SPC-2 releases, resets to announce:
+    /// [`LunSet::take_shared_changes`]), each
     /// on a thread of its own: they wait for the cluster, and are rare.
     /// Each returned receiver completes when its change is made (or
     /// failed).
@@ -327,8 +328,7 @@ impl TargetShared {
         cfg: LunConfig,
         dev: Option<Arc<dyn BlockDevice>>,
     ) {
-        let new_store = dev.clone();
-        if let Some(d) = dev {
+        if let Some(d) = &dev {
             let counters = self.stats.lun(id.0);
             let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
             // The gate stays: I/O already in flight on the old store is
@@ -337,15 +337,15 @@ impl TargetShared {
             devices.insert(
                 id,
                 LunIo {
-                    dev: d,
+                    dev: d.clone(),
                     counters,
                     gate,
                 },
             );
         }
         self.luns().update(id, |c| *c = cfg);
-        if let Some(d) = new_store {
-            self.share_state(id, &d);
+        if let Some(d) = &dev {
+            self.share_state(id, d);
         }
     }
 
