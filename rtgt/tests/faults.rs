@@ -131,6 +131,87 @@ fn a_full_file_system_fails_writes_with_the_thin_provisioning_answer() {
     drop(d);
 }
 
+/// A soft threshold on a thin LUN (`thin_threshold=PCT`, SBC-4
+/// §4.7.3.8): the write that takes the backing file's allocation past it
+/// gives every nexus THIN PROVISIONING SOFT THRESHOLD REACHED (06h
+/// 38h/07h) once; UNMAP under it re-arms it, and the next crossing is
+/// told again. The threshold shows in the logical block provisioning
+/// mode page.
+#[test]
+fn a_thin_lun_past_its_soft_threshold_tells_every_nexus() {
+    let d = Daemon::start("threshold");
+    let file = sparse_file(&d.dir, "thin.img", 16 << 20);
+    d.file_target(1, IQN, &file, true);
+    let lu = [
+        "--lld",
+        "iscsi",
+        "--mode",
+        "logicalunit",
+        "--tid",
+        "1",
+        "--lun",
+        "1",
+    ];
+    let update = |p: &str| d.adm(&[&lu[..], &["--op", "update", "--params", p]].concat());
+    assert!(!update("thin_threshold=101").status.success());
+    assert!(update("thin_threshold=50").status.success());
+    let mut c = login(&d, &opts("threshold-a"), &[1]);
+    let mut c2 = login(
+        &d,
+        &LoginOptions {
+            isid: [0x80, 0, 0, 0, 2, 1],
+            ..opts("threshold-b")
+        },
+        &[1],
+    );
+    // The mode page's threshold count: 8 MiB of 512-byte blocks, in
+    // sets of 2^0 blocks (VPD B2h's exponent).
+    let r = c
+        .scsi(1, &[0x5a, 0x08, 0x1c, 0x02, 0, 0, 0, 0, 255, 0], &[], 255)
+        .unwrap();
+    assert!(r.is_good(), "{r:?}");
+    assert_eq!(&r.data[8 + 16..8 + 24], &[0x81, 0x02, 0, 0, 0, 0, 0x40, 0]);
+    // Each step is one command, so the crossing is told on the command
+    // after it (a unit attention answers the next command).
+    let fill = |c: &mut Connection, from: u64, to: u64| {
+        let data = vec![0x33u8; ((to - from) << 20) as usize];
+        let r = c
+            .scsi(
+                1,
+                &write16(from * 2048, ((to - from) * 2048) as u32),
+                &data,
+                0,
+            )
+            .unwrap();
+        assert!(r.is_good(), "{r:?}");
+    };
+    let tur = |c: &mut Connection| c.test_unit_ready(1).unwrap().sense_key();
+    fill(&mut c, 0, 6);
+    assert_eq!(tur(&mut c), None, "6 of 16 MiB is under 50%");
+    fill(&mut c, 6, 10);
+    for conn in [&mut c, &mut c2] {
+        assert_eq!(tur(conn), Some((0x06, 0x38, 0x07)));
+        assert_eq!(tur(conn), None, "once per crossing");
+    }
+    // More writes past it say nothing new ...
+    fill(&mut c, 10, 11);
+    assert_eq!(tur(&mut c), None);
+    // ... UNMAP under it re-arms it, and the next crossing is told.
+    assert!(unmap(&mut c, 0, 8 * 2048).is_good());
+    assert_eq!(tur(&mut c), None);
+    fill(&mut c, 0, 4);
+    assert_eq!(tur(&mut c), None, "7 MiB mapped");
+    fill(&mut c, 4, 8);
+    assert_eq!(tur(&mut c), Some((0x06, 0x38, 0x07)));
+    assert_eq!(tur(&mut c2), Some((0x06, 0x38, 0x07)));
+    // Turned off: nothing more.
+    assert!(update("thin_threshold=0").status.success());
+    let _ = tur(&mut c); // MODE PARAMETERS CHANGED
+    assert!(unmap(&mut c, 0, 16 * 2048).is_good());
+    fill(&mut c, 0, 12);
+    assert_eq!(tur(&mut c), None);
+}
+
 /// A backing file truncated underneath the LUN: reads past its new end
 /// fail with MEDIUM ERROR (UNRECOVERED READ ERROR, the LBA in INFORMATION)
 /// rather than returning made-up data or crashing; reads before it and

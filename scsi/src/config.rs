@@ -34,6 +34,10 @@ pub struct LunConfig {
     pub size_bytes: u64,
     /// thin_provisioning=1: LBPME, UNMAP, WRITE SAME with UNMAP, VPD B2.
     pub thin: bool,
+    /// A soft threshold on a thin LU (SBC-4 §4.7.3.8): percent of its
+    /// capacity mapped beyond which every nexus gets THIN PROVISIONING
+    /// SOFT THRESHOLD REACHED; 0 for none.
+    pub soft_threshold_pct: u8,
     pub readonly: bool,
     pub removable: bool,
     /// Medium present (START STOP UNIT with LOEJ toggles it on removable LUs).
@@ -75,6 +79,7 @@ impl LunConfig {
             block_size: 512,
             size_bytes: 0,
             thin: false,
+            soft_threshold_pct: 0,
             readonly: false,
             removable: false,
             online: true,
@@ -113,6 +118,33 @@ impl LunConfig {
         } else {
             u64::from(self.block_size)
         }
+    }
+
+    /// THRESHOLD EXPONENT of the logical block provisioning VPD page
+    /// (SBC-4 §6.6.4): thresholds count sets of 2^exponent blocks, the
+    /// smallest such sets that let a 32-bit THRESHOLD COUNT span the LU.
+    pub fn threshold_exponent(&self) -> u8 {
+        let blocks = self.blocks();
+        (0..64u8)
+            .find(|&e| blocks >> e <= u64::from(u32::MAX))
+            .unwrap_or(63)
+    }
+
+    /// The soft threshold in threshold sets (the THRESHOLD COUNT of the
+    /// logical block provisioning mode page), `None` without one.
+    pub fn soft_threshold_sets(&self) -> Option<u32> {
+        if !self.thin || self.soft_threshold_pct == 0 {
+            return None;
+        }
+        let blocks = u128::from(self.blocks()) * u128::from(self.soft_threshold_pct.min(100)) / 100;
+        let sets = blocks.div_ceil(1u128 << self.threshold_exponent());
+        Some(u32::try_from(sets).unwrap_or(u32::MAX))
+    }
+
+    /// The soft threshold in bytes mapped, `None` without one.
+    pub fn soft_threshold_bytes(&self) -> Option<u64> {
+        let sets = self.soft_threshold_sets()?;
+        Some((u64::from(sets) << self.threshold_exponent()).saturating_mul(self.bs()))
     }
 
     /// Number of logical blocks.

@@ -48,6 +48,12 @@ pub trait BlockDevice: Send + Sync {
         }
         Ok(())
     }
+    /// Bytes of the medium the store has allocated (the used LBA mapping
+    /// resources of a thin LU, SBC-4 §4.7.3.8), found without waiting on
+    /// the medium; `None` for stores that cannot tell.
+    fn allocated_bytes(&self) -> Option<u64> {
+        None
+    }
     /// A file descriptor an asynchronous engine may read and write
     /// directly (at the same offsets as `read_at`/`write_at`, and
     /// `fdatasync` for `flush`); `None` for stores without one.

@@ -139,9 +139,10 @@ fn vpd(cfg: &LunConfig, ctx: &Ctx<'_>, page: u8, d: &mut Vec<u8>) -> Result<(), 
             d[4..6].copy_from_slice(&cfg.rotation_rate.to_be_bytes());
         }
         _ => {
-            // 0xb2 logical block provisioning (SBC-3 §6.6.6): LBPU, LBPWS,
-            // LBPWS10, LBPRZ; provisioning type 2 = thin.
-            d.extend_from_slice(&[0, 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0]);
+            // 0xb2 logical block provisioning (SBC-4 §6.6.4): the
+            // threshold exponent, LBPU, LBPWS, LBPWS10, LBPRZ;
+            // provisioning type 2 = thin.
+            d.extend_from_slice(&[cfg.threshold_exponent(), 0x80 | 0x40 | 0x20 | 0x04, 0x02, 0]);
         }
     }
     let len = (d.len() - 4) as u16;

@@ -115,7 +115,8 @@ impl LunSet {
             || before.sense_format != after.sense_format
             || before.readonly != after.readonly
             || before.block_size != after.block_size
-            || before.rotation_rate != after.rotation_rate;
+            || before.rotation_rate != after.rotation_rate
+            || before.soft_threshold_pct != after.soft_threshold_pct;
         let nexuses: Vec<NexusId> = self.nexuses.keys().copied().collect();
         for n in nexuses {
             if size_changed {
@@ -211,6 +212,23 @@ impl LunSet {
                 self.shared_changes.push(pr::SharedChange::reset(lun, rel));
             }
         }
+    }
+
+    /// The store behind thin LU `id` crossed its soft threshold (SBC-4
+    /// §4.7.3.8.3): THIN PROVISIONING SOFT THRESHOLD REACHED for every
+    /// nexus, as SITUA 0 in the logical block provisioning mode page says.
+    /// Returns false for an LU that has no soft threshold.
+    pub fn soft_threshold_reached(&mut self, id: LunId) -> bool {
+        let Some(lun) = self.luns.get_mut(&id) else {
+            return false;
+        };
+        if lun.cfg.soft_threshold_sets().is_none() {
+            return false;
+        }
+        for &n in self.nexuses.keys() {
+            lun.add_ua(n, asc::THIN_PROVISIONING_SOFT_THRESHOLD_REACHED);
+        }
+        true
     }
 
     /// TARGET RESET / I_T nexus-wide reset: a LUN reset of every LU.

@@ -2,7 +2,9 @@
 //! mode pages a disk has: read-write error recovery 0x01, disconnect-
 //! reconnect 0x02, format device 0x03, rigid disk geometry 0x04 (SBC-3
 //! §6.5), caching 0x08 (WCE changeable), control 0x0A (D_SENSE and SWP
-//! changeable) and informational exceptions control 0x1C.
+//! changeable) and informational exceptions control 0x1C; on thin LUs
+//! also the logical block provisioning subpage 0x1C/0x02 (SBC-4 §6.5.7),
+//! which shows the soft threshold.
 
 use crate::cdb::{be16, byte, op};
 use crate::lu::{Ctx, HandlerResult, Lun, Reply};
@@ -11,6 +13,10 @@ use crate::sense::{asc, Sense, SenseFormat};
 /// Page codes in ascending order, as MODE SENSE of all pages returns them.
 const PAGES: [u8; 7] = [0x01, 0x02, 0x03, 0x04, 0x08, 0x0a, 0x1c];
 const ALL_PAGES: u8 = 0x3f;
+/// MODE SENSE's subpage code for a page and all its subpages.
+const ALL_SUBPAGES: u8 = 0xff;
+/// The logical block provisioning subpage of page 0x1C (SBC-4 §6.5.7).
+const LBP: (u8, u8) = (0x1c, 0x02);
 
 /// Page control field (SPC-4 §6.11.1 table 171).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +35,10 @@ struct Params {
     blocks: u64,
     bs: u64,
     rotation_rate: u16,
+    /// Thin provisioning: the LBP subpage exists.
+    thin: bool,
+    /// The soft threshold's THRESHOLD COUNT, when one is set.
+    threshold: Option<u32>,
 }
 
 impl Params {
@@ -40,6 +50,8 @@ impl Params {
             blocks: lun.cfg.blocks(),
             bs: lun.cfg.bs(),
             rotation_rate: lun.cfg.rotation_rate,
+            thin: lun.cfg.thin,
+            threshold: lun.cfg.soft_threshold_sets(),
         }
     }
     fn default_of(lun: &Lun) -> Params {
@@ -136,6 +148,38 @@ fn page(code: u8, pc: Pc, p: &Params) -> Vec<u8> {
     v
 }
 
+/// Subpage `sub` of page `code` (with its 4-byte header, SPF set), or
+/// `None` where the LU has no such subpage.
+fn subpage(code: u8, sub: u8, pc: Pc, p: &Params) -> Option<Vec<u8>> {
+    if (code, sub) != LBP || !p.thin {
+        return None;
+    }
+    // Header, SITUA 0 (the unit attention goes to every nexus), 11
+    // reserved bytes; then a threshold descriptor: ENABLED, type soft
+    // (000b), ARMING_INC (001b), resource: used LBA mapping resources
+    // (02h), THRESHOLD COUNT in threshold sets (VPD B2h's exponent).
+    let mut v = vec![0u8; 16];
+    if let Some(count) = p.threshold {
+        v.extend_from_slice(&[0x80 | 0x01, 0x02, 0, 0]);
+        v.extend_from_slice(&count.to_be_bytes());
+    }
+    v[0] = 0x40 | code;
+    v[1] = sub;
+    let len = (v.len() - 4) as u16;
+    v[2..4].copy_from_slice(&len.to_be_bytes());
+    if pc == Pc::Changeable {
+        for b in &mut v[4..] {
+            *b = 0;
+        }
+    }
+    Some(v)
+}
+
+/// The subpages of page `code` this LU has, in ascending order.
+fn subpages_of(code: u8, p: &Params) -> impl Iterator<Item = u8> + '_ {
+    (1..ALL_SUBPAGES).filter(move |&s| code == LBP.0 && s == LBP.1 && p.thin)
+}
+
 fn sense(lun: &Lun, cdb: &[u8], din: &mut Vec<u8>) -> HandlerResult {
     let ten = cdb[0] == op::MODE_SENSE_10;
     let dbd = byte(cdb, 1) & 0x08 != 0;
@@ -147,7 +191,7 @@ fn sense(lun: &Lun, cdb: &[u8], din: &mut Vec<u8>) -> HandlerResult {
         _ => return Err(Sense::illegal(asc::SAVING_PARAMETERS_NOT_SUPPORTED)),
     };
     let code = byte(cdb, 2) & 0x3f;
-    let subpage = byte(cdb, 3);
+    let sub_req = byte(cdb, 3);
     let alloc = if ten {
         usize::from(be16(cdb, 7))
     } else {
@@ -158,19 +202,27 @@ fn sense(lun: &Lun, cdb: &[u8], din: &mut Vec<u8>) -> HandlerResult {
         Pc::Default => Params::default_of(lun),
         _ => Params::current(lun),
     };
-    let codes: &[u8] = if code == ALL_PAGES {
-        if subpage != 0 && subpage != 0xff {
-            return Err(Sense::invalid_cdb(3, None));
-        }
+    // (page, subpage) pairs in the order MODE SENSE returns them; subpage
+    // 0 is the page_0 format page.
+    let wanted_codes: &[u8] = if code == ALL_PAGES {
         &PAGES
     } else if PAGES.contains(&code) {
-        if subpage != 0 {
-            return Err(Sense::invalid_cdb(3, None));
-        }
         std::slice::from_ref(&PAGES[PAGES.iter().position(|c| *c == code).unwrap_or(0)])
     } else {
         return Err(Sense::invalid_cdb(2, Some(5)));
     };
+    let mut pages: Vec<(u8, u8)> = Vec::new();
+    for &c in wanted_codes {
+        match sub_req {
+            0 => pages.push((c, 0)),
+            ALL_SUBPAGES => {
+                pages.push((c, 0));
+                pages.extend(subpages_of(c, &params).map(|s| (c, s)));
+            }
+            s if code != ALL_PAGES && subpages_of(c, &params).any(|x| x == s) => pages.push((c, s)),
+            _ => return Err(Sense::invalid_cdb(3, None)),
+        }
+    }
 
     din.clear();
     let header_len = if ten { 8 } else { 4 };
@@ -200,8 +252,11 @@ fn sense(lun: &Lun, cdb: &[u8], din: &mut Vec<u8>) -> HandlerResult {
             din.extend_from_slice(&(bs as u32).to_be_bytes());
         }
     }
-    for &c in codes {
-        din.extend_from_slice(&page(c, pc, &params));
+    for (c, sub) in pages {
+        match sub {
+            0 => din.extend_from_slice(&page(c, pc, &params)),
+            _ => din.extend(subpage(c, sub, pc, &params).unwrap_or_default()),
+        }
     }
     if ten {
         let len = (din.len() - 2) as u16;
@@ -274,30 +329,45 @@ fn select(lun: &mut Lun, cdb: &[u8], dout: &[u8]) -> HandlerResult {
     let mut next = current;
     while off < plen {
         let code = data[off] & 0x3f;
-        if data[off] & 0x40 != 0 {
-            return Err(Sense::invalid_param(off as u16)); // no subpages
-        }
-        if off + 2 > plen {
+        let spf = data[off] & 0x40 != 0;
+        let hdr = if spf { 4 } else { 2 };
+        if off + hdr > plen {
             return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
         }
-        if !PAGES.contains(&code) {
-            return Err(Sense::invalid_param(off as u16));
-        }
-        let cur = page(code, Pc::Current, &current);
-        let mask = page(code, Pc::Changeable, &current);
-        if usize::from(data[off + 1]) != cur.len() - 2 {
+        let (cur, mask, len) = if spf {
+            // Subpages (the LBP page) have nothing changeable: they may
+            // only restate what MODE SENSE shows.
+            let sub = data[off + 1];
+            let (Some(cur), Some(mask)) = (
+                subpage(code, sub, Pc::Current, &current),
+                subpage(code, sub, Pc::Changeable, &current),
+            ) else {
+                return Err(Sense::invalid_param(off as u16));
+            };
+            (cur, mask, usize::from(be16(data, off + 2)) + 4)
+        } else {
+            if !PAGES.contains(&code) {
+                return Err(Sense::invalid_param(off as u16));
+            }
+            (
+                page(code, Pc::Current, &current),
+                page(code, Pc::Changeable, &current),
+                usize::from(data[off + 1]) + 2,
+            )
+        };
+        if len != cur.len() {
             return Err(Sense::invalid_param((off + 1) as u16));
         }
         if off + cur.len() > plen {
             return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
         }
         let new = &data[off..off + cur.len()];
-        for i in 2..cur.len() {
+        for i in hdr..cur.len() {
             if (new[i] ^ cur[i]) & !mask[i] != 0 {
                 return Err(Sense::invalid_param((off + i) as u16));
             }
         }
-        match code {
+        match if spf { 0 } else { code } {
             0x08 => next.wce = new[2] & 0x04 != 0,
             0x0a => {
                 next.d_sense = new[2] & 0x04 != 0;

@@ -42,6 +42,8 @@ pub mod asc {
     pub const REGISTRATIONS_PREEMPTED: Asc = (0x2a, 0x05);
     pub const ASYMMETRIC_ACCESS_STATE_CHANGED: Asc = (0x2a, 0x06);
     pub const CAPACITY_DATA_HAS_CHANGED: Asc = (0x2a, 0x09);
+    /// SBC-4 §4.7.3.8.3: a soft threshold of a thin LU was crossed.
+    pub const THIN_PROVISIONING_SOFT_THRESHOLD_REACHED: Asc = (0x38, 0x07);
     pub const SAVING_PARAMETERS_NOT_SUPPORTED: Asc = (0x39, 0x00);
     pub const MEDIUM_NOT_PRESENT: Asc = (0x3a, 0x00);
     pub const REPORTED_LUNS_DATA_HAS_CHANGED: Asc = (0x3f, 0x0e);

@@ -848,6 +848,75 @@ fn mode_sense() {
     assert_eq!(d[24], 0x08);
 }
 
+#[test]
+fn soft_threshold_shows_in_vpd_and_mode_page_and_raises_its_unit_attention() {
+    let mut cfg = disk(true);
+    cfg.soft_threshold_pct = 75;
+    let mut h = H::with(cfg);
+    // 1024 blocks fit a 32-bit count: exponent 0, threshold 768 blocks.
+    assert_eq!(h.cmd(&inquiry(true, 0xb2, 255)).good().data[4], 0);
+    let lbp = h.cmd(&[0x5a, 0x08, 0x1c, 0x02, 0, 0, 0, 0, 255, 0]);
+    let d = lbp.good().data.clone();
+    assert_eq!(u16::from_be_bytes([d[0], d[1]]) as usize, d.len() - 2);
+    let pg = &d[8..];
+    assert_eq!(&pg[..4], &[0x5c, 0x02, 0, 20]);
+    assert_eq!(pg[4] & 1, 0, "SITUA 0: every nexus is told");
+    assert_eq!(&pg[16..24], &[0x81, 0x02, 0, 0, 0, 0, 0x03, 0x00]);
+    // All subpages of 1Ch: the page_0 page, then the LBP subpage.
+    let all = h.cmd(&[0x5a, 0x08, 0x1c, 0xff, 0, 0, 0, 0, 255, 0]).data;
+    assert_eq!(all[8], 0x1c);
+    assert_eq!(&all[8 + 12..8 + 12 + 2], &[0x5c, 0x02]);
+    let every = h.cmd(&[0x5a, 0x08, 0x3f, 0xff, 0, 0, 0, 0, 255, 0]).data;
+    assert!(every.windows(4).any(|w| w == [0x5c, 0x02, 0, 20]));
+    // Not among the page_0 pages, nor a subpage another page has.
+    let page0 = h.cmd(&[0x5a, 0x08, 0x3f, 0x00, 0, 0, 0, 0, 255, 0]).data;
+    assert!(!page0.windows(2).any(|w| w == [0x5c, 0x02]));
+    h.cmd(&[0x1a, 0, 0x08, 0x02, 255, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    // MODE SELECT may restate the subpage, not change it.
+    let mut p = vec![0u8; 8];
+    p.extend_from_slice(pg);
+    let sel = [0x55, 0x10, 0, 0, 0, 0, 0, 0, p.len() as u8, 0];
+    h.cmd_out(&sel, &p).good();
+    p[8 + 20 + 3] = 0x01;
+    h.cmd_out(&sel, &p)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    // Crossing the threshold tells every nexus, once.
+    h.set.add_nexus(B);
+    h.run(B, L1, &[0; 6], &[]);
+    assert!(h.set.soft_threshold_reached(L1));
+    for n in [A, B] {
+        h.run(n, L1, &[0; 6], &[]).check(
+            key::UNIT_ATTENTION,
+            asc::THIN_PROVISIONING_SOFT_THRESHOLD_REACHED,
+        );
+        h.run(n, L1, &[0; 6], &[]).good();
+    }
+    // No threshold, or not thin: nothing to reach, and no descriptor.
+    let mut h = H::thin();
+    assert!(!h.set.soft_threshold_reached(L1));
+    h.cmd(&[0; 6]).good();
+    let d = h.cmd(&[0x5a, 0x08, 0x1c, 0x02, 0, 0, 0, 0, 255, 0]).data;
+    assert_eq!(&d[8..12], &[0x5c, 0x02, 0, 12]);
+    let mut h = H::new();
+    h.cmd(&[0x5a, 0x08, 0x1c, 0x02, 0, 0, 0, 0, 255, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
+#[test]
+fn threshold_sets_span_large_lus() {
+    let mut c = disk(true);
+    // 2^40 blocks of 512 bytes: 2^31 sets of 2^9 blocks fit 32 bits,
+    // sets of 2^8 would not.
+    c.size_bytes = 512 << 40;
+    c.soft_threshold_pct = 50;
+    assert_eq!(c.threshold_exponent(), 9);
+    assert_eq!(c.soft_threshold_sets(), Some(1 << 30));
+    assert_eq!(c.soft_threshold_bytes(), Some(512 << 39));
+    c.thin = false;
+    assert_eq!(c.soft_threshold_sets(), None);
+}
+
 fn mode_select6(page: &[u8]) -> ([u8; 6], Vec<u8>) {
     let mut p = vec![0, 0, 0, 0];
     p.extend_from_slice(page);

@@ -261,6 +261,14 @@ impl BlockDevice for FileDevice {
         }
     }
 
+    fn allocated_bytes(&self) -> Option<u64> {
+        use std::os::unix::fs::MetadataExt;
+        // st_blocks counts 512-byte units whatever the file system's block.
+        (!self.is_block)
+            .then(|| self.file.metadata().ok().map(|m| m.blocks() * 512))
+            .flatten()
+    }
+
     fn map_status(&self, offset: u64) -> io::Result<(bool, u64)> {
         let size = self.size();
         if offset >= size {

@@ -162,6 +162,7 @@ pub fn lun_config(tid: u32, spec: &LunSpec) -> LunConfig {
         block_size: spec.block_size.max(1),
         size_bytes: spec.size_bytes,
         thin: spec.thin_provisioning,
+        soft_threshold_pct: spec.thin_threshold,
         readonly: spec.readonly || spec.swp,
         removable: spec.removable,
         online: spec.online,

@@ -203,7 +203,12 @@ impl TargetCtx {
             r.wanted,
             buf,
         );
-        s.record(a, &self.shared.stats.total, io);
+        let wrote = s.record(a, &self.shared.stats.total, io);
+        if let Some(io) = io.filter(|_| wrote) {
+            if io.thin.crossed(&*io.dev) {
+                self.shared.luns().soft_threshold_reached(io.thin.lun);
+            }
+        }
     }
 
     /// Finish a command without media I/O: a CHECK CONDITION the transport
@@ -212,7 +217,7 @@ impl TargetCtx {
         let a =
             s.m.borrow_mut()
                 .handle_scsi_done(token, st, sense, 0, 0, buf);
-        s.record(a, &self.shared.stats.total, None);
+        let _ = s.record(a, &self.shared.stats.total, None);
     }
 
     fn start_io(

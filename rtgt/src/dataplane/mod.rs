@@ -17,6 +17,7 @@ pub mod affinity;
 pub mod conn;
 mod io;
 pub mod session;
+mod thin;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -37,6 +38,7 @@ use crate::registry::Registry;
 use crate::stats::{Counters, TargetStats};
 use conn::{ConnHandle, ConnParams};
 use session::{Session, SessionSetup};
+use thin::ThinWatch;
 
 /// Per-target knobs the loop reads (tgtadm `--mode target --op update`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,12 +92,14 @@ pub enum TargetMsg {
     Stop,
 }
 
-/// A LUN's store, its I/O counters and its media gate.
+/// A LUN's store, its I/O counters, its media gate and its soft
+/// threshold.
 #[derive(Clone)]
 pub struct LunIo {
     pub dev: Arc<dyn BlockDevice>,
     pub counters: Arc<Counters>,
     pub gate: Arc<LunGate>,
+    pub thin: Arc<ThinWatch>,
 }
 
 /// Exclusive access to a target's LUN state; bumps the state generation
@@ -301,6 +305,7 @@ impl TargetShared {
                     dev: dev.clone(),
                     counters,
                     gate: Arc::default(),
+                    thin: Arc::new(ThinWatch::new(id, &cfg)),
                 },
             );
         // Telling the loops to look again, this also retires their copy
@@ -328,20 +333,26 @@ impl TargetShared {
         cfg: LunConfig,
         dev: Option<Arc<dyn BlockDevice>>,
     ) {
-        if let Some(d) = &dev {
-            let counters = self.stats.lun(id.0);
+        {
             let mut devices = self.devices.write().unwrap_or_else(|p| p.into_inner());
-            // The gate stays: I/O already in flight on the old store is
-            // still counted in it.
-            let gate = devices.get(&id).map(|l| l.gate.clone()).unwrap_or_default();
-            devices.insert(
-                id,
-                LunIo {
-                    dev: d.clone(),
-                    counters,
-                    gate,
-                },
-            );
+            let old = devices.get(&id);
+            let thin = old.map_or_else(|| Arc::new(ThinWatch::new(id, &cfg)), |l| l.thin.clone());
+            thin.configure(&cfg);
+            if let Some(d) = &dev {
+                // The gate stays: I/O already in flight on the old store
+                // is still counted in it.
+                let gate = old.map(|l| l.gate.clone()).unwrap_or_default();
+                let counters = self.stats.lun(id.0);
+                devices.insert(
+                    id,
+                    LunIo {
+                        dev: d.clone(),
+                        counters,
+                        gate,
+                        thin,
+                    },
+                );
+            }
         }
         self.luns().update(id, |c| *c = cfg);
         if let Some(d) = &dev {

@@ -85,14 +85,15 @@ impl Session {
         self.wake(None);
     }
 
-    /// Count a finished command on its connection, its session and its LUN.
+    /// Count a finished command on its connection, its session and its
+    /// LUN. Returns whether it carried Data-Out.
     pub fn record(
         &self,
         acct: Option<Accounting>,
         target: &crate::stats::Counters,
         io: Option<&LunIo>,
-    ) {
-        let Some(a) = acct else { return };
+    ) -> bool {
+        let Some(a) = acct else { return false };
         if let Some(h) = self.conns.borrow().iter().find(|c| c.id == a.conn) {
             h.stats.0.record(a.read, a.written, !a.ok);
             h.stats.1.record(a.read, a.written, !a.ok);
@@ -101,5 +102,6 @@ impl Session {
         if let Some(io) = io {
             io.counters.record(a.read, a.written, !a.ok);
         }
+        a.written > 0
     }
 }

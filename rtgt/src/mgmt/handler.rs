@@ -680,6 +680,13 @@ fn lun_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
             "removable" => spec.removable = c_atoi(v) != 0,
             "readonly" => spec.readonly = c_atoi(v) != 0,
             "thin_provisioning" => spec.thin_provisioning = c_atoi(v) != 0,
+            // rtgt extension: a soft threshold in percent of the LU mapped.
+            "thin_threshold" => {
+                spec.thin_threshold = match v.parse::<u8>() {
+                    Ok(p) if p <= 100 => p,
+                    _ => return Err(TgtadmError::InvalidRequest),
+                }
+            }
             "rotation_rate" => spec.rotation_rate = c_atoi(v) as u16,
             "online" => {
                 if c_atoi(v) != 0 {

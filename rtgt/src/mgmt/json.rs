@@ -160,6 +160,7 @@ pub fn lun(l: &LunSpec, prevent_removal: bool) -> Json {
         ("readonly", Json::Bool(l.readonly)),
         ("swp", Json::Bool(l.swp)),
         ("thin_provisioning", Json::Bool(l.thin_provisioning)),
+        ("thin_threshold", Json::UInt(l.thin_threshold as u64)),
         (
             "sense_format",
             Json::str(if l.sense_format {

@@ -186,6 +186,9 @@ pub struct LunSpec {
     pub sense_format: bool,
     /// Logical block provisioning: UNMAP / WRITE SAME with UNMAP supported.
     pub thin_provisioning: bool,
+    /// rtgt extension: the thin LU's soft threshold, percent of its
+    /// capacity mapped (SBC-4 §4.7.3.8); 0 for none.
+    pub thin_threshold: u8,
     /// Block device characteristics VPD MEDIUM ROTATION RATE (SBC-3 6.6.2).
     pub rotation_rate: u16,
     /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT (READ CAPACITY (16)).
@@ -238,6 +241,7 @@ impl LunSpec {
             online: false,
             sense_format: false,
             thin_provisioning: false,
+            thin_threshold: 0,
             rotation_rate: 0,
             lbppbe: 0,
             no_auto_lbppbe: false,
