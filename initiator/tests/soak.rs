@@ -5,7 +5,9 @@
 //! after the sessions log out, management must show none left, and the
 //! daemon's threads and memory must be back where they started. A second
 //! run with a stray writer on the same LUN shows the verification catches
-//! what it should.
+//! what it should. Meanwhile a libiscsi client, qemu-img, writes and
+//! compares random images on a second LUN over and over (where qemu-img
+//! has its iscsi driver), so the load is checked by a client not ours.
 //!
 //! Runs against the daemon named by `RTGT_TEST_DAEMON` (the test command
 //! sets it to rtgtd; its `rtgtadm` must be beside it); skipped without.
@@ -150,6 +152,53 @@ impl Daemon {
     }
 }
 
+fn qemu_has_iscsi() -> bool {
+    Command::new("qemu-img")
+        .arg("--help")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("iscsi"))
+        .unwrap_or(false)
+}
+
+/// Until `stop`, write a fresh pseudo-random 32 MiB image to `url` with
+/// qemu-img (libiscsi) and have qemu-img compare it back; returns the
+/// rounds that compared identical, and fails on any that did not.
+fn qemu_rounds(dir: &std::path::Path, url: &str, stop: &std::sync::atomic::AtomicBool) -> u32 {
+    let src = dir.join("qemu-src.raw");
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let mut rounds = 0;
+    while rounds == 0 || !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let mut data = vec![0u8; 32 << 20];
+        for chunk in data.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            chunk.copy_from_slice(&x.to_le_bytes());
+        }
+        std::fs::write(&src, &data).unwrap();
+        let st = Command::new("qemu-img")
+            .args(["convert", "-n", "-f", "raw", "-O", "raw"])
+            .arg(&src)
+            .arg(url)
+            .status()
+            .unwrap();
+        assert!(st.success(), "qemu-img convert to {url} failed");
+        let cmp = Command::new("qemu-img")
+            .args(["compare", "-f", "raw", "-F", "raw"])
+            .arg(&src)
+            .arg(url)
+            .output()
+            .unwrap();
+        assert!(
+            cmp.status.success(),
+            "qemu-img compare after round {rounds}: {}",
+            String::from_utf8_lossy(&cmp.stdout)
+        );
+        rounds += 1;
+    }
+    rounds
+}
+
 fn load(d: &Daemon, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_rtgt-load"))
         .args(["--portal", &d.portal, "--target", IQN])
@@ -189,10 +238,36 @@ fn sixty_four_sessions_verified_with_bounded_memory_and_nothing_left_behind() {
         "-b",
         disk.to_str().unwrap(),
     ]);
+    let qemu_disk = d.dir.join("qemu.img");
+    std::fs::File::create(&qemu_disk)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    d.must(&[
+        "--op",
+        "new",
+        "--mode",
+        "logicalunit",
+        "--tid",
+        "1",
+        "--lun",
+        "2",
+        "-b",
+        qemu_disk.to_str().unwrap(),
+    ]);
     d.must(&[
         "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
     ]);
     let (rss0, threads0) = d.usage();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let qemu = qemu_has_iscsi().then(|| {
+        let (dir, stop) = (d.dir.clone(), stop.clone());
+        let url = format!("iscsi://{}/{IQN}/2", d.portal);
+        std::thread::spawn(move || qemu_rounds(&dir, &url, &stop))
+    });
+    if qemu.is_none() {
+        eprintln!("soak: qemu-img has no iscsi driver; its check is skipped");
+    }
 
     let secs = seconds.to_string();
     let mut run = load(
@@ -222,6 +297,11 @@ fn sixty_four_sessions_verified_with_bounded_memory_and_nothing_left_behind() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let out = run.wait_with_output().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    if let Some(q) = qemu {
+        let rounds = q.join().expect("qemu-img's check failed");
+        eprintln!("soak: qemu-img wrote and compared {rounds} 32 MiB images alongside");
+    }
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
