@@ -122,6 +122,10 @@ pub enum Reset {
     Lun(u64),
     /// TARGET WARM RESET: every task and every LUN.
     Target,
+    /// TARGET COLD RESET: a warm reset, and then every connection of
+    /// every session of the target ends (RFC 7143 §11.5.1); this
+    /// session's own end after the response is sent.
+    TargetCold,
 }
 
 /// What the session asks of the target around it.
@@ -1114,11 +1118,22 @@ impl Session {
                 host.reset(Reset::Target);
                 0
             }
+            7 => {
+                // TARGET COLD RESET
+                self.abort_lun(None);
+                host.reset(Reset::TargetCold);
+                0
+            }
             _ => 5,
         };
         self.window.complete();
         let p = pdu::tmf_response(b.itt(), response);
         self.queue(ci, p.bhs, Payload::None, Stamp::Advance);
+        if b.tmf_function() == 7 {
+            // The response goes out first, then the connections close
+            // (§11.5.1: "MUST send the response before closing").
+            self.close_all();
+        }
     }
 
     fn abort_slot(&mut self, slot: usize) {

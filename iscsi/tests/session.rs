@@ -409,6 +409,25 @@ fn lun_reset_with_commands_in_flight() {
     assert_eq!(t.out()[0].bhs.0[2], 2);
 }
 
+/// TARGET COLD RESET (RFC 7143 §11.5.1): tasks aborted, the target
+/// reset, the response queued, and then the connection closes; before
+/// this function answered 5 (not supported).
+#[test]
+fn target_cold_reset_answers_then_closes() {
+    let mut t = start(1, 16);
+    t.send_ok(&read_cmd(1, 1, 512));
+    assert_eq!(t.scsi().len(), 1);
+    assert!(!t.s.is_closing(t.c));
+    t.send_ok(&tmf(9, 2, 7, 0, RESERVED_TAG, 0));
+    let o = t.out();
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].bhs.opcode(), Some(Opcode::TaskMgmtResponse));
+    assert_eq!(o[0].bhs.0[2], 0, "function complete");
+    assert_eq!(t.host.resets, [Reset::TargetCold]);
+    assert_eq!(t.s.in_flight(), 0);
+    assert!(t.s.is_closing(t.c));
+}
+
 #[test]
 fn unanswered_pings_end_the_connection() {
     let mut t = start(1, 16);

@@ -140,14 +140,13 @@ fn start_stop(lun: &mut Lun, cdb: &[u8]) -> HandlerResult {
     let loej = b4 & 0x02 != 0;
     let start = b4 & 0x01 != 0;
     if loej && lun.cfg.removable {
-        if !start {
-            if !lun.prevent.is_empty() {
-                return Err(Sense::illegal(asc::MEDIUM_REMOVAL_PREVENTED));
-            }
-            lun.cfg.online = false;
-        } else {
-            lun.cfg.online = true;
+        // While removal is prevented the medium stays as it is: neither
+        // ejected (SBC-3 §5.25) nor loaded again, as tgt and libiscsi's
+        // PreventAllow.Eject have it.
+        if !lun.prevent.is_empty() {
+            return Err(Sense::illegal(asc::MEDIUM_REMOVAL_PREVENTED));
         }
+        lun.cfg.online = start;
     }
     Ok(Reply::Good { wanted: 0 })
 }

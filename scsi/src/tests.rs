@@ -780,6 +780,13 @@ fn removable_medium() {
         .check(key::NOT_READY, asc::MEDIUM_NOT_PRESENT);
     let o = h.cmd(&[0x03, 0, 0, 0, 18, 0]);
     assert_eq!((o.good().data[2], o.data[12]), (key::NOT_READY, 0x3a));
+    // PREVENT blocks loading too (libiscsi's PreventAllow.Eject).
+    h.cmd(&[0x1e, 0, 0, 0, 1, 0]).good();
+    h.cmd(&[0x1b, 0, 0, 0, 0x03, 0])
+        .check(key::ILLEGAL_REQUEST, asc::MEDIUM_REMOVAL_PREVENTED);
+    h.cmd(&[0x1e, 0, 0, 0, 0, 0]).good();
+    h.cmd(&[0x1b, 0, 0, 0, 0x03, 0]).good();
+    h.cmd(&[0; 6]).good();
 }
 
 // ----------------------------------------------------------- mode pages

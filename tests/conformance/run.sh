@@ -9,6 +9,9 @@
 # on 127.0.0.2) serves the same image under the same IQN, and the suite's
 # second URL points there: its multipath, reservation and PR tests then
 # test what the gateways share.
+# RTGT_CONFORMANCE_PARAMS adds LU parameters (removable=1, readonly=1, ...)
+# to thin_provisioning=1; RTGT_CONFORMANCE_SUITES (a regex) runs only the
+# suites it matches, and then no floor applies.
 # usage: tests/conformance/run.sh [RTGTD_BINARY] [OUTDIR]
 set -u
 here=$(cd "$(dirname "$0")" && pwd)
@@ -38,7 +41,7 @@ if [ -n "${RTGT_CONFORMANCE_RBD:-}" ]; then
 else
   "$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img" || exit 1
 fi
-"$adm" -C $ctl --lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1 || exit 1
+"$adm" -C $ctl --lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1${RTGT_CONFORMANCE_PARAMS:+,$RTGT_CONFORMANCE_PARAMS} || exit 1
 "$adm" -C $ctl --lld iscsi --op bind --mode target --tid 1 -I ALL || exit 1
 url=iscsi://127.0.0.1:$port/$iqn/1
 url2=$url
@@ -50,12 +53,12 @@ if [ -n "${RTGT_CONFORMANCE_RBD:-}" ] && [ "${RTGT_CONFORMANCE_GATEWAYS:-1}" = 2
   adm2() { TGT_IPC_SOCKET=$work/socket2 "$adm" -C $ctl2 --lld iscsi "$@" || exit 1; }
   adm2 --op new --mode target --tid 1 -T $iqn
   adm2 --op new --mode logicalunit --tid 1 --lun 1 --bstype rbd -b "rbd/$image" --bsopts "conf=$RTGT_CONFORMANCE_RBD"
-  adm2 --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1
+  adm2 --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1${RTGT_CONFORMANCE_PARAMS:+,$RTGT_CONFORMANCE_PARAMS}
   adm2 --op bind --mode target --tid 1 -I ALL
   url2=iscsi://127.0.0.2:$port/$iqn/1
 fi
 : > "$out/all.log"
-for suite in $(iscsi-test-cu -l | awk -F. 'NF==2 && $1=="ALL"'); do
+for suite in $(iscsi-test-cu -l | awk -F. 'NF==2 && $1=="ALL"' | grep -E "${RTGT_CONFORMANCE_SUITES:-.}"); do
   timeout 120 iscsi-test-cu -d -S -v -t "$suite" "$url" "$url2" > "$out/$suite.log" 2>&1
   if [ $? -eq 124 ]; then printf 'Suite: %s\n  Test: (suite timed out) ...FAILED\n' "$suite" >> "$out/all.log"; fi
   sed -n '/^Suite:/,/^Run Summary/p' "$out/$suite.log" | grep -v '^Run Summary' >> "$out/all.log"
@@ -63,4 +66,5 @@ for suite in $(iscsi-test-cu -l | awk -F. 'NF==2 && $1=="ALL"'); do
     kill -0 $p 2>/dev/null || { echo "conformance: rtgtd $p died during $suite"; exit 1; }
   done
 done
+[ -n "${RTGT_CONFORMANCE_SUITES:-}" ] && floor=0
 python3 "$here/summary.py" "$out/all.log" --floor "$floor"

@@ -109,13 +109,20 @@ impl SessionHost for Host<'_> {
                 luns.lun_reset(LunId(l), nexus);
                 luns.take_shared_changes()
             }
-            Reset::Target => {
+            Reset::Target | Reset::TargetCold => {
                 self.target.abort_everywhere(None, tsih);
                 let mut luns = shared.luns();
                 luns.target_reset(nexus);
                 luns.take_shared_changes()
             }
         };
+        if what == Reset::TargetCold {
+            // Every other session of the target ends now; this one once
+            // its response is out. Initiators log in again and find
+            // POWER ON, RESET, OR BUS DEVICE RESET OCCURRED on their new
+            // nexuses, as after a power cycle.
+            self.target.close_everywhere(tsih);
+        }
         // The TMF response waits for them (see `Session::holds`).
         let done = shared.apply_shared_changes(changes);
         self.session.holds.borrow_mut().extend(done);

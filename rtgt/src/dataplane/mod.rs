@@ -83,6 +83,10 @@ pub enum TargetMsg {
     CloseSession {
         tsih: u16,
     },
+    /// End every session but `except` (TARGET COLD RESET).
+    CloseSessionsBut {
+        except: Option<u16>,
+    },
     /// End one connection.
     CloseConnection {
         tsih: u16,
@@ -513,6 +517,31 @@ impl TargetCtx {
         }
     }
 
+    /// End every session of this loop but `except`.
+    fn close_here(&self, except: Option<u16>) {
+        let sessions: Vec<_> = self
+            .sessions
+            .borrow()
+            .values()
+            .filter(|s| Some(s.setup.tsih) != except)
+            .cloned()
+            .collect();
+        for s in sessions {
+            s.close();
+        }
+    }
+
+    /// End every session of the target but `except`: this loop's now,
+    /// the other loops' when they read their mailboxes.
+    pub fn close_everywhere(&self, except: Option<u16>) {
+        self.close_here(except);
+        for (i, l) in self.shared.loops.get().into_iter().flatten().enumerate() {
+            if i != self.index {
+                let _ = l.send(TargetMsg::CloseSessionsBut { except });
+            }
+        }
+    }
+
     /// Abort on this loop now and ask the target's other loops to.
     pub fn abort_everywhere(&self, lun: Option<LunId>, except: Option<u16>) {
         self.abort_here(lun, except);
@@ -828,6 +857,7 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
         match m {
             TargetMsg::Connection(h) => ctx.accept(*h),
             TargetMsg::AbortTasks(lun) => ctx.abort_here(lun, None),
+            TargetMsg::CloseSessionsBut { except } => ctx.close_here(except),
             TargetMsg::CloseSession { tsih } => {
                 ctx.close_session(tsih);
             }
