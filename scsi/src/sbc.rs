@@ -54,8 +54,36 @@ pub(crate) fn execute(lun: &Lun, ctx: &Ctx<'_>, dout: &[u8], din: &mut Vec<u8>) 
         op::UNMAP => unmap(lun, cdb, dout),
         op::COMPARE_AND_WRITE => compare_and_write(lun, ctx, dout),
         op::ORWRITE_16 => orwrite(lun, cdb),
+        op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => read_defect_data(cdb, din),
         _ => Err(Sense::invalid_opcode()),
     }
+}
+
+/// READ DEFECT DATA (10) and (12) (SBC-4 §5.11, §5.12): a virtual medium
+/// has no defects, so the answer is an empty list in the format asked
+/// for, with PLISTV/GLISTV saying which lists it stands for.
+fn read_defect_data(cdb: &[u8], din: &mut Vec<u8>) -> HandlerResult {
+    let ten = cdb[0] == op::READ_DEFECT_DATA_10;
+    let flags = if ten { byte(cdb, 2) } else { byte(cdb, 1) };
+    let format = flags & 0x07;
+    // 000b short block, 001b/010b extended, 011b long block, 100b bytes
+    // from index, 101b physical sector; 110b is vendor specific, 111b
+    // reserved.
+    if format > 0b101 {
+        return Err(Sense::invalid_cdb(if ten { 2 } else { 1 }, Some(0)));
+    }
+    let alloc = if ten {
+        usize::from(be16(cdb, 7))
+    } else {
+        be32(cdb, 6) as usize
+    };
+    din.clear();
+    din.resize(if ten { 4 } else { 8 }, 0);
+    din[1] = flags & 0x1f; // PLISTV, GLISTV and the format, as requested
+    din.truncate(alloc);
+    Ok(Reply::Good {
+        wanted: alloc as u64,
+    })
 }
 
 /// The byte of the CDB that holds the transfer length, for field pointers.

@@ -789,6 +789,27 @@ fn removable_medium() {
     h.cmd(&[0; 6]).good();
 }
 
+#[test]
+fn read_defect_data_reports_no_defects() {
+    let mut h = H::new();
+    // (10): PLIST and GLIST asked in long block format; header only.
+    let o = h.cmd(&[0x37, 0, 0x18 | 0x03, 0, 0, 0, 0, 0, 32, 0]);
+    assert_eq!(o.good().data, [0, 0x1b, 0, 0]);
+    // (12): an 8-byte header, truncated to the allocation length.
+    let o = h.cmd(&[0xb7, 0x08, 0, 0, 0, 0, 0, 0, 0, 32, 0, 0]);
+    assert_eq!(o.good().data, [0, 0x08, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(
+        h.cmd(&[0xb7, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0])
+            .good()
+            .data
+            .len(),
+        2
+    );
+    // A reserved format is an invalid field.
+    h.cmd(&[0x37, 0, 0x07, 0, 0, 0, 0, 0, 32, 0])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
 // ----------------------------------------------------------- mode pages
 
 fn mode_sense6(page: u8, pc: u8, alloc: u8) -> [u8; 6] {
@@ -1308,8 +1329,8 @@ fn fuzz_random_cdbs() {
     };
     let opcodes: Vec<u8> = vec![
         0x00, 0x03, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2a, 0x2e,
-        0x2f, 0x34, 0x35, 0x41, 0x42, 0x55, 0x56, 0x57, 0x5a, 0x88, 0x8a, 0x8e, 0x8f, 0x90, 0x91,
-        0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf,
+        0x2f, 0x34, 0x35, 0x37, 0x41, 0x42, 0x55, 0x56, 0x57, 0x5a, 0x88, 0x8a, 0x8e, 0x8f, 0x90,
+        0x91, 0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf, 0xb7,
     ];
     for i in 0..30_000u32 {
         let r = next();
