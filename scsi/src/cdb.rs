@@ -38,6 +38,7 @@ pub mod op {
     pub const COMPARE_AND_WRITE: u8 = 0x89;
     pub const WRITE_16: u8 = 0x8a;
     pub const ORWRITE_16: u8 = 0x8b;
+    pub const WRITE_ATOMIC_16: u8 = 0x9c;
     pub const WRITE_AND_VERIFY_16: u8 = 0x8e;
     pub const VERIFY_16: u8 = 0x8f;
     pub const PRE_FETCH_16: u8 = 0x90;

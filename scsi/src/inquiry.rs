@@ -23,6 +23,11 @@ pub(crate) const MAX_WRITE_SAME_BYTES: u64 = 1 << 30;
 /// the largest NUMBER OF LOGICAL BLOCKS of COMPARE AND WRITE.
 pub(crate) const MAX_COMPARE_AND_WRITE_BLOCKS: u32 = 255;
 
+/// MAXIMUM ATOMIC TRANSFER LENGTH we announce in VPD B0 (SBC-4 §6.6.4),
+/// in bytes: a WRITE ATOMIC runs alone on its LU, so this bounds how long
+/// it holds the others back.
+pub(crate) const MAX_ATOMIC_BYTES: u64 = 1 << 20;
+
 /// MAXIMUM UNMAP BLOCK DESCRIPTOR COUNT we announce in VPD B0.
 pub(crate) const MAX_UNMAP_DESCRIPTORS: u32 = 2048;
 
@@ -227,4 +232,7 @@ fn block_limits(cfg: &LunConfig, d: &mut Vec<u8>) {
         p[24..28].copy_from_slice(&gran.to_be_bytes());
     }
     p[32..40].copy_from_slice(&max_write_same_blocks(cfg).to_be_bytes());
+    // MAXIMUM ATOMIC TRANSFER LENGTH; no alignment, granularity or
+    // atomic boundaries (SBC-4 §6.6.4).
+    p[40..44].copy_from_slice(&((MAX_ATOMIC_BYTES / cfg.bs()) as u32).to_be_bytes());
 }

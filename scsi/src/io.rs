@@ -36,6 +36,8 @@ pub(crate) enum IoOp {
         len: u64,
         flush: bool,
         verify: bool,
+        /// WRITE ATOMIC: no other I/O of the LU may overlap it.
+        atomic: bool,
     },
     Verify {
         offset: u64,
@@ -386,6 +388,7 @@ impl IoTask {
                 len,
                 flush,
                 verify: false,
+                atomic: false,
             } => Some(SimpleIo::Write {
                 offset,
                 len: (len as usize).min(buf.len()),
@@ -438,12 +441,15 @@ impl IoTask {
     }
 
     /// Whether this task must not overlap any other I/O of its LU
-    /// (COMPARE AND WRITE, ORWRITE): an engine that bypasses [`run`] must
+    /// (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC): an engine that bypasses [`run`] must
     /// drain its own I/O first.
     ///
     /// [`run`]: IoTask::run
     pub fn is_exclusive(&self) -> bool {
-        matches!(self.op, IoOp::CompareAndWrite { .. } | IoOp::OrWrite { .. })
+        matches!(
+            self.op,
+            IoOp::CompareAndWrite { .. } | IoOp::OrWrite { .. } | IoOp::Write { atomic: true, .. }
+        )
     }
 
     /// The answer for a task whose [`simple`](IoTask::simple) or
@@ -582,6 +588,7 @@ impl IoTask {
                 len,
                 flush,
                 verify,
+                atomic: _,
             } => {
                 let n = (len as usize).min(buf.len());
                 dev.write_at(&buf[..n], offset).map_err(write_fault)?;
@@ -860,6 +867,7 @@ mod tests {
             len: 4096,
         };
         let write = || IoOp::Write {
+            atomic: false,
             offset: 0,
             len: 4096,
             flush: false,

@@ -54,6 +54,7 @@ pub(crate) fn execute(lun: &Lun, ctx: &Ctx<'_>, dout: &[u8], din: &mut Vec<u8>) 
         op::UNMAP => unmap(lun, cdb, dout),
         op::COMPARE_AND_WRITE => compare_and_write(lun, ctx, dout),
         op::ORWRITE_16 => orwrite(lun, cdb),
+        op::WRITE_ATOMIC_16 => write_atomic(lun, cdb),
         op::READ_DEFECT_DATA_10 | op::READ_DEFECT_DATA_12 => read_defect_data(cdb, din),
         _ => Err(Sense::invalid_opcode()),
     }
@@ -174,6 +175,52 @@ fn write(lun: &Lun, cdb: &[u8], verify: bool) -> HandlerResult {
             len,
             flush,
             verify,
+            atomic: false,
+        },
+        wanted: len,
+    })
+}
+
+/// WRITE ATOMIC (16) (SBC-4 §5.48): all of it or none of it, as any
+/// other command sees it. It runs alone on its LU (under the LU's media
+/// lock, as COMPARE AND WRITE does), so no read or write overlaps half
+/// of it. Up to MAXIMUM ATOMIC TRANSFER LENGTH; no atomic boundaries.
+fn write_atomic(lun: &Lun, cdb: &[u8]) -> HandlerResult {
+    let flags = byte(cdb, 1);
+    if flags & PROTECT_MASK != 0 {
+        return Err(Sense::invalid_cdb(1, Some(7)));
+    }
+    if let Some(s) = lun.write_protect() {
+        return Err(s);
+    }
+    let lba = be64(cdb, 2);
+    let blocks = be16(cdb, 12);
+    check_range(
+        lun,
+        LbaRange {
+            lba,
+            blocks: u32::from(blocks),
+            flags,
+        },
+    )?;
+    if be16(cdb, 10) != 0 {
+        // ATOMIC BOUNDARY: MAXIMUM ATOMIC BOUNDARY SIZE is 0.
+        return Err(Sense::invalid_cdb(10, None));
+    }
+    let len = u64::from(blocks) * lun.cfg.bs();
+    if len > crate::inquiry::MAX_ATOMIC_BYTES {
+        return Err(Sense::invalid_cdb(12, None));
+    }
+    if len == 0 {
+        return Ok(Reply::Good { wanted: 0 });
+    }
+    Ok(Reply::Io {
+        op: IoOp::Write {
+            offset: lba * lun.cfg.bs(),
+            len,
+            flush: flags & FUA != 0 || !lun.cfg.write_cache,
+            verify: false,
+            atomic: true,
         },
         wanted: len,
     })

@@ -789,6 +789,61 @@ fn removable_medium() {
     h.cmd(&[0; 6]).good();
 }
 
+fn write_atomic16(lba: u64, blocks: u16, flags: u8) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x9c;
+    c[1] = flags;
+    c[2..10].copy_from_slice(&lba.to_be_bytes());
+    c[12..14].copy_from_slice(&blocks.to_be_bytes());
+    c
+}
+
+#[test]
+fn write_atomic_writes_alone_within_its_limit() {
+    let mut h = H::new();
+    // VPD B0 announces the limit; alignment and granularity are free.
+    let b0 = h.cmd(&inquiry(true, 0xb0, 255)).data;
+    let max = u32::from_be_bytes(b0[44..48].try_into().unwrap());
+    assert_eq!(u64::from(max), (1 << 20) / 512);
+    assert_eq!(&b0[48..56], &[0; 8]);
+    let data = pattern(8 * 512, 3);
+    let mut buf = data.clone();
+    let req = Request {
+        cdb: &write_atomic16(8, 8, 0x18),
+        nexus: A,
+        lun: L1,
+        expected_len: buf.len() as u32,
+    };
+    match h.set.execute(&req, &mut buf) {
+        Outcome::Io(t) => {
+            assert!(t.is_exclusive(), "runs alone on its LU");
+            assert_eq!(t.simple(&buf), None, "not a plain engine write");
+            t.run(&h.dev, &mut buf);
+        }
+        Outcome::Done(r) => panic!("{r:?}"),
+    }
+    assert_eq!(h.cmd(&rw10(0x28, 0, 8, 8)).good().data, data);
+    // Zero blocks, the edges, the limits.
+    h.cmd(&write_atomic16(0, 0, 0)).good();
+    h.cmd(&write_atomic16(BLOCKS + 1, 0, 0))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd(&write_atomic16(1 << 63, 0, 0))
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd_out(&write_atomic16(BLOCKS - 1, 2, 0), &[0; 1024])
+        .check(key::ILLEGAL_REQUEST, asc::LBA_OUT_OF_RANGE);
+    h.cmd_out(&write_atomic16(0, 1, 0x20), &[0; 512])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    let mut c = write_atomic16(0, 1, 0);
+    c[11] = 1; // an atomic boundary
+    h.cmd_out(&c, &[0; 512])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    let mut cfg = disk(false);
+    cfg.size_bytes = 8 << 20;
+    let mut h = H::with(cfg);
+    h.cmd_out(&write_atomic16(0, 2049, 0), &vec![0; 2049 * 512])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
 #[test]
 fn read_defect_data_reports_no_defects() {
     let mut h = H::new();
@@ -1330,7 +1385,7 @@ fn fuzz_random_cdbs() {
     let opcodes: Vec<u8> = vec![
         0x00, 0x03, 0x08, 0x0a, 0x12, 0x15, 0x16, 0x17, 0x1a, 0x1b, 0x1e, 0x25, 0x28, 0x2a, 0x2e,
         0x2f, 0x34, 0x35, 0x37, 0x41, 0x42, 0x55, 0x56, 0x57, 0x5a, 0x88, 0x8a, 0x8e, 0x8f, 0x90,
-        0x91, 0x93, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf, 0xb7,
+        0x91, 0x93, 0x9c, 0x9e, 0xa0, 0xa3, 0xa8, 0xaa, 0xae, 0xaf, 0xb7,
     ];
     for i in 0..30_000u32 {
         let r = next();
