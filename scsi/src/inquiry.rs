@@ -107,6 +107,9 @@ fn standard(cfg: &LunConfig, d: &mut Vec<u8>) {
     if cfg.alua {
         d[5] = 0x30; // TPGS 11b: implicit and explicit asymmetric access
     }
+    if cfg.device_type == DeviceType::Disk {
+        d[5] |= 0x08; // 3PC: EXTENDED COPY (SPC-4 §6.6.2)
+    }
     d[7] = 0x02; // CMDQUE
     padded(&mut d[8..16], &cfg.vendor_id);
     padded(&mut d[16..32], &cfg.product_id);
@@ -124,8 +127,8 @@ fn standard(cfg: &LunConfig, d: &mut Vec<u8>) {
 fn pages(cfg: &LunConfig) -> &'static [u8] {
     match (cfg.device_type, cfg.thin) {
         (DeviceType::Controller, _) => &[0x00, 0x80, 0x83],
-        (DeviceType::Disk, false) => &[0x00, 0x80, 0x83, 0xb0, 0xb1],
-        (DeviceType::Disk, true) => &[0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2],
+        (DeviceType::Disk, false) => &[0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1],
+        (DeviceType::Disk, true) => &[0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2],
     }
 }
 
@@ -138,6 +141,7 @@ fn vpd(cfg: &LunConfig, ctx: &Ctx<'_>, page: u8, d: &mut Vec<u8>) -> Result<(), 
         0x00 => d.extend_from_slice(pages(cfg)),
         0x80 => unit_serial(cfg, d),
         0x83 => device_identification(cfg, ctx.port, d),
+        0x8f => crate::xcopy::third_party_copy_vpd(d),
         0xb0 => block_limits(cfg, d),
         0xb1 => {
             d.resize(4 + 0x3c, 0);
@@ -167,6 +171,22 @@ fn unit_serial(cfg: &LunConfig, d: &mut Vec<u8>) {
 /// NAA local, NAA IEEE registered extended), then the target port's
 /// relative port, target port group, port name and target device name.
 fn device_identification(cfg: &LunConfig, port: &TargetPort, d: &mut Vec<u8>) {
+    lu_designators(cfg, d);
+    // Target port designators: protocol iSCSI (5), PIV set, association 01b.
+    d.extend_from_slice(&[0x51, 0x94, 0, 4, 0, 0]);
+    d.extend_from_slice(&port.relative_port.to_be_bytes());
+    d.extend_from_slice(&[0x51, 0x95, 0, 4, 0, 0]);
+    d.extend_from_slice(&port.tpgt.to_be_bytes());
+    // SCSI name strings (RFC 7143 §13.5): "<name>,t,0x<tpgt>" for the port
+    // and "<name>" for the target device (association 10b).
+    let port_name = format!("{},t,0x{:04x}", port.target_name, port.tpgt);
+    name_string(d, 0x98, &port_name);
+    name_string(d, 0xa8, &port.target_name);
+}
+
+/// VPD 83h's designators with LU association (also what names an LU as
+/// an EXTENDED COPY target).
+pub(crate) fn lu_designators(cfg: &LunConfig, d: &mut Vec<u8>) {
     // T10 vendor identification: ASCII, association LU.
     d.extend_from_slice(&[0x02, 0x01, 0, TGT_ID_LEN as u8]);
     let mut id = [0u8; TGT_ID_LEN];
@@ -191,17 +211,6 @@ fn device_identification(cfg: &LunConfig, port: &TargetPort, d: &mut Vec<u8>) {
     let mut ext = v.to_be_bytes();
     ext[0] = (ext[0] & 0x0f) | 0x60;
     d.extend_from_slice(&ext);
-
-    // Target port designators: protocol iSCSI (5), PIV set, association 01b.
-    d.extend_from_slice(&[0x51, 0x94, 0, 4, 0, 0]);
-    d.extend_from_slice(&port.relative_port.to_be_bytes());
-    d.extend_from_slice(&[0x51, 0x95, 0, 4, 0, 0]);
-    d.extend_from_slice(&port.tpgt.to_be_bytes());
-    // SCSI name strings (RFC 7143 §13.5): "<name>,t,0x<tpgt>" for the port
-    // and "<name>" for the target device (association 10b).
-    let port_name = format!("{},t,0x{:04x}", port.target_name, port.tpgt);
-    name_string(d, 0x98, &port_name);
-    name_string(d, 0xa8, &port.target_name);
 }
 
 fn name_string(d: &mut Vec<u8>, type_byte: u8, name: &str) {

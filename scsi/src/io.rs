@@ -70,6 +70,8 @@ pub(crate) enum IoOp {
         flush: bool,
     },
     Sync,
+    /// EXTENDED COPY between LUs of the target.
+    Copy(Box<crate::xcopy::CopyJob>),
     /// REPORT TARGET PORT GROUPS (SPC-4 §6.36) as the store sees the
     /// gateways serving its medium; `group` and `rel` are ours.
     ReportTargetPortGroups {
@@ -216,7 +218,7 @@ impl MediaResult {
 
     /// The sense for a failure (`None` for [`MediaResult::Ok`]); `read`
     /// picks the medium error's kind.
-    fn sense(self, read: bool) -> Option<Sense> {
+    pub(crate) fn sense(self, read: bool) -> Option<Sense> {
         Some(match self {
             MediaResult::Ok => return None,
             MediaResult::Failed if read => read_error(),
@@ -348,7 +350,28 @@ impl IoTask {
             | IoOp::GetLbaStatus { .. }
             | IoOp::PrOut { .. }
             | IoOp::ReportTargetPortGroups { .. }
-            | IoOp::SetTargetPortGroups { .. } => None,
+            | IoOp::SetTargetPortGroups { .. }
+            | IoOp::Copy(_) => None,
+        }
+    }
+
+    /// The LUs an EXTENDED COPY reads or writes, whose stores the daemon
+    /// attaches with [`attach_copy_stores`](IoTask::attach_copy_stores)
+    /// before it runs; empty for every other task.
+    pub fn copy_lus(&self) -> Vec<LunId> {
+        match &self.op {
+            IoOp::Copy(job) => job.lus.iter().map(|l| l.0).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Give an EXTENDED COPY the stores of the LUs it names; an LU with
+    /// none found fails the copy (COPY TARGET DEVICE NOT REACHABLE).
+    pub fn attach_copy_stores(&mut self, mut f: impl FnMut(LunId) -> Option<Arc<dyn BlockDevice>>) {
+        if let IoOp::Copy(job) = &mut self.op {
+            for lu in &mut job.lus {
+                lu.2 = f(lu.0);
+            }
         }
     }
 
@@ -704,6 +727,7 @@ impl IoTask {
                 buf.clear();
                 dev.flush().map_err(write_fault)
             }
+            IoOp::Copy(job) => job.run(buf),
             &IoOp::SetTargetPortGroups { optimized } => {
                 buf.clear();
                 match optimized.map(|g| dev.prefer_port_group(g)) {

@@ -40,6 +40,7 @@ mod pr;
 mod sbc;
 pub mod sense;
 mod spc;
+mod xcopy;
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use crate::lu::{Ctx, HandlerResult, Lun, Reply};
 use crate::opcodes;
 use crate::pr::{self, Names};
 use crate::sense::{asc, Sense, SenseFormat};
-use crate::{inquiry, mode, sbc, spc};
+use crate::{inquiry, mode, sbc, spc, xcopy};
 use crate::{LunId, NexusId, Outcome, Request, Response, Status};
 
 /// All LUNs of one target plus the I_T nexus state.
@@ -27,6 +27,8 @@ pub struct LunSet {
     /// Changes the stores' shared state owes to nexus losses and resets,
     /// for the transport to apply ([`LunSet::take_shared_changes`]).
     shared_changes: Vec<pr::SharedChange>,
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
+    copies: xcopy::HeldCopies,
 }
 
 impl LunSet {
@@ -38,6 +40,7 @@ impl LunSet {
             luns: BTreeMap::new(),
             nexuses: Names::new(),
             shared_changes: Vec::new(),
+            copies: xcopy::HeldCopies::default(),
         };
         set.put_implicit_lun0();
         set
@@ -190,6 +193,7 @@ impl LunSet {
         let owed = self.spc2_changes_for(n);
         self.shared_changes.extend(owed);
         self.nexuses.remove(&n);
+        self.copies.forget(n);
         for lun in self.luns.values_mut() {
             lun.ua.remove(&n);
             lun.prevent.remove(&n);
@@ -495,6 +499,12 @@ impl LunSet {
             opcodes::Handler::Mode => mode::execute(lun, &ctx, dout, din),
             opcodes::Handler::Sbc => sbc::execute(lun, &ctx, dout, din),
             opcodes::Handler::Pr => pr::execute(lun, &ctx, dout, din),
+            opcodes::Handler::ThirdPartyCopy if opcode == op::EXTENDED_COPY => {
+                xcopy::extended_copy(&self.luns, &mut self.copies, &ctx, dout)
+            }
+            opcodes::Handler::ThirdPartyCopy => {
+                xcopy::receive_copy_results(&self.copies, &ctx, din)
+            }
         };
         let r = match r {
             Ok(Reply::Good { .. }) if mode::is_select(opcode) => {

@@ -14,6 +14,8 @@ pub(crate) enum Handler {
     Sbc,
     /// Persistent reservations (SPC-4 §6.15, §6.16).
     Pr,
+    /// EXTENDED COPY and RECEIVE COPY RESULTS (SPC-4 §6.4, §6.18).
+    ThirdPartyCopy,
 }
 
 /// Who supports a command.
@@ -57,7 +59,7 @@ const fn c(
     }
 }
 
-use Handler::{Inquiry, Mode, Pr, Sbc, Spc};
+use Handler::{Inquiry, Mode, Pr, Sbc, Spc, ThirdPartyCopy as Tpc};
 use Scope::{All, Alua, Disk, Thin};
 
 const FF: u8 = 0xff;
@@ -678,6 +680,78 @@ static COMMANDS: &[CommandInfo] = &[
             0,
         ],
         Sbc,
+        Disk,
+    ),
+    c(
+        op::EXTENDED_COPY,
+        Some(0x00),
+        &[
+            op::EXTENDED_COPY,
+            0x00,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+            0,
+        ],
+        Tpc,
+        Disk,
+    ),
+    c(
+        op::RECEIVE_COPY_RESULTS,
+        Some(0x00),
+        &[
+            op::RECEIVE_COPY_RESULTS,
+            0x00,
+            FF,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+            0,
+        ],
+        Tpc,
+        Disk,
+    ),
+    c(
+        op::RECEIVE_COPY_RESULTS,
+        Some(0x03),
+        &[
+            op::RECEIVE_COPY_RESULTS,
+            0x03,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+            FF,
+            FF,
+            FF,
+            FF,
+            0,
+            0,
+        ],
+        Tpc,
         Disk,
     ),
     c(

@@ -283,7 +283,7 @@ fn inquiry_vpd_pages() {
     let o = h.cmd(&inquiry(true, 0, 255));
     assert_eq!(
         &o.good().data[..],
-        &[0, 0, 0, 6, 0x00, 0x80, 0x83, 0xb0, 0xb1, 0xb2]
+        &[0, 0, 0, 7, 0x00, 0x80, 0x83, 0x8f, 0xb0, 0xb1, 0xb2]
     );
     for &p in &o.data[4..] {
         let v = h.cmd(&inquiry(true, p, 255));
@@ -842,6 +842,120 @@ fn write_atomic_writes_alone_within_its_limit() {
     let mut h = H::with(cfg);
     h.cmd_out(&write_atomic16(0, 2049, 0), &vec![0; 2049 * 512])
         .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+}
+
+/// EXTENDED COPY across two LUs of a set: resolved by VPD 83h NAA
+/// designators, run as one media task over both stores, refused with
+/// RESERVATION CONFLICT when another nexus holds the destination.
+#[test]
+fn extended_copy_between_lus_and_its_refusals() {
+    let l2 = LunId(2);
+    let mut set = LunSet::new(1, port());
+    set.insert(L1, disk(false));
+    let mut c2 = LunConfig::tgt_defaults(1, l2);
+    c2.size_bytes = BLOCKS * 512;
+    set.insert(l2, c2);
+    set.add_nexus(A);
+    set.add_nexus(B);
+    let devs: Vec<std::sync::Arc<dyn BlockDevice>> = vec![
+        std::sync::Arc::new(MemDevice::new((BLOCKS * 512) as usize)),
+        std::sync::Arc::new(MemDevice::new((BLOCKS * 512) as usize)),
+    ];
+    let data = pattern(64 * 512, 9);
+    devs[0].write_at(&data, 0).unwrap();
+    let run = |set: &mut LunSet, n: NexusId, lun: LunId, cdb: &[u8], dout: &[u8]| {
+        let mut buf = dout.to_vec();
+        let req = Request {
+            cdb,
+            nexus: n,
+            lun,
+            expected_len: dout.len() as u32,
+        };
+        match set.execute(&req, &mut buf) {
+            Outcome::Done(r) => (r, buf),
+            Outcome::Io(mut t) => {
+                t.attach_copy_stores(|id| Some(devs[(id.0 - 1) as usize].clone()));
+                let r = t.run(&*devs[0], &mut buf);
+                (r, buf)
+            }
+        }
+    };
+    for n in [A, B] {
+        for l in [L1, l2] {
+            run(&mut set, n, l, &[0; 6], &[]);
+        }
+    }
+    let naa = |set: &mut LunSet, lun: LunId| {
+        let (_, page) = run(set, A, lun, &inquiry(true, 0x83, 255), &[]);
+        let at = 4 + 4 + 36; // after the T10 vendor id designator
+        assert_eq!(page[at + 1], 0x03);
+        let mut d = page[at..at + 12].to_vec();
+        d.resize(20, 0);
+        d
+    };
+    let (d1, d2) = (naa(&mut set, L1), naa(&mut set, l2));
+    let list = |segs: &[(u16, u16, u16)], tgts: &[&[u8]]| {
+        let mut p = vec![0u8; 16];
+        p[2..4].copy_from_slice(&((tgts.len() * 32) as u16).to_be_bytes());
+        p[8..12].copy_from_slice(&((segs.len() * 28) as u32).to_be_bytes());
+        for t in tgts {
+            let mut d = vec![0xe4, 0, 0, 0];
+            d.extend_from_slice(t);
+            d.resize(32, 0);
+            p.extend_from_slice(&d);
+        }
+        for &(src, dst, blocks) in segs {
+            let mut d = vec![0x02, 0, 0, 0x18];
+            d.extend_from_slice(&src.to_be_bytes());
+            d.extend_from_slice(&dst.to_be_bytes());
+            d.extend_from_slice(&[0, 0]);
+            d.extend_from_slice(&blocks.to_be_bytes());
+            d.extend_from_slice(&0u64.to_be_bytes());
+            d.extend_from_slice(&16u64.to_be_bytes());
+            p.extend_from_slice(&d);
+        }
+        p
+    };
+    let cdb = |len: usize| {
+        let mut c = [0u8; 16];
+        c[0] = 0x83;
+        c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+        c
+    };
+    let p = list(&[(0, 1, 64)], &[&d1, &d2]);
+    let (r, _) = run(&mut set, A, L1, &cdb(p.len()), &p);
+    assert_eq!(r.status, Status::Good, "{r:?}");
+    let mut back = vec![0u8; 64 * 512];
+    devs[1].read_at(&mut back, 16 * 512).unwrap();
+    assert!(back == data);
+    // An index past the target descriptors: COPY ABORTED.
+    let p = list(&[(0, 2, 8)], &[&d1, &d2]);
+    let (r, _) = run(&mut set, A, L1, &cdb(p.len()), &p);
+    assert_eq!(
+        (r.sense[2] & 0x0f, r.sense[12], r.sense[13]),
+        (0x0a, 0x0d, 0x02)
+    );
+    // A designator nobody has: unreachable.
+    let p = list(
+        &[(0, 1, 8)],
+        &[&d1, &[0x01, 0x03, 0, 8, 9, 9, 9, 9, 9, 9, 9, 9]],
+    );
+    let (r, _) = run(&mut set, A, L1, &cdb(p.len()), &p);
+    assert_eq!(r.sense[2] & 0x0f, 0x0a);
+    // Nine segments: more than the copy manager takes.
+    let p = list(&[(0, 1, 1); 9], &[&d1, &d2]);
+    let (r, _) = run(&mut set, A, L1, &cdb(p.len()), &p);
+    assert_eq!((r.sense[12], r.sense[13]), (0x26, 0x08));
+    // A parameter list shorter than its header says.
+    let p = list(&[(0, 1, 8)], &[&d1, &d2]);
+    let (r, _) = run(&mut set, A, L1, &cdb(p.len() - 1), &p[..p.len() - 1]);
+    assert_eq!((r.sense[12], r.sense[13]), (0x1a, 0x00));
+    // Another nexus reserves the destination: the copy conflicts.
+    let (r, _) = run(&mut set, B, l2, &[0x16, 0, 0, 0, 0, 0], &[]);
+    assert_eq!(r.status, Status::Good);
+    let p = list(&[(0, 1, 8)], &[&d1, &d2]);
+    let (r, _) = run(&mut set, A, L1, &cdb(p.len()), &p);
+    assert_eq!(r.status, Status::ReservationConflict);
 }
 
 #[test]

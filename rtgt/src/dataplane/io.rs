@@ -225,7 +225,7 @@ impl TargetCtx {
         s: &Rc<Session>,
         c: Started,
         io: Option<Rc<LunIo>>,
-        task: IoTask,
+        mut task: IoTask,
         mut buf: Vec<u8>,
     ) {
         let Some(io) = io else {
@@ -246,7 +246,13 @@ impl TargetCtx {
             self.refuse(s, c.token, status::TASK_SET_FULL, &[], buf);
             return;
         }
-        if io.dev.is_nonblocking() {
+        // An EXTENDED COPY reads and writes the stores of the LUs it
+        // names, and always on the pool: it may move gigabytes.
+        let copy = !task.copy_lus().is_empty();
+        if copy {
+            task.attach_copy_stores(|id| self.shared.device(id).map(|l| l.dev));
+        }
+        if io.dev.is_nonblocking() && !copy {
             // Inline: nothing to wait for (null, memory), so answer at
             // once rather than paying for a trip through an engine.
             let r = task.run(&*io.dev, &mut buf);
