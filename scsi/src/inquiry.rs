@@ -146,6 +146,11 @@ fn vpd(cfg: &LunConfig, ctx: &Ctx<'_>, page: u8, d: &mut Vec<u8>) -> Result<(), 
         0xb1 => {
             d.resize(4 + 0x3c, 0);
             d[4..6].copy_from_slice(&cfg.rotation_rate.to_be_bytes());
+            if cfg.thin {
+                // WABEREQ 01b: after SANITIZE BLOCK ERASE, reads succeed
+                // (and return zeros: LBPRZ) (SBC-4 §6.6.2).
+                d[7] = 0x40;
+            }
         }
         _ => {
             // 0xb2 logical block provisioning (SBC-4 §6.6.4): the

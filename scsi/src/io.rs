@@ -72,6 +72,8 @@ pub(crate) enum IoOp {
     Sync,
     /// EXTENDED COPY between LUs of the target.
     Copy(Box<crate::xcopy::CopyJob>),
+    /// SANITIZE of the whole medium.
+    Sanitize(Box<crate::sanitize::SanitizeJob>),
     /// REPORT TARGET PORT GROUPS (SPC-4 §6.36) as the store sees the
     /// gateways serving its medium; `group` and `rel` are ours.
     ReportTargetPortGroups {
@@ -351,8 +353,15 @@ impl IoTask {
             | IoOp::PrOut { .. }
             | IoOp::ReportTargetPortGroups { .. }
             | IoOp::SetTargetPortGroups { .. }
-            | IoOp::Copy(_) => None,
+            | IoOp::Copy(_)
+            | IoOp::Sanitize(_) => None,
         }
+    }
+
+    /// A task whose command is answered GOOD before it runs (SANITIZE
+    /// with IMMED): the daemon answers, then runs it on its own.
+    pub fn is_immediate(&self) -> bool {
+        matches!(&self.op, IoOp::Sanitize(job) if job.immed)
     }
 
     /// The LUs an EXTENDED COPY reads or writes, whose stores the daemon
@@ -464,14 +473,17 @@ impl IoTask {
     }
 
     /// Whether this task must not overlap any other I/O of its LU
-    /// (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC): an engine that bypasses [`run`] must
+    /// (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC, SANITIZE): an engine that bypasses [`run`] must
     /// drain its own I/O first.
     ///
     /// [`run`]: IoTask::run
     pub fn is_exclusive(&self) -> bool {
         matches!(
             self.op,
-            IoOp::CompareAndWrite { .. } | IoOp::OrWrite { .. } | IoOp::Write { atomic: true, .. }
+            IoOp::CompareAndWrite { .. }
+                | IoOp::OrWrite { .. }
+                | IoOp::Write { atomic: true, .. }
+                | IoOp::Sanitize(_)
         )
     }
 
@@ -728,6 +740,7 @@ impl IoTask {
                 dev.flush().map_err(write_fault)
             }
             IoOp::Copy(job) => job.run(buf),
+            IoOp::Sanitize(job) => job.run(dev, buf),
             &IoOp::SetTargetPortGroups { optimized } => {
                 buf.clear();
                 match optimized.map(|g| dev.prefer_port_group(g)) {

@@ -37,6 +37,7 @@ mod lunset;
 mod mode;
 mod opcodes;
 mod pr;
+mod sanitize;
 mod sbc;
 pub mod sense;
 mod spc;

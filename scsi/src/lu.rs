@@ -2,6 +2,7 @@
 //! in their own module so neither imports the other.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, RwLock};
 
 use crate::config::{DeviceType, LunConfig, TargetPort};
@@ -49,6 +50,10 @@ pub(crate) struct Lun {
     /// read-modify-write is atomic with respect to other commands
     /// (SBC-3 §5.2) although tasks run on a worker pool.
     pub io_lock: Arc<RwLock<()>>,
+    /// SANITIZE (SBC-4 §4.11): [`SANITIZE_IDLE`], [`SANITIZE_RUNNING`] or
+    /// [`SANITIZE_FAILED`]; shared with the media task that runs it, which
+    /// outlives aborts, resets and the session that sent it.
+    pub sanitize: Arc<AtomicU8>,
     /// Pending unit attentions per nexus.
     pub(crate) ua: BTreeMap<NexusId, VecDeque<Asc>>,
     /// LUN 0 that exists only because nothing was configured there.
@@ -66,6 +71,7 @@ impl Lun {
             shared_pr: false,
             pr_seen: 0,
             io_lock: Arc::new(RwLock::new(())),
+            sanitize: Arc::new(AtomicU8::new(SANITIZE_IDLE)),
             ua: BTreeMap::new(),
             implicit: false,
         }
@@ -133,8 +139,29 @@ pub(crate) struct Ctx<'a> {
     pub names: &'a Names,
 }
 
-/// Whether a LU is a disk with a medium (for NOT READY checks).
+pub(crate) const SANITIZE_IDLE: u8 = 0;
+pub(crate) const SANITIZE_RUNNING: u8 = 1;
+pub(crate) const SANITIZE_FAILED: u8 = 2;
+
+/// NOT READY, SANITIZE IN PROGRESS while a SANITIZE runs on the LU.
+pub(crate) fn sanitizing(lun: &Lun) -> Option<Sense> {
+    (lun.sanitize.load(Ordering::Acquire) == SANITIZE_RUNNING)
+        .then(|| Sense::new(crate::sense::key::NOT_READY, asc::SANITIZE_IN_PROGRESS))
+}
+
+/// Whether a LU can serve media access: a disk with a medium, no
+/// SANITIZE running, none failed (SBC-4 §4.11.4: MEDIUM ERROR, SANITIZE
+/// COMMAND FAILED until EXIT FAILURE MODE).
 pub(crate) fn not_ready(lun: &Lun) -> Option<Sense> {
+    if let Some(s) = sanitizing(lun) {
+        return Some(s);
+    }
+    if lun.sanitize.load(Ordering::Acquire) == SANITIZE_FAILED {
+        return Some(Sense::new(
+            crate::sense::key::MEDIUM_ERROR,
+            asc::SANITIZE_COMMAND_FAILED,
+        ));
+    }
     if lun.cfg.online || lun.cfg.device_type == DeviceType::Controller {
         None
     } else if lun.cfg.removable {

@@ -13,7 +13,7 @@ use crate::lu::{Ctx, HandlerResult, Lun, Reply};
 use crate::opcodes;
 use crate::pr::{self, Names};
 use crate::sense::{asc, Sense, SenseFormat};
-use crate::{inquiry, mode, sbc, spc, xcopy};
+use crate::{inquiry, mode, sanitize, sbc, spc, xcopy};
 use crate::{LunId, NexusId, Outcome, Request, Response, Status};
 
 /// All LUNs of one target plus the I_T nexus state.
@@ -469,6 +469,13 @@ impl LunSet {
             }
         }
 
+        // SBC-4 §4.11.2: while a SANITIZE runs, the LU answers only these.
+        if !matches!(opcode, op::INQUIRY | op::REQUEST_SENSE) {
+            if let Some(s) = crate::lu::sanitizing(lun) {
+                return (Err(s), format);
+            }
+        }
+
         // SPC-2 §5.5.1: a reservation held by another nexus conflicts with
         // all but the commands listed there.
         if lun.reserved_by.is_some_and(|h| h != req.nexus) && conflicts_with_reservation(cdb) {
@@ -505,6 +512,7 @@ impl LunSet {
             opcodes::Handler::ThirdPartyCopy => {
                 xcopy::receive_copy_results(&self.copies, &ctx, din)
             }
+            opcodes::Handler::Sanitize => sanitize::execute(lun, &ctx, dout),
         };
         let r = match r {
             Ok(Reply::Good { .. }) if mode::is_select(opcode) => {

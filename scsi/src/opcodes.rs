@@ -16,6 +16,8 @@ pub(crate) enum Handler {
     Pr,
     /// EXTENDED COPY and RECEIVE COPY RESULTS (SPC-4 §6.4, §6.18).
     ThirdPartyCopy,
+    /// SANITIZE (SBC-4 §5.30).
+    Sanitize,
 }
 
 /// Who supports a command.
@@ -59,7 +61,7 @@ const fn c(
     }
 }
 
-use Handler::{Inquiry, Mode, Pr, Sbc, Spc, ThirdPartyCopy as Tpc};
+use Handler::{Inquiry, Mode, Pr, Sanitize, Sbc, Spc, ThirdPartyCopy as Tpc};
 use Scope::{All, Alua, Disk, Thin};
 
 const FF: u8 = 0xff;
@@ -203,6 +205,27 @@ static COMMANDS: &[CommandInfo] = &[
         None,
         &[op::WRITE_SAME_10, 0xe8, FF, FF, FF, FF, 0, FF, FF, 0],
         Sbc,
+        Disk,
+    ),
+    c(
+        op::SANITIZE,
+        Some(0x01),
+        &[op::SANITIZE, 0x80 | 0x01, 0, 0, 0, 0, 0, FF, FF, 0],
+        Sanitize,
+        Disk,
+    ),
+    c(
+        op::SANITIZE,
+        Some(0x02),
+        &[op::SANITIZE, 0x80 | 0x02, 0, 0, 0, 0, 0, FF, FF, 0],
+        Sanitize,
+        Thin,
+    ),
+    c(
+        op::SANITIZE,
+        Some(0x1f),
+        &[op::SANITIZE, 0x80 | 0x1f, 0, 0, 0, 0, 0, FF, FF, 0],
+        Sanitize,
         Disk,
     ),
     c(

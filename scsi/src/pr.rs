@@ -248,6 +248,9 @@ fn access_class(cdb: &[u8]) -> Access {
         | op::MODE_SENSE_10
         | op::PRE_FETCH_10
         | op::PRE_FETCH_16
+        | op::READ_DEFECT_DATA_10
+        | op::READ_DEFECT_DATA_12
+        | op::RECEIVE_COPY_RESULTS
         | op::SERVICE_ACTION_IN_16 => Access::Read,
         _ => Access::Write,
     }

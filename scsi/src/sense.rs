@@ -20,6 +20,10 @@ pub mod asc {
     use super::Asc;
     pub const NO_ADDITIONAL_SENSE: Asc = (0x00, 0x00);
     pub const LUN_BECOMING_READY: Asc = (0x04, 0x01);
+    /// SBC-4 §4.11: NOT READY while a SANITIZE runs.
+    pub const SANITIZE_IN_PROGRESS: Asc = (0x04, 0x1b);
+    /// SBC-4 §4.11.4: MEDIUM ERROR until EXIT FAILURE MODE.
+    pub const SANITIZE_COMMAND_FAILED: Asc = (0x31, 0x03);
     pub const WRITE_ERROR: Asc = (0x0c, 0x00);
     pub const UNRECOVERED_READ_ERROR: Asc = (0x11, 0x00);
     pub const PARAMETER_LIST_LENGTH_ERROR: Asc = (0x1a, 0x00);

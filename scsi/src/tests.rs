@@ -958,6 +958,127 @@ fn extended_copy_between_lus_and_its_refusals() {
     assert_eq!(r.status, Status::ReservationConflict);
 }
 
+fn sanitize_cdb(sa: u8, immed: bool, plen: u16) -> [u8; 10] {
+    let mut c = [
+        0x48,
+        sa | if immed { 0x80 } else { 0 },
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    c[7..9].copy_from_slice(&plen.to_be_bytes());
+    c
+}
+
+/// SANITIZE (SBC-4 §5.30): the LU answers SANITIZE IN PROGRESS from the
+/// moment the command is accepted until its task has run, INQUIRY and
+/// REQUEST SENSE excepted; OVERWRITE fills every block with the pattern,
+/// inverted on alternate passes; BLOCK ERASE deallocates; a failed
+/// sanitize leaves the LU in failure mode until EXIT FAILURE MODE; a task
+/// dropped unrun leaves the LU as it was.
+#[test]
+fn sanitize_overwrite_block_erase_and_failure_mode() {
+    let mut h = H::thin();
+    h.cmd_out(&rw10(0x2a, 0, 0, 2), &pattern(1024, 1)).good();
+    // OVERWRITE, 2 passes with INVERT, a 3-byte pattern.
+    let p = [0x80 | 2, 0, 0, 3, 0x11, 0x22, 0x33];
+    let mut buf = p.to_vec();
+    let req = Request {
+        cdb: &sanitize_cdb(1, false, p.len() as u16),
+        nexus: A,
+        lun: L1,
+        expected_len: p.len() as u32,
+    };
+    let task = match h.set.execute(&req, &mut buf) {
+        Outcome::Io(t) => t,
+        Outcome::Done(r) => panic!("{r:?}"),
+    };
+    assert!(task.is_exclusive() && !task.is_immediate());
+    // Accepted, not yet run: every other command waits it out.
+    h.cmd(&[0; 6])
+        .check(key::NOT_READY, asc::SANITIZE_IN_PROGRESS);
+    h.cmd(&rw10(0x28, 0, 0, 1))
+        .check(key::NOT_READY, asc::SANITIZE_IN_PROGRESS);
+    h.cmd(&inquiry(false, 0, 36)).good();
+    let rs = h.cmd(&[0x03, 0, 0, 0, 18, 0]);
+    assert_eq!(
+        (rs.good().data[2], rs.data[12], rs.data[13]),
+        (0x02, 0x04, 0x1b)
+    );
+    h.cmd_out(&sanitize_cdb(2, false, 0), &[])
+        .check(key::NOT_READY, asc::SANITIZE_IN_PROGRESS);
+    let r = task.run(&h.dev, &mut buf);
+    assert_eq!(r.status, Status::Good);
+    // Two passes, the second inverted: each block holds the pattern
+    // repeated from its first byte.
+    let back = h
+        .cmd(&rw10(0x28, 0, BLOCKS as u32 - 1, 1))
+        .good()
+        .data
+        .clone();
+    let want: Vec<u8> = (0..512)
+        .map(|i| ![0x11u8, 0x22, 0x33][(i % 512) % 3])
+        .collect();
+    assert_eq!(back, want);
+    // Bad parameter lists.
+    for plen in [0u16, 4, 517] {
+        h.cmd_out(&sanitize_cdb(1, false, plen), &vec![1; plen as usize])
+            .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    }
+    h.cmd_out(&sanitize_cdb(1, false, 8), &[0, 0, 0, 4, 1, 2, 3, 4])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    h.cmd_out(&sanitize_cdb(1, false, 8), &[1, 0, 0, 5, 1, 2, 3, 4])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    h.cmd_out(&sanitize_cdb(3, false, 0), &[])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    let mut c = sanitize_cdb(2, false, 0);
+    c[4] = 1;
+    h.cmd_out(&c, &[])
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
+    // BLOCK ERASE deallocates everything; reads give zeros.
+    h.cmd_out(&sanitize_cdb(2, false, 0), &[]).good();
+    assert_eq!(h.cmd(&rw10(0x28, 0, 0, 1)).good().data, vec![0; 512]);
+    assert!(h.dev.mapped.lock().unwrap().iter().all(|m| !m));
+    // IMMED: the task says so; dropped unrun, the LU is usable again.
+    let mut buf = Vec::new();
+    let req = Request {
+        cdb: &sanitize_cdb(2, true, 0),
+        nexus: A,
+        lun: L1,
+        expected_len: 0,
+    };
+    match h.set.execute(&req, &mut buf) {
+        Outcome::Io(t) => assert!(t.is_immediate()),
+        Outcome::Done(r) => panic!("{r:?}"),
+    }
+    h.cmd(&[0; 6]).good();
+    // A store that fails: failure mode, media access refused, EXIT
+    // FAILURE MODE leaves it.
+    let mut buf = p.to_vec();
+    let req = Request {
+        cdb: &sanitize_cdb(1, false, p.len() as u16),
+        nexus: A,
+        lun: L1,
+        expected_len: p.len() as u32,
+    };
+    let Outcome::Io(task) = h.set.execute(&req, &mut buf) else {
+        panic!()
+    };
+    let mut failing = TestDev::new(512 * BLOCKS as usize);
+    failing.fail = true;
+    let r = task.run(&failing, &mut buf);
+    assert_eq!(r.status, Status::CheckCondition);
+    h.cmd(&rw10(0x28, 0, 0, 1))
+        .check(key::MEDIUM_ERROR, asc::SANITIZE_COMMAND_FAILED);
+    h.cmd_out(&sanitize_cdb(0x1f, false, 0), &[]).good();
+    h.cmd(&rw10(0x28, 0, 0, 1)).good();
+}
+
 #[test]
 fn read_defect_data_reports_no_defects() {
     let mut h = H::new();

@@ -9,6 +9,9 @@
 # on 127.0.0.2) serves the same image under the same IQN, and the suite's
 # second URL points there: its multipath, reservation and PR tests then
 # test what the gateways share.
+# For a file LUN the Sanitize suite runs on a second, 8 GiB thin LUN:
+# its Reset test needs a SANITIZE OVERWRITE that outlasts a 3-second
+# sleep and four resets, and a 1 GiB file is overwritten in under one.
 # RTGT_CONFORMANCE_PARAMS adds LU parameters (removable=1, readonly=1, ...)
 # to thin_provisioning=1; RTGT_CONFORMANCE_SUITES (a regex) runs only the
 # suites it matches, and then no floor applies.
@@ -40,6 +43,9 @@ if [ -n "${RTGT_CONFORMANCE_RBD:-}" ]; then
     -b "rbd/$image" --bsopts "conf=$RTGT_CONFORMANCE_RBD" || exit 1
 else
   "$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img" || exit 1
+  truncate -s 8G "$work/sanitize.img"
+  "$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 2 -b "$work/sanitize.img" || exit 1
+  "$adm" -C $ctl --lld iscsi --op update --mode logicalunit --tid 1 --lun 2 --params thin_provisioning=1${RTGT_CONFORMANCE_PARAMS:+,$RTGT_CONFORMANCE_PARAMS} || exit 1
 fi
 "$adm" -C $ctl --lld iscsi --op update --mode logicalunit --tid 1 --lun 1 --params thin_provisioning=1${RTGT_CONFORMANCE_PARAMS:+,$RTGT_CONFORMANCE_PARAMS} || exit 1
 "$adm" -C $ctl --lld iscsi --op bind --mode target --tid 1 -I ALL || exit 1
@@ -59,7 +65,11 @@ if [ -n "${RTGT_CONFORMANCE_RBD:-}" ] && [ "${RTGT_CONFORMANCE_GATEWAYS:-1}" = 2
 fi
 : > "$out/all.log"
 for suite in $(iscsi-test-cu -l | awk -F. 'NF==2 && $1=="ALL"' | grep -E "${RTGT_CONFORMANCE_SUITES:-.}"); do
-  timeout 120 iscsi-test-cu -d -S -v -t "$suite" "$url" "$url2" > "$out/$suite.log" 2>&1
+  u1=$url u2=$url2
+  if [ "$suite" = ALL.Sanitize ] && [ -f "$work/sanitize.img" ]; then
+    u1=${url%/1}/2 u2=$u1
+  fi
+  timeout 150 iscsi-test-cu -d -S -v -t "$suite" "$u1" "$u2" > "$out/$suite.log" 2>&1
   if [ $? -eq 124 ]; then printf 'Suite: %s\n  Test: (suite timed out) ...FAILED\n' "$suite" >> "$out/all.log"; fi
   sed -n '/^Suite:/,/^Run Summary/p' "$out/$suite.log" | grep -v '^Run Summary' >> "$out/all.log"
   for p in $pid $pid2; do

@@ -431,6 +431,40 @@ impl Pool {
         }
     }
 
+    /// Run a task whose command was already answered (SANITIZE with
+    /// IMMED) on a thread of its own, holding its LUN's gate as a pool
+    /// task would; nothing comes back.
+    pub fn run_detached(job: Job) {
+        let Job {
+            task,
+            dev,
+            gate,
+            mut buf,
+            ..
+        } = job;
+        let exclusive = task.is_exclusive();
+        if exclusive {
+            gate.exclusive.fetch_add(1, Ordering::SeqCst);
+        }
+        let spawned = std::thread::Builder::new()
+            .name("sanitize".into())
+            .spawn(move || {
+                if exclusive {
+                    gate.wait_natives_idle();
+                }
+                let r = task.run(&*dev, &mut buf);
+                if exclusive {
+                    gate.exclusive.fetch_sub(1, Ordering::SeqCst);
+                }
+                if r.status != scsi::Status::Good {
+                    tracing::warn!(status = ?r.status, "a detached task failed");
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a detached task");
+        }
+    }
+
     /// Let the workers end once the queue is empty.
     pub fn stop(&self) {
         lock(&self.state).stop = true;

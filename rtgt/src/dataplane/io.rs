@@ -252,6 +252,27 @@ impl TargetCtx {
         if copy {
             task.attach_copy_stores(|id| self.shared.device(id).map(|l| l.dev));
         }
+        if task.is_immediate() {
+            // SANITIZE with IMMED: GOOD now, the sanitize on its own
+            // thread (the LU answers SANITIZE IN PROGRESS meanwhile).
+            let good = Response {
+                status: scsi::Status::Good,
+                sense: Vec::new(),
+                data_len: 0,
+                wanted: task.wanted(),
+            };
+            let (dev, gate) = (io.dev.clone(), io.gate.clone());
+            crate::backend::engine::Pool::run_detached(Job {
+                tag: 0,
+                task,
+                dev,
+                gate,
+                buf: Vec::new(),
+            });
+            buf.clear();
+            self.answer(s, c.token, &good, buf, Some(&io));
+            return;
+        }
         if io.dev.is_nonblocking() && !copy {
             // Inline: nothing to wait for (null, memory), so answer at
             // once rather than paying for a trip through an engine.
