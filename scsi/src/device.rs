@@ -48,6 +48,13 @@ pub trait BlockDevice: Send + Sync {
         }
         Ok(())
     }
+    /// The medium's physical block size in bytes (0: unknown): a file's
+    /// preferred I/O size (`st_blksize`, the file system's block), a
+    /// block device's physical sector. tgt derives READ CAPACITY (16)'s
+    /// LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT from it, and so do we.
+    fn physical_block_size(&self) -> u32 {
+        0
+    }
     /// Bytes of the medium the store has allocated (the used LBA mapping
     /// resources of a thin LU, SBC-4 §4.7.3.8), found without waiting on
     /// the medium; `None` for stores that cannot tell.

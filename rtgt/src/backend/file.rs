@@ -261,6 +261,22 @@ impl BlockDevice for FileDevice {
         }
     }
 
+    fn physical_block_size(&self) -> u32 {
+        use std::os::unix::fs::MetadataExt;
+        if self.is_block {
+            // BLKPBSZGET = _IO(0x12, 123)
+            const BLKPBSZGET: libc::c_ulong = 0x127b;
+            let mut pbs: libc::c_uint = 0;
+            // SAFETY: the ioctl writes one unsigned int into `pbs`, which
+            // outlives the call.
+            let r = unsafe { libc::ioctl(self.file.as_raw_fd(), BLKPBSZGET, &mut pbs) };
+            return if r == 0 { pbs } else { 0 };
+        }
+        self.file
+            .metadata()
+            .map_or(0, |m| u32::try_from(m.blksize()).unwrap_or(0))
+    }
+
     fn allocated_bytes(&self) -> Option<u64> {
         use std::os::unix::fs::MetadataExt;
         // st_blocks counts 512-byte units whatever the file system's block.

@@ -223,7 +223,7 @@ impl mgmt::Live for DaemonLive {
         let info = BackingInfo {
             size_bytes: dev.size(),
             readonly,
-            physical_block_size: 0,
+            physical_block_size: dev.physical_block_size(),
             identity: dev.identity(),
         };
         self.take_opened(tid, spec.lun);
