@@ -54,6 +54,8 @@ impl Daemon {
         let child = Command::new(bin)
             .args([
                 "-f",
+                "--data-dir",
+                dir.join("data").to_str().unwrap(),
                 "-C",
                 &control.to_string(),
                 "--iscsi",

@@ -57,6 +57,10 @@ pub struct LunConfig {
     pub optimal_xfer_len: u32,
     /// Backing store path (informational).
     pub path: Option<String>,
+    /// Where persistent reservations with APTPL are kept for this LU
+    /// (see `aptpl`); `None`: APTPL is refused (PTPL_C 0), unless the
+    /// store keeps the state for every gateway.
+    pub pr_file: Option<std::path::PathBuf>,
     /// The NAA locally assigned designator's value (VPD 83): tgt's
     /// `(tid << 32) | lun`, or one derived from the medium when it has an
     /// identity of its own (an RBD image served by several gateways).
@@ -96,6 +100,7 @@ impl LunConfig {
             optimal_xfer_gran: 0,
             optimal_xfer_len: 0,
             path: None,
+            pr_file: None,
             numeric_id: (u64::from(tid) << 32) | (lun.0 & 0xffff_ffff),
             alua: false,
         }

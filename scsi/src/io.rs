@@ -74,6 +74,8 @@ pub(crate) enum IoOp {
     Copy(Box<crate::xcopy::CopyJob>),
     /// SANITIZE of the whole medium.
     Sanitize(Box<crate::sanitize::SanitizeJob>),
+    /// Write (or remove) a LU's APTPL state file.
+    SavePr(Box<crate::aptpl::PrSave>),
     /// REPORT TARGET PORT GROUPS (SPC-4 §6.36) as the store sees the
     /// gateways serving its medium; `group` and `rel` are ours.
     ReportTargetPortGroups {
@@ -354,8 +356,16 @@ impl IoTask {
             | IoOp::ReportTargetPortGroups { .. }
             | IoOp::SetTargetPortGroups { .. }
             | IoOp::Copy(_)
-            | IoOp::Sanitize(_) => None,
+            | IoOp::Sanitize(_)
+            | IoOp::SavePr(_) => None,
         }
+    }
+
+    /// Whether the task must run on a worker even for a store that never
+    /// blocks (EXTENDED COPY, SANITIZE, an APTPL state file to write):
+    /// it may take long, or touch a file system.
+    pub fn off_loop(&self) -> bool {
+        matches!(self.op, IoOp::Copy(_) | IoOp::Sanitize(_) | IoOp::SavePr(_))
     }
 
     /// A task whose command is answered GOOD before it runs (SANITIZE
@@ -741,6 +751,10 @@ impl IoTask {
             }
             IoOp::Copy(job) => job.run(buf),
             IoOp::Sanitize(job) => job.run(dev, buf),
+            IoOp::SavePr(save) => {
+                buf.clear();
+                save.run()
+            }
             &IoOp::SetTargetPortGroups { optimized } => {
                 buf.clear();
                 match optimized.map(|g| dev.prefer_port_group(g)) {

@@ -27,6 +27,7 @@
 //!   attention, reservation, not ready, CDB fields, write protect, LBA
 //!   range, [`MAX_TRANSFER_BYTES`]) happen in `execute` first.
 
+mod aptpl;
 mod cdb;
 mod config;
 pub mod device;

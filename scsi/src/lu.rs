@@ -45,6 +45,8 @@ pub(crate) struct Lun {
     pub shared_pr: bool,
     /// The `pr.seq` up to which PR events were delivered to our nexuses.
     pub pr_seen: u64,
+    /// The `pr.seq` last written to `cfg.pr_file`.
+    pub pr_saved: crate::aptpl::SavedSeq,
     /// Orders media access: COMPARE AND WRITE and ORWRITE take it
     /// exclusively, every other media command shared, so their
     /// read-modify-write is atomic with respect to other commands
@@ -70,6 +72,7 @@ impl Lun {
             pr: PrState::default(),
             shared_pr: false,
             pr_seen: 0,
+            pr_saved: Default::default(),
             io_lock: Arc::new(RwLock::new(())),
             sanitize: Arc::new(AtomicU8::new(SANITIZE_IDLE)),
             ua: BTreeMap::new(),

@@ -218,6 +218,16 @@ impl LunSet {
         }
     }
 
+    /// Restore LU `id`'s persistent reservations from its APTPL state
+    /// file's contents (see `LunConfig::pr_file`); false when there is
+    /// nothing to restore (another medium's file, APTPL not set, a file
+    /// that does not parse).
+    pub fn restore_pr(&mut self, id: LunId, file: &[u8]) -> bool {
+        self.luns
+            .get_mut(&id)
+            .is_some_and(|lun| pr::restore(lun, file))
+    }
+
     /// The store behind thin LU `id` crossed its soft threshold (SBC-4
     /// §4.7.3.8.3): THIN PROVISIONING SOFT THRESHOLD REACHED for every
     /// nexus, as SITUA 0 in the logical block provisioning mode page says.

@@ -161,6 +161,17 @@ pub(crate) struct PrState {
 }
 
 impl PrState {
+    /// What a power loss keeps (SPC-4 §5.13.5): registrations, the
+    /// reservation, PRGENERATION and APTPL; not the unit attentions owed
+    /// to nexuses that a restart ends, nor an SPC-2 reservation.
+    fn persisted(&self) -> PrState {
+        PrState {
+            events: VecDeque::new(),
+            spc2: None,
+            ..self.clone()
+        }
+    }
+
     fn key_of(&self, port: &str, rel: u16) -> Option<u64> {
         self.regs
             .iter()
@@ -268,7 +279,8 @@ pub(crate) fn execute(
     din: &mut Vec<u8>,
 ) -> HandlerResult {
     if ctx.cdb[0] == op::PERSISTENT_RESERVE_IN {
-        return pr_in(&lun.pr, lun.shared_pr, ctx, din);
+        let persistent = lun.shared_pr || lun.cfg.pr_file.is_some();
+        return pr_in(&lun.pr, persistent, ctx, din);
     }
     if lun.shared_pr {
         return Ok(shared_task(ctx, u64::from(be32(ctx.cdb, 5))));
@@ -277,9 +289,44 @@ pub(crate) fn execute(
         port: ctx.initiator.to_string(),
         rel: ctx.port.relative_port,
     };
-    let r = apply(&mut lun.pr, &me, ctx.cdb, dout, false);
+    let (seq, was_aptpl) = (lun.pr.seq, lun.pr.aptpl);
+    let r = apply(&mut lun.pr, &me, ctx.cdb, dout, lun.cfg.pr_file.is_some());
     deliver_events(lun, ctx.names, ctx.port.relative_port);
-    r
+    // With APTPL set (or just cleared) the change reaches the state file
+    // before the command's GOOD: a media task writes it.
+    match (r, &lun.cfg.pr_file) {
+        (Ok(Reply::Good { wanted }), Some(path))
+            if lun.pr.seq != seq && (lun.pr.aptpl || was_aptpl) =>
+        {
+            Ok(Reply::Io {
+                op: crate::io::IoOp::SavePr(Box::new(crate::aptpl::PrSave {
+                    path: path.clone(),
+                    medium: lun.cfg.path.clone().unwrap_or_default(),
+                    state: lun.pr.aptpl.then(|| lun.pr.persisted().encode()),
+                    seq: lun.pr.seq,
+                    saved: lun.pr_saved.clone(),
+                })),
+                wanted,
+            })
+        }
+        (r, _) => r,
+    }
+}
+
+/// State restored from an APTPL file onto LU `lun`; false when the file
+/// is not for its medium, does not parse, or does not have APTPL set.
+pub(crate) fn restore(lun: &mut Lun, file: &[u8]) -> bool {
+    let medium = lun.cfg.path.clone().unwrap_or_default();
+    let Some(pr) = crate::aptpl::state_for(file, &medium).and_then(PrState::decode) else {
+        return false;
+    };
+    if !pr.aptpl {
+        return false;
+    }
+    *lun.pr_saved.0.lock().unwrap_or_else(|p| p.into_inner()) = pr.seq;
+    lun.pr_seen = pr.seq;
+    lun.pr = pr;
+    true
 }
 
 /// The shared state after the target port groups' access states changed

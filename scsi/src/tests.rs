@@ -2619,3 +2619,71 @@ fn aptpl_is_offered_where_the_store_keeps_the_state() {
     h.cmd_out(&prout(0, 0), &p)
         .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
 }
+
+/// APTPL (SPC-4 §5.13.5) on a LU with a state file: PTPL_C offered; a
+/// REGISTER with APTPL writes the state (as a media task, before GOOD);
+/// a fresh LU set restores registrations and reservation from it (PTPL_A
+/// still set); a file for another medium is ignored; clearing APTPL
+/// removes the file. Without a state file APTPL is refused.
+#[test]
+fn aptpl_state_survives_a_new_lun_set() {
+    let dir = std::env::temp_dir().join(format!("rtgt-aptpl-set-{}", std::process::id()));
+    let file = dir.join("pr").join("t1.lun1");
+    let mut cfg = disk(false);
+    cfg.path = Some("/srv/disk.img".into());
+    cfg.pr_file = Some(file.clone());
+    let mut h = H::with(cfg.clone());
+    h.set.add_nexus_named(B, "iqn.b,i,0x000000000002");
+    h.run(B, L1, &[0; 6], &[]);
+    let caps = h.run(B, L1, &prin(2, 8), &[]).good().data.clone();
+    assert_eq!(
+        (caps[2] & 0x01, caps[3] & 0x01),
+        (1, 0),
+        "PTPL_C, not PTPL_A"
+    );
+    let mut p = prout_params(0, 0xabc);
+    p[20] = 0x01; // APTPL
+    h.run(B, L1, &prout(6, 0), &p).good();
+    assert!(file.exists(), "written before GOOD");
+    h.pr_out(B, 1, 1, 0xabc, 0).good(); // RESERVE, write exclusive
+                                        // A restart: a new LU set, the same LU, the same medium.
+    let mut set = LunSet::new(1, port());
+    set.insert(L1, cfg.clone());
+    assert!(set.restore_pr(L1, &std::fs::read(&file).unwrap()));
+    let mut h2 = H {
+        set,
+        dev: TestDev::new((BLOCKS * 512) as usize),
+    };
+    h2.set.add_nexus_named(B, "iqn.b,i,0x000000000002");
+    h2.run(B, L1, &[0; 6], &[]);
+    assert_eq!(h2.keys(B).1, vec![0xabc]);
+    let caps = h2.run(B, L1, &prin(2, 8), &[]).good().data.clone();
+    assert_eq!(caps[3] & 0x01, 1, "PTPL_A");
+    // The reservation holds: another nexus cannot write.
+    h2.set.add_nexus_named(C, "iqn.c,i,0x000000000003");
+    h2.run(C, L1, &[0; 6], &[]);
+    assert_eq!(
+        h2.run(C, L1, &rw10(0x2a, 0, 0, 1), &[0; 512]).status,
+        Status::ReservationConflict
+    );
+    // Another medium's LU does not take it.
+    let mut other = cfg.clone();
+    other.path = Some("/srv/other.img".into());
+    let mut set = LunSet::new(1, port());
+    set.insert(L1, other);
+    assert!(!set.restore_pr(L1, &std::fs::read(&file).unwrap()));
+    // REGISTER with APTPL clear: the file goes.
+    let mut p = prout_params(0xabc, 0xabc);
+    p[20] = 0;
+    h2.run(B, L1, &prout(6, 0), &p).good();
+    assert!(!file.exists());
+    // No state file: APTPL is refused, PTPL_C 0.
+    let mut h3 = pr_h();
+    let caps = h3.run(B, L1, &prin(2, 8), &[]).good().data.clone();
+    assert_eq!(caps[2] & 0x01, 0);
+    let mut p = prout_params(0, 1);
+    p[20] = 0x01;
+    h3.run(B, L1, &prout(6, 0), &p)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,7 +31,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); pr
 ctl=$((20000 + RANDOM % 12000))
 iqn=iqn.2026-11.io.rtgt:conformance
 truncate -s 1G "$work/disk.img"
-TGT_IPC_SOCKET=$work/socket "$bin" -f -C $ctl --iscsi portal=127.0.0.1:$port > "$out/rtgtd.log" 2>&1 &
+TGT_IPC_SOCKET=$work/socket "$bin" -f -C $ctl --data-dir "$work/data" --iscsi portal=127.0.0.1:$port > "$out/rtgtd.log" 2>&1 &
 pid=$!
 for _ in $(seq 50); do [ -S "$work/socket.$ctl" ] && break; sleep 0.1; done
 export TGT_IPC_SOCKET=$work/socket
@@ -53,7 +53,7 @@ url=iscsi://127.0.0.1:$port/$iqn/1
 url2=$url
 if [ -n "${RTGT_CONFORMANCE_RBD:-}" ] && [ "${RTGT_CONFORMANCE_GATEWAYS:-1}" = 2 ]; then
   ctl2=$((ctl + 1))
-  TGT_IPC_SOCKET=$work/socket2 "$bin" -f -C $ctl2 --port-group 2 --iscsi portal=127.0.0.2:$port > "$out/rtgtd2.log" 2>&1 &
+  TGT_IPC_SOCKET=$work/socket2 "$bin" -f -C $ctl2 --data-dir "$work/data2" --port-group 2 --iscsi portal=127.0.0.2:$port > "$out/rtgtd2.log" 2>&1 &
   pid2=$!
   for _ in $(seq 50); do [ -S "$work/socket2.$ctl2" ] && break; sleep 0.1; done
   adm2() { TGT_IPC_SOCKET=$work/socket2 "$adm" -C $ctl2 --lld iscsi "$@" || exit 1; }

@@ -55,7 +55,8 @@ struct Args {
     /// 127.0.0.1:3260 unless --iscsi names portals.
     #[arg(long)]
     demo: bool,
-    /// Where the demo keeps its backing file.
+    /// Where the demo keeps its backing file, and persistent
+    /// reservations made with APTPL their state (under `pr/`).
     #[arg(long = "data-dir", default_value = "/var/lib/rtgt")]
     data_dir: PathBuf,
     /// Size of the demo LUN in bytes.
@@ -142,9 +143,10 @@ fn main() -> ExitCode {
         nop_interval: iscsi.nop_interval,
         nop_count: iscsi.nop_count,
         demo: args.demo.then_some(Demo {
-            data_dir: args.data_dir,
+            data_dir: args.data_dir.clone(),
             size: args.demo_size,
         }),
+        data_dir: args.data_dir,
     };
     if !args.foreground {
         // Detach like tgtd before any thread exists.

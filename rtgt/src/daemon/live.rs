@@ -118,6 +118,23 @@ impl DaemonLive {
         Err(TgtadmError::InvalidRequest)
     }
 
+    /// `cfg` with its APTPL state file: `<data-dir>/pr/<target name>.<lun>`
+    /// (an iSCSI name has no `/`).
+    /// (The management handler holds the table while effects apply: the
+    /// name comes from the running target.)
+    fn with_pr_file(&self, tid: u32, lun: u64, mut cfg: LunConfig) -> LunConfig {
+        self.with_target(tid, |h| {
+            let name = h
+                .shared
+                .name
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .replace('/', "_");
+            cfg.pr_file = Some(self.state.data_dir.join("pr").join(format!("{name}.{lun}")));
+        });
+        cfg
+    }
+
     /// Run `f` on a target's shared state, if the target runs.
     fn with_target(&self, tid: u32, f: impl FnOnce(&TargetHandle)) {
         if let Some(h) = self.state.targets.borrow().get(&tid) {
@@ -304,7 +321,7 @@ impl mgmt::Live for DaemonLive {
             }
             Effect::LunAdded { tid, spec } => {
                 let dev = self.device_for(tid, &spec);
-                let cfg = lun_config(tid, &spec);
+                let cfg = self.with_pr_file(tid, spec.lun, lun_config(tid, &spec));
                 self.with_target(tid, |h| h.shared.add_lun(LunId(spec.lun), cfg, dev));
             }
             Effect::LunDeleted { tid, lun } => {
@@ -312,7 +329,7 @@ impl mgmt::Live for DaemonLive {
             }
             Effect::LunUpdated { tid, spec } => {
                 let dev = self.take_opened(tid, spec.lun);
-                let cfg = lun_config(tid, &spec);
+                let cfg = self.with_pr_file(tid, spec.lun, lun_config(tid, &spec));
                 self.with_target(tid, |h| h.shared.update_lun(LunId(spec.lun), cfg, dev));
             }
             Effect::TargetParamsChanged { tid } => self.push_knobs(tid),

@@ -62,6 +62,9 @@ pub struct Config {
     /// iSCSI target portal group tag, SCSI target port group and relative
     /// target port identifier.
     pub port_group: u16,
+    /// `--data-dir`: the demo's backing file, and `pr/` with the state of
+    /// persistent reservations made with APTPL.
+    pub data_dir: PathBuf,
 }
 
 /// Errors that stop the daemon from starting.
@@ -113,6 +116,8 @@ pub struct DaemonState {
     pub pending: RefCell<HashMap<std::net::IpAddr, usize>>,
     /// I/O counters of every target (`tgtadm --op stat`).
     pub stats: Arc<crate::stats::Stats>,
+    /// `--data-dir`.
+    pub data_dir: PathBuf,
 }
 
 impl DaemonState {
@@ -201,6 +206,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             poll_us: cfg.poll_us.min(10_000),
             port_group: cfg.port_group.max(1),
             cpus: Arc::new(cfg.cpus.clone()),
+            data_dir: cfg.data_dir.clone(),
         });
         for (addr, l) in bound {
             state.listen(addr, l);

@@ -247,9 +247,8 @@ impl TargetCtx {
             return;
         }
         // An EXTENDED COPY reads and writes the stores of the LUs it
-        // names, and always on the pool: it may move gigabytes.
-        let copy = !task.copy_lus().is_empty();
-        if copy {
+        // names (on the pool: it may move gigabytes).
+        if !task.copy_lus().is_empty() {
             task.attach_copy_stores(|id| self.shared.device(id).map(|l| l.dev));
         }
         if task.is_immediate() {
@@ -273,7 +272,7 @@ impl TargetCtx {
             self.answer(s, c.token, &good, buf, Some(&io));
             return;
         }
-        if io.dev.is_nonblocking() && !copy {
+        if io.dev.is_nonblocking() && !task.off_loop() {
             // Inline: nothing to wait for (null, memory), so answer at
             // once rather than paying for a trip through an engine.
             let r = task.run(&*io.dev, &mut buf);

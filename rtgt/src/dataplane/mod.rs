@@ -312,9 +312,23 @@ impl TargetShared {
                     thin: Arc::new(ThinWatch::new(id, &cfg)),
                 },
             );
+        // Persistent reservations made with APTPL come back with the LU
+        // (at start-up, or when it is added again).
+        let saved = cfg.pr_file.as_ref().and_then(|p| std::fs::read(p).ok());
         // Telling the loops to look again, this also retires their copy
         // of `devices`.
-        self.luns().insert(id, cfg);
+        let mut luns = self.luns();
+        luns.insert(id, cfg);
+        if let Some(bytes) = saved {
+            if luns.restore_pr(id, &bytes) {
+                tracing::info!(
+                    tid = self.tid,
+                    lun = id.0,
+                    "persistent reservations restored (APTPL)"
+                );
+            }
+        }
+        drop(luns);
         self.share_state(id, &dev);
     }
 

@@ -60,6 +60,14 @@ impl Daemon {
             let dir = tempdir(tag);
             let control_port = control_port();
             let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+            // Its own data directory (APTPL state), unless the test names
+            // one to share between daemons.
+            let data_dir = dir.join("data");
+            let own_data: Vec<&std::ffi::OsStr> = if extra.contains(&"--data-dir") {
+                Vec::new()
+            } else {
+                vec!["--data-dir".as_ref(), data_dir.as_os_str()]
+            };
             let child = Command::new(env!("CARGO_BIN_EXE_rtgtd"))
                 .args([
                     "-f",
@@ -68,6 +76,7 @@ impl Daemon {
                     "--iscsi",
                     &format!("portal={portal}"),
                 ])
+                .args(own_data)
                 .args(extra)
                 .envs(env.iter().copied())
                 .env("TGT_IPC_SOCKET", dir.join("socket"))
