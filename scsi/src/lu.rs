@@ -47,6 +47,9 @@ pub(crate) struct Lun {
     pub pr_seen: u64,
     /// The `pr.seq` last written to `cfg.pr_file`.
     pub pr_saved: crate::aptpl::SavedSeq,
+    /// Nexuses whose tasks on this LU a PREEMPT AND ABORT aborted, for
+    /// the transport ([`crate::LunSet::take_task_aborts`]).
+    pub task_aborts: Vec<NexusId>,
     /// Orders media access: COMPARE AND WRITE and ORWRITE take it
     /// exclusively, every other media command shared, so their
     /// read-modify-write is atomic with respect to other commands
@@ -73,6 +76,7 @@ impl Lun {
             shared_pr: false,
             pr_seen: 0,
             pr_saved: Default::default(),
+            task_aborts: Vec::new(),
             io_lock: Arc::new(RwLock::new(())),
             sanitize: Arc::new(AtomicU8::new(SANITIZE_IDLE)),
             ua: BTreeMap::new(),

@@ -218,6 +218,16 @@ impl LunSet {
         }
     }
 
+    /// The tasks PREEMPT AND ABORT owes aborts to: each LU and a nexus
+    /// whose tasks on it the transport must abort (SPC-4 §5.13.11.2.5).
+    pub fn take_task_aborts(&mut self) -> Vec<(LunId, NexusId)> {
+        let mut out = Vec::new();
+        for (id, lun) in self.luns.iter_mut() {
+            out.extend(lun.task_aborts.drain(..).map(|n| (*id, n)));
+        }
+        out
+    }
+
     /// Restore LU `id`'s persistent reservations from its APTPL state
     /// file's contents (see `LunConfig::pr_file`); false when there is
     /// nothing to restore (another medium's file, APTPL not set, a file

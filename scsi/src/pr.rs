@@ -40,6 +40,7 @@ pub(crate) mod out_sa {
     pub const PREEMPT: u16 = 0x04;
     pub const PREEMPT_AND_ABORT: u16 = 0x05;
     pub const REGISTER_AND_IGNORE: u16 = 0x06;
+    pub const REGISTER_AND_MOVE: u16 = 0x07;
 }
 
 /// Persistent reservation types (SPC-4 §6.16.3 table 204).
@@ -112,9 +113,21 @@ pub(crate) struct Nexus {
     pub rel: u16,
 }
 
+/// iSCSI initiator port names are `<name>,i,0x<ISID>` (RFC 7143 §10.1).
+const ISID_SEPARATOR: &str = ",i,0x";
+
 impl Nexus {
+    /// Whether this registration stands for the I_T nexus of initiator
+    /// port `port` and relative target port `rel`: relative port 0 stands
+    /// for every target port (ALL_TG_PT), a name without an ISID for every
+    /// initiator port of that iSCSI name (a TransportID of format 00b).
     fn is(&self, port: &str, rel: u16) -> bool {
-        self.rel == rel && self.port == port
+        (self.rel == rel || self.rel == 0)
+            && (self.port == port
+                || (!self.port.contains(ISID_SEPARATOR)
+                    && port
+                        .strip_prefix(self.port.as_str())
+                        .is_some_and(|rest| rest.starts_with(ISID_SEPARATOR))))
     }
 }
 
@@ -290,7 +303,33 @@ pub(crate) fn execute(
         rel: ctx.port.relative_port,
     };
     let (seq, was_aptpl) = (lun.pr.seq, lun.pr.aptpl);
+    let abort = crate::cdb::service_action(ctx.cdb) == out_sa::PREEMPT_AND_ABORT;
+    let before = if abort {
+        lun.pr.regs.clone()
+    } else {
+        Vec::new()
+    };
     let r = apply(&mut lun.pr, &me, ctx.cdb, dout, lun.cfg.pr_file.is_some());
+    if abort && matches!(r, Ok(Reply::Good { .. })) {
+        // SPC-4 §5.13.11.2.5: the preempted nexuses' tasks on this LU are
+        // aborted; the transport does that.
+        let rel = ctx.port.relative_port;
+        let gone: Vec<&Nexus> = before
+            .iter()
+            .map(|(n, _)| n)
+            .filter(|n| !lun.pr.regs.iter().any(|(m, _)| m == *n))
+            .collect();
+        for (id, name) in ctx.names.iter() {
+            // Never the preempting nexus itself (a registration by name
+            // alone may stand for it as well as for its victims).
+            if *id != ctx.nexus
+                && gone.iter().any(|n| n.is(name, rel))
+                && !lun.task_aborts.contains(id)
+            {
+                lun.task_aborts.push(*id);
+            }
+        }
+    }
     deliver_events(lun, ctx.names, ctx.port.relative_port);
     // With APTPL set (or just cleared) the change reaches the state file
     // before the command's GOOD: a media task writes it.
@@ -456,7 +495,7 @@ pub(crate) fn deliver_events(lun: &mut Lun, names: &Names, rel: u16) {
                     if everyone {
                         e.to.rel != rel
                     } else {
-                        e.to.rel == rel && **name == e.to.port
+                        e.to.is(name, rel)
                     }
                 })
                 .map(move |(n, _)| (*n, e.code))
@@ -499,14 +538,14 @@ fn pr_in(pr: &PrState, persistent: bool, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> Ha
         },
         in_sa::REPORT_CAPABILITIES => {
             // SPC-4 §6.15.4: LENGTH 8; CRH (compatible reservation handling,
-            // §5.13.3); SIP_C, ATP_C 0; PTPL_C where the store keeps the
-            // state, PTPL_A as the last REGISTER set it; TMV with ALLOW
-            // COMMANDS 000b; the six types in the type mask.
+            // §5.13.3); SIP_C and ATP_C (SPEC_I_PT, ALL_TG_PT); PTPL_C
+            // where the state is kept, PTPL_A as the last REGISTER set it;
+            // TMV with ALLOW COMMANDS 000b; the six types in the type mask.
             din.clear();
             din.extend_from_slice(&[
                 0,
                 8,
-                0x10 | u8::from(persistent),
+                0x10 | 0x08 | 0x04 | u8::from(persistent),
                 0x80 | u8::from(persistent && pr.aptpl),
                 0x80 | 0x40 | 0x20 | 0x08 | 0x02,
                 0x01,
@@ -520,7 +559,8 @@ fn pr_in(pr: &PrState, persistent: bool, ctx: &Ctx<'_>, din: &mut Vec<u8>) -> Ha
                 let holder = pr.is_holder(&who.port, who.rel);
                 descs.extend_from_slice(&key.to_be_bytes());
                 descs.extend_from_slice(&[0, 0, 0, 0]);
-                descs.push(u8::from(holder)); // R_HOLDER; ALL_TG_PT 0
+                // ALL_TG_PT, R_HOLDER.
+                descs.push(if who.rel == 0 { 0x02 } else { 0 } | u8::from(holder));
                 descs.push(match (&pr.res, holder) {
                     (Some(r), true) => r.typ as u8,
                     _ => 0,
@@ -575,7 +615,7 @@ fn ua_to(pr: &mut PrState, to: &[Nexus], code: crate::sense::Asc) {
 fn others(pr: &PrState, me: &Nexus) -> Vec<Nexus> {
     pr.regs
         .iter()
-        .filter(|(n, _)| n != me)
+        .filter(|(n, _)| !n.is(&me.port, me.rel))
         .map(|(n, _)| n.clone())
         .collect()
 }
@@ -638,22 +678,23 @@ fn pr_out(
     let type_code = byte(cdb, 2) & 0x0f;
     let plen = be32(cdb, 5) as usize;
     let wanted = plen as u64;
-    if action > out_sa::REGISTER_AND_IGNORE {
-        // REGISTER AND MOVE (and reserved codes) are not supported.
+    if action == out_sa::REGISTER_AND_MOVE {
+        return register_and_move(pr, me, scope, type_code, plen, dout, persistent);
+    }
+    if action > out_sa::REGISTER_AND_MOVE {
         return Err(Sense::invalid_cdb(1, Some(4)));
     }
-    // SPC-4 §6.16.3: the basic parameter list is 24 bytes.
-    if plen != 24 || dout.len() < 24 {
+    if plen < 24 || dout.len() < plen {
         return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
     }
     let key = be64(dout, 0);
     let sark = be64(dout, 8);
     let flags = byte(dout, 20);
-    if flags & 0x08 != 0 {
-        return Err(Sense::invalid_param(20)); // SPEC_I_PT: SIP_C is 0
-    }
-    if flags & 0x04 != 0 {
-        return Err(Sense::invalid_param(20)); // ALL_TG_PT: ATP_C is 0
+    let spec_i_pt = flags & 0x08 != 0;
+    // SPC-4 §6.16.3: the basic parameter list is 24 bytes; only REGISTER
+    // with SPEC_I_PT adds TransportIDs to it.
+    if !spec_i_pt && plen != 24 {
+        return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
     }
     let aptpl = flags & 0x01 != 0;
     if aptpl && !persistent {
@@ -663,19 +704,59 @@ fn pr_out(
     let mine = pr.key_of(&me.port, me.rel);
 
     if action == out_sa::REGISTER || action == out_sa::REGISTER_AND_IGNORE {
-        // SPC-4 §5.13.7.
+        // SPC-4 §5.13.7. ALL_TG_PT registers the initiator port through
+        // every target port (relative port 0 stands for them all).
+        let all_tg_pt = flags & 0x04 != 0;
+        let rel = if all_tg_pt { 0 } else { me.rel };
         if action == out_sa::REGISTER && key != mine.unwrap_or(0) {
             return Ok(Reply::Conflict);
+        }
+        if spec_i_pt {
+            // SPC-4 §5.13.7.2: only REGISTER from a nexus not yet
+            // registered, registering itself and the initiator ports
+            // its TransportIDs name, all or none.
+            if action != out_sa::REGISTER || mine.is_some() {
+                return Err(Sense::invalid_param(20));
+            }
+            if sark == 0 {
+                return Err(Sense::invalid_param(8));
+            }
+            let mut new = vec![Nexus {
+                port: me.port.clone(),
+                rel,
+            }];
+            for port in transport_ids(dout, plen)? {
+                let n = Nexus { port, rel };
+                if pr.regs.iter().any(|(r, _)| *r == n) {
+                    return Ok(Reply::Conflict);
+                }
+                if !new.contains(&n) {
+                    new.push(n);
+                }
+            }
+            if pr.regs.len() + new.len() > MAX_REGISTRATIONS {
+                return Err(Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES));
+            }
+            pr.regs.extend(new.into_iter().map(|n| (n, sark)));
+            pr.aptpl = aptpl;
+            pr.generation = pr.generation.wrapping_add(1);
+            return good;
         }
         match (mine, sark) {
             (None, 0) => return good,
             (None, _) if pr.regs.len() >= MAX_REGISTRATIONS || me.port.len() > MAX_PORT_NAME => {
                 return Err(Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES));
             }
-            (None, k) => pr.regs.push((me.clone(), k)),
+            (None, k) => pr.regs.push((
+                Nexus {
+                    port: me.port.clone(),
+                    rel,
+                },
+                k,
+            )),
             (Some(_), 0) => unregister(pr, me),
             (Some(_), k) => {
-                for r in pr.regs.iter_mut().filter(|(n, _)| n == me) {
+                for r in pr.regs.iter_mut().filter(|(n, _)| n.is(&me.port, me.rel)) {
                     r.1 = k;
                 }
             }
@@ -686,9 +767,13 @@ fn pr_out(
         return good;
     }
 
-    // Every other action needs a registered nexus and its own key.
+    // Every other action needs a registered nexus and its own key, and
+    // takes neither SPEC_I_PT nor ALL_TG_PT (SPC-4 §6.16.3 table 207).
     if mine != Some(key) {
         return Ok(Reply::Conflict);
+    }
+    if flags & 0x0c != 0 {
+        return Err(Sense::invalid_param(20));
     }
     let lu_scope = || {
         if scope != 0 {
@@ -750,12 +835,143 @@ fn pr_out(
     }
 }
 
+/// The initiator port names of the iSCSI TransportIDs (SPC-4 §7.6.4.6)
+/// a REGISTER with SPEC_I_PT carries after its 24 bytes: format 00b names
+/// a device (every port of it), 01b one port (`<name>,i,0x<ISID>`).
+fn transport_ids(dout: &[u8], plen: usize) -> Result<Vec<String>, Sense> {
+    if plen < 28 {
+        return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+    }
+    let len = be32(dout, 24) as usize;
+    if 28 + len > plen {
+        return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+    }
+    let mut ids = Vec::new();
+    let mut at = 28;
+    while at < 28 + len {
+        let (port, n) = transport_id_at(dout, at, 28 + len)?;
+        if ids.len() >= MAX_REGISTRATIONS {
+            return Err(Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES));
+        }
+        ids.push(port);
+        at += n;
+    }
+    Ok(ids)
+}
+
+/// One iSCSI TransportID at `at` (ending by `end`): the initiator port
+/// name it gives, normalized as [`crate::iscsi_initiator_port_name`]
+/// writes them, and its length.
+fn transport_id_at(d: &[u8], at: usize, end: usize) -> Result<(String, usize), Sense> {
+    let bad = Sense::invalid_param(at as u16);
+    if at + 4 > end {
+        return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+    }
+    let (format, proto) = (d[at] >> 6, d[at] & 0x0f);
+    if proto != 0x05 || format > 1 {
+        return Err(bad);
+    }
+    let len = usize::from(be16(d, at + 2));
+    if len < 20 || len % 4 != 0 || at + 4 + len > end {
+        return Err(bad);
+    }
+    let raw = &d[at + 4..at + 4 + len];
+    let text = raw.split(|&b| b == 0).next().unwrap_or(&[]);
+    let text = std::str::from_utf8(text).map_err(|_| bad)?;
+    let port = match (format, text.split_once(ISID_SEPARATOR)) {
+        (0, None) if !text.is_empty() => text.to_string(),
+        (1, Some((name, isid)))
+            if !name.is_empty()
+                && isid.len() == 12
+                && isid.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            format!("{name}{ISID_SEPARATOR}{}", isid.to_ascii_lowercase())
+        }
+        _ => return Err(bad),
+    };
+    if port.len() > MAX_PORT_NAME {
+        return Err(bad);
+    }
+    Ok((port, 4 + len))
+}
+
+/// REGISTER AND MOVE (SPC-4 §5.13.8): the holder of a reservation
+/// registers the I_T nexus a TransportID and relative target port name
+/// with SERVICE ACTION RESERVATION KEY, moves the reservation (of TYPE) to
+/// it, and with UNREG gives up its own registration.
+fn register_and_move(
+    pr: &mut PrState,
+    me: &Nexus,
+    scope: u8,
+    type_code: u8,
+    plen: usize,
+    dout: &[u8],
+    persistent: bool,
+) -> HandlerResult {
+    if plen < 24 || dout.len() < plen {
+        return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+    }
+    let (key, sark) = (be64(dout, 0), be64(dout, 8));
+    let (unreg, aptpl) = (dout[17] & 0x02 != 0, dout[17] & 0x01 != 0);
+    let rel = be16(dout, 18);
+    let tlen = be32(dout, 20) as usize;
+    if 24 + tlen > plen {
+        return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
+    }
+    if pr.key_of(&me.port, me.rel) != Some(key) {
+        return Ok(Reply::Conflict);
+    }
+    let Some(res) = pr.res.clone() else {
+        return Ok(Reply::Conflict);
+    };
+    // Only the holder of a reservation with one holder can move it.
+    if res.typ.all_registrants() || !pr.is_holder(&me.port, me.rel) {
+        return Ok(Reply::Conflict);
+    }
+    if scope != 0 {
+        return Err(Sense::invalid_cdb(2, Some(7)));
+    }
+    let typ = PrType::from_code(type_code).ok_or(Sense::invalid_cdb(2, Some(3)))?;
+    if aptpl && !persistent {
+        return Err(Sense::invalid_param(17));
+    }
+    if sark == 0 {
+        return Err(Sense::invalid_param(8));
+    }
+    let (port, _) = transport_id_at(dout, 24, 24 + tlen)?;
+    // The destination is one I_T nexus: a port, through a real port.
+    if !port.contains(ISID_SEPARATOR) || rel == 0 {
+        return Err(Sense::invalid_param(if rel == 0 { 18 } else { 24 }));
+    }
+    let dest = Nexus { port, rel };
+    if dest == *me {
+        return Err(Sense::invalid_param(24));
+    }
+    let full = pr.regs.len() >= MAX_REGISTRATIONS;
+    match pr.regs.iter_mut().find(|(n, _)| *n == dest) {
+        Some(r) => r.1 = sark,
+        None if full => {
+            return Err(Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES));
+        }
+        None => pr.regs.push((dest.clone(), sark)),
+    }
+    pr.res = Some(Reservation { holder: dest, typ });
+    if unreg {
+        pr.regs.retain(|(n, _)| !n.is(&me.port, me.rel));
+    }
+    pr.aptpl = aptpl;
+    pr.generation = pr.generation.wrapping_add(1);
+    Ok(Reply::Good {
+        wanted: plen as u64,
+    })
+}
+
 /// Remove `who`'s registration, releasing the reservation it holds
 /// (SPC-4 §5.13.11.2.3: an all-registrants reservation goes only with the
 /// last registrant; a registrants-only one tells the others).
 fn unregister(pr: &mut PrState, who: &Nexus) {
     let held = pr.is_holder(&who.port, who.rel);
-    pr.regs.retain(|(n, _)| n != who);
+    pr.regs.retain(|(n, _)| !n.is(&who.port, who.rel));
     let Some(r) = pr.res.clone() else {
         return;
     };
@@ -794,7 +1010,7 @@ fn preempt(
     let victims = |pr: &PrState, k: Option<u64>| -> Vec<Nexus> {
         pr.regs
             .iter()
-            .filter(|(n, key)| n != me && k.is_none_or(|k| *key == k))
+            .filter(|(n, key)| !n.is(&me.port, me.rel) && k.is_none_or(|k| *key == k))
             .map(|(n, _)| n.clone())
             .collect()
     };

@@ -1740,7 +1740,7 @@ fn pr_in_service_actions() {
         vec![
             0,
             8,
-            0x10,
+            0x10 | 0x08 | 0x04,
             0x80,
             0x80 | 0x40 | 0x20 | 0x08 | 0x02,
             0x01,
@@ -1798,18 +1798,20 @@ fn pr_register_rules() {
     // Unregister.
     h.pr_out(A, 0, 0, 7, 0).good();
     assert_eq!(h.keys(A), (4, vec![]));
-    // Bad parameter list length, APTPL, SPEC_I_PT, ALL_TG_PT, REGISTER AND MOVE.
+    // Bad parameter list length; APTPL without a state file; SPEC_I_PT
+    // with REGISTER AND IGNORE; REGISTER AND MOVE without a reservation.
     let mut c = prout(6, 0);
     c[8] = 23;
     h.run(A, L1, &c, &[0; 24])
         .check(key::ILLEGAL_REQUEST, asc::PARAMETER_LIST_LENGTH_ERROR);
-    for bit in [0x01, 0x04, 0x08] {
+    for bit in [0x01, 0x08] {
         let mut p = prout_params(0, 1);
         p[20] = bit;
         h.run(A, L1, &prout(6, 0), &p)
             .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
     }
-    h.pr_out(A, 7, 0, 0, 1)
+    assert_eq!(h.pr_out(A, 7, 0, 0, 1).status, Status::ReservationConflict);
+    h.pr_out(A, 8, 0, 0, 1)
         .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_CDB);
     // Actions other than REGISTER need a registration with that key.
     for sa in 1..=5 {
@@ -2686,4 +2688,103 @@ fn aptpl_state_survives_a_new_lun_set() {
     h3.run(B, L1, &prout(6, 0), &p)
         .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An iSCSI TransportID (SPC-4 §7.6.4.6) of format 01b (`port` given) or
+/// 00b (a device name).
+fn iscsi_tid(name: &str) -> Vec<u8> {
+    let format = if name.contains(",i,0x") { 0x40 } else { 0 };
+    let len = (name.len() + 1).div_ceil(4) * 4;
+    let len = len.max(20);
+    let mut t = vec![format | 0x05, 0];
+    t.extend_from_slice(&(len as u16).to_be_bytes());
+    t.extend_from_slice(name.as_bytes());
+    t.resize(4 + len, 0);
+    t
+}
+
+/// SPEC_I_PT registers the requester and the ports its TransportIDs name
+/// (a name alone stands for every port of it), all or none; ALL_TG_PT
+/// registers through every target port (READ FULL STATUS says so);
+/// REGISTER AND MOVE hands the reservation to another I_T nexus,
+/// registering it, and with UNREG drops the mover.
+#[test]
+fn pr_spec_i_pt_all_tg_pt_and_register_and_move() {
+    let mut h = pr_h();
+    // A registers itself, B's port and every port named iqn.c.
+    let mut p = prout_params(0, 0x77);
+    p[20] = 0x08;
+    let tids = [iscsi_tid("iqn.b,i,0x000000000002"), iscsi_tid("iqn.c")].concat();
+    p.extend_from_slice(&(tids.len() as u32).to_be_bytes());
+    p.extend_from_slice(&tids);
+    let mut c = prout(0, 0);
+    c[5..9].copy_from_slice(&(p.len() as u32).to_be_bytes());
+    h.run(A, L1, &c, &p).good();
+    let (gen, keys) = h.keys(B);
+    assert_eq!((gen, keys), (1, vec![0x77, 0x77, 0x77]));
+    // Each of them is registered: C (an iqn.c port) may reserve with the key.
+    h.pr_out(C, 1, 1, 0x77, 0).good();
+    h.pr_out(C, 2, 1, 0x77, 0).good();
+    // Again: B is registered already, so nothing is registered at all.
+    let before = h.keys(A);
+    assert_eq!(h.run(A, L1, &c, &p).status, Status::ReservationConflict);
+    assert_eq!(h.keys(A), before);
+    // A malformed TransportID (not iSCSI) is an invalid field.
+    let mut bad = p.clone();
+    bad[28] = 0x41;
+    let mut h2 = pr_h();
+    h2.run(A, L1, &c, &bad)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    // ALL_TG_PT: shown in READ FULL STATUS.
+    let mut p = prout_params(0, 0x99);
+    p[20] = 0x04;
+    h2.run(B, L1, &prout(6, 0), &p).good();
+    let full = h2.run(B, L1, &prin(3, 1024), &[]).good().data.clone();
+    assert_eq!(&full[8..16], &0x99u64.to_be_bytes());
+    assert_eq!(full[8 + 12] & 0x02, 0x02, "ALL_TG_PT");
+    // REGISTER AND MOVE: B reserves, then moves the reservation to C.
+    h2.pr_out(B, 1, 3, 0x99, 0).good();
+    let move_to = |unreg: bool| {
+        let mut p = vec![0u8; 24];
+        p[0..8].copy_from_slice(&0x99u64.to_be_bytes());
+        p[8..16].copy_from_slice(&0xccu64.to_be_bytes());
+        p[17] = if unreg { 0x02 } else { 0 };
+        p[18..20].copy_from_slice(&1u16.to_be_bytes());
+        let t = iscsi_tid("iqn.c,i,0x000000000003");
+        p[20..24].copy_from_slice(&(t.len() as u32).to_be_bytes());
+        p.extend_from_slice(&t);
+        p
+    };
+    let p = move_to(true);
+    let mut c = prout(7, 3);
+    c[5..9].copy_from_slice(&(p.len() as u32).to_be_bytes());
+    // Only the holder may move it.
+    assert_eq!(h2.run(C, L1, &c, &p).status, Status::ReservationConflict);
+    h2.run(B, L1, &c, &p).good();
+    assert_eq!(h2.keys(C).1, vec![0xcc], "B unregistered, C registered");
+    assert_eq!(h2.reservation(C), Some((0xcc, 3)));
+    // C now holds exclusive access: B cannot even read.
+    assert_eq!(
+        h2.run(B, L1, &rw10(0x28, 0, 0, 1), &[]).status,
+        Status::ReservationConflict
+    );
+    h2.run(C, L1, &rw10(0x28, 0, 0, 1), &[]).good();
+}
+
+/// PREEMPT AND ABORT owes the transport an abort of the preempted
+/// nexuses' tasks on the LU (SPC-4 §5.13.11.2.5); PREEMPT does not, and
+/// the preempting nexus is never among them.
+#[test]
+fn preempt_and_abort_names_the_nexuses_to_abort() {
+    let mut h = pr_h();
+    h.register(A, 0xa);
+    h.register(B, 0xb);
+    h.register(C, 0xc);
+    h.pr_out(A, 4, 0, 0xa, 0xc).good(); // PREEMPT C, no reservation
+    assert!(h.set.take_task_aborts().is_empty());
+    h.pr_out(B, 1, 1, 0xb, 0).good();
+    h.pr_out(A, 5, 1, 0xa, 0xb).good(); // PREEMPT AND ABORT the holder B
+    assert_eq!(h.set.take_task_aborts(), vec![(L1, B)]);
+    assert!(h.set.take_task_aborts().is_empty(), "taken once");
+    assert_eq!(h.reservation(A), Some((0xa, 1)));
 }

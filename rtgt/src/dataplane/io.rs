@@ -152,7 +152,18 @@ impl TargetCtx {
             let (io, shared) = self.on_copies(&req, &mut buf);
             let outcome = match shared {
                 Some(o) => o,
-                None => self.shared.luns().execute(&req, &mut buf),
+                None => {
+                    let mut luns = self.shared.luns();
+                    let o = luns.execute(&req, &mut buf);
+                    let aborts = luns.take_task_aborts();
+                    drop(luns);
+                    if !aborts.is_empty() {
+                        // PREEMPT AND ABORT: the preempted nexuses' tasks
+                        // (never this one's, which preempted them).
+                        self.abort_nexus_tasks_everywhere(aborts);
+                    }
+                    o
+                }
             };
             match outcome {
                 Outcome::Done(r) => {

@@ -87,6 +87,8 @@ pub enum TargetMsg {
     CloseSessionsBut {
         except: Option<u16>,
     },
+    /// Abort these nexuses' tasks on these LUNs (PREEMPT AND ABORT).
+    AbortNexusTasks(Vec<(LunId, scsi::NexusId)>),
     /// End one connection.
     CloseConnection {
         tsih: u16,
@@ -531,6 +533,26 @@ impl TargetCtx {
         }
     }
 
+    /// Abort, on this loop, the tasks of each nexus on its LUN.
+    fn abort_nexus_tasks_here(&self, aborts: &[(LunId, scsi::NexusId)]) {
+        let sessions: Vec<_> = self.sessions.borrow().values().cloned().collect();
+        for s in sessions {
+            for (lun, _) in aborts.iter().filter(|(_, n)| *n == s.setup.nexus) {
+                s.m.borrow_mut().abort_lun(Some(lun.0));
+            }
+        }
+    }
+
+    /// Abort each nexus's tasks on its LUN on every loop of the target.
+    pub fn abort_nexus_tasks_everywhere(&self, aborts: Vec<(LunId, scsi::NexusId)>) {
+        self.abort_nexus_tasks_here(&aborts);
+        for (i, l) in self.shared.loops.get().into_iter().flatten().enumerate() {
+            if i != self.index {
+                let _ = l.send(TargetMsg::AbortNexusTasks(aborts.clone()));
+            }
+        }
+    }
+
     /// End every session of this loop but `except`.
     fn close_here(&self, except: Option<u16>) {
         let sessions: Vec<_> = self
@@ -872,6 +894,7 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
             TargetMsg::Connection(h) => ctx.accept(*h),
             TargetMsg::AbortTasks(lun) => ctx.abort_here(lun, None),
             TargetMsg::CloseSessionsBut { except } => ctx.close_here(except),
+            TargetMsg::AbortNexusTasks(aborts) => ctx.abort_nexus_tasks_here(&aborts),
             TargetMsg::CloseSession { tsih } => {
                 ctx.close_session(tsih);
             }
