@@ -3,7 +3,8 @@
 # integration tests use libiscsi's tools, qemu-img, tgtd and tgtadm when
 # installed; the RBD tests need Ceph, which this script requires), then
 # libiscsi's iscsi-test-cu conformance suite against a fresh rtgtd with a
-# pass floor that only goes up, on a file LUN and on an RBD LUN served by
+# pass floor that only goes up, on a file LUN (thin; then removable and
+# read-only for the suites that need them) and on an RBD LUN served by
 # two gateways at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +21,16 @@ RTGT_TEST_DAEMON="$PWD/target/debug/rtgtd" cargo test -p initiator --test agains
 # memory bounded, nothing left after logout (bench/soak.sh runs it longer).
 RTGT_TEST_DAEMON="$PWD/target/debug/rtgtd" cargo test -p initiator --test soak -- --nocapture
 tests/conformance/run.sh target/debug/rtgtd target/conformance
+# The suites that need another kind of LUN: removable (PREVENT ALLOW
+# MEDIUM REMOVAL, START STOP UNIT eject and load, NOT READY while
+# ejected) and read-only; then the union of the three configurations,
+# which must reach 222 distinct tests.
+RTGT_CONFORMANCE_PARAMS=removable=1 RTGT_CONFORMANCE_SUITES='PreventAllow|StartStopUnit|NoMedia' \
+  RTGT_CONFORMANCE_FLOOR=12 tests/conformance/run.sh target/debug/rtgtd target/conformance-removable
+RTGT_CONFORMANCE_PARAMS=readonly=1 RTGT_CONFORMANCE_SUITES='ReadOnly' \
+  RTGT_CONFORMANCE_FLOOR=1 tests/conformance/run.sh target/debug/rtgtd target/conformance-readonly
+python3 tests/conformance/summary.py --union target/conformance/all.log \
+  target/conformance-removable/all.log target/conformance-readonly/all.log --floor 222
 # The same suite on an RBD LUN in a throwaway one-node Ceph cluster, held
 # to the file LUN's floor, with two gateways (port groups 1 and 2) serving
 # the image under one IQN: the suite's second URL goes to the second, so
