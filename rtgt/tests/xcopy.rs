@@ -159,3 +159,61 @@ fn extended_copy_between_two_luns_leaves_identical_data() {
     assert!(file_b[..1 << 20] == data[..1 << 20]);
     assert!(file_b[4096 * 512..4096 * 512 + (16 << 20)] == data[..]);
 }
+
+/// ODX through the daemon: POPULATE TOKEN on LUN 1, RECEIVE ROD TOKEN
+/// INFORMATION for the token, WRITE USING TOKEN into LUN 2; the data
+/// arrives, and a write to the source revokes the token.
+#[test]
+fn odx_token_copies_between_two_luns() {
+    let d = Daemon::start("odx");
+    let a = sparse_file(&d.dir, "a.img", 16 << 20);
+    let b = sparse_file(&d.dir, "b.img", 16 << 20);
+    d.file_target(1, IQN, &a, false);
+    assert!(d
+        .lu("new", 1, 2, &["-b", b.to_str().unwrap()])
+        .status
+        .success());
+    let mut c = login(&d);
+    let data: Vec<u8> = (0..(4 << 20))
+        .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    c.write(1, 2048, &data, 512).unwrap();
+    let tpc = |sa: u8, list: u32, plen: usize| {
+        let mut cdb = [0u8; 16];
+        cdb[0] = 0x83;
+        cdb[1] = sa;
+        cdb[6..10].copy_from_slice(&list.to_be_bytes());
+        cdb[10..14].copy_from_slice(&(plen as u32).to_be_bytes());
+        cdb
+    };
+    let range = |lba: u64, n: u32| [&lba.to_be_bytes()[..], &n.to_be_bytes(), &[0; 4]].concat();
+    let mut p = vec![0u8; 16];
+    p[14..16].copy_from_slice(&16u16.to_be_bytes());
+    p.extend_from_slice(&range(2048, 8192));
+    let r = c.scsi(1, &tpc(0x10, 1, p.len()), &p, 0).unwrap();
+    assert!(r.is_good(), "POPULATE TOKEN: {r:?}");
+    let mut rrti = [0u8; 16];
+    rrti[0] = 0x84;
+    rrti[1] = 0x07;
+    rrti[2..6].copy_from_slice(&1u32.to_be_bytes());
+    rrti[10..14].copy_from_slice(&1024u32.to_be_bytes());
+    let r = c.scsi(1, &rrti, &[], 1024).unwrap();
+    assert!(r.is_good(), "{r:?}");
+    let token = r.data[38..38 + 512].to_vec();
+    let wut = |list: u32| {
+        let mut p = vec![0u8; 536];
+        p[16..528].copy_from_slice(&token);
+        p[534..536].copy_from_slice(&16u16.to_be_bytes());
+        p.extend_from_slice(&range(0, 8192));
+        (tpc(0x11, list, p.len()), p)
+    };
+    let (cdb, p) = wut(2);
+    let r = c.scsi(2, &cdb, &p, 0).unwrap();
+    assert!(r.is_good(), "WRITE USING TOKEN: {r:?}");
+    assert!(c.read(2, 0, 8192, 512).unwrap() == data);
+    // The source changes: the token is revoked, and says so.
+    c.write(1, 4000, &[1u8; 512], 512).unwrap();
+    let (cdb, p) = wut(3);
+    let r = c.scsi(2, &cdb, &p, 0).unwrap();
+    assert_eq!(r.sense_key(), Some((0x05, 0x23, 0x06)), "{r:?}");
+}

@@ -141,7 +141,7 @@ fn vpd(cfg: &LunConfig, ctx: &Ctx<'_>, page: u8, d: &mut Vec<u8>) -> Result<(), 
         0x00 => d.extend_from_slice(pages(cfg)),
         0x80 => unit_serial(cfg, d),
         0x83 => device_identification(cfg, ctx.port, d),
-        0x8f => crate::xcopy::third_party_copy_vpd(d),
+        0x8f => crate::xcopy::third_party_copy_vpd(cfg.bs(), d),
         0xb0 => block_limits(cfg, d),
         0xb1 => {
             d.resize(4 + 0x3c, 0);

@@ -361,6 +361,31 @@ impl IoTask {
         }
     }
 
+    /// The byte ranges this task writes, with their LUs (a copy writes
+    /// another LU's): ROD tokens standing for them are revoked.
+    pub(crate) fn writes(&self) -> Vec<(LunId, u64, u64)> {
+        let own = |o: u64, l: u64| vec![(self.lun, o, l)];
+        match &self.op {
+            &IoOp::Write { offset, len, .. }
+            | &IoOp::CompareAndWrite { offset, len, .. }
+            | &IoOp::OrWrite { offset, len, .. } => own(offset, len),
+            &IoOp::WriteSame {
+                offset,
+                blocks,
+                block,
+                ..
+            } => own(offset, blocks.saturating_mul(block)),
+            IoOp::Unmap { ranges } => ranges.iter().map(|&(o, l)| (self.lun, o, l)).collect(),
+            IoOp::Copy(job) => job
+                .segments
+                .iter()
+                .map(|s| (s.dst, s.dst_offset, s.len))
+                .collect(),
+            IoOp::Sanitize(job) => own(0, job.len),
+            _ => Vec::new(),
+        }
+    }
+
     /// Whether the task must run on a worker even for a store that never
     /// blocks (EXTENDED COPY, SANITIZE, an APTPL state file to write):
     /// it may take long, or touch a file system.

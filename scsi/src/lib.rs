@@ -36,6 +36,7 @@ mod io;
 mod lu;
 mod lunset;
 mod mode;
+mod odx;
 mod opcodes;
 mod pr;
 mod sanitize;

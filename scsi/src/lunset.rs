@@ -13,7 +13,7 @@ use crate::lu::{Ctx, HandlerResult, Lun, Reply};
 use crate::opcodes;
 use crate::pr::{self, Names};
 use crate::sense::{asc, Sense, SenseFormat};
-use crate::{inquiry, mode, sanitize, sbc, spc, xcopy};
+use crate::{inquiry, mode, odx, sanitize, sbc, spc, xcopy};
 use crate::{LunId, NexusId, Outcome, Request, Response, Status};
 
 /// All LUNs of one target plus the I_T nexus state.
@@ -27,8 +27,11 @@ pub struct LunSet {
     /// Changes the stores' shared state owes to nexus losses and resets,
     /// for the transport to apply ([`LunSet::take_shared_changes`]).
     shared_changes: Vec<pr::SharedChange>,
-    /// EXTENDED COPY results held for RECEIVE COPY RESULTS.
+    /// EXTENDED COPY results held for RECEIVE COPY RESULTS (and ROD
+    /// token operations' for RECEIVE ROD TOKEN INFORMATION).
     copies: xcopy::HeldCopies,
+    /// ROD tokens (POPULATE TOKEN), shared by the loops' copies.
+    tokens: std::sync::Arc<odx::RodTokens>,
 }
 
 impl LunSet {
@@ -41,6 +44,7 @@ impl LunSet {
             nexuses: Names::new(),
             shared_changes: Vec::new(),
             copies: xcopy::HeldCopies::default(),
+            tokens: Default::default(),
         };
         set.put_implicit_lun0();
         set
@@ -56,6 +60,7 @@ impl LunSet {
     /// on the other LUs for every nexus (SPC-4 §6.33), and POWER ON on the
     /// new one.
     pub fn insert(&mut self, id: LunId, cfg: LunConfig) {
+        self.tokens.forget_lun(id);
         let replaced_real = self.luns.get(&id).is_some_and(|l| !l.implicit);
         let mut lun = Lun::new(cfg);
         for &n in self.nexuses.keys() {
@@ -80,6 +85,7 @@ impl LunSet {
 
     /// Remove a LU; LUN 0 falls back to the implicit controller.
     pub fn remove(&mut self, id: LunId) -> bool {
+        self.tokens.forget_lun(id);
         let Some(old) = self.luns.remove(&id) else {
             return false;
         };
@@ -418,7 +424,13 @@ impl LunSet {
                 let lu = self.luns.get(&req.lun);
                 let lock = lu.map(|l| l.io_lock.clone());
                 let block = lu.map_or(512, |l| l.cfg.bs());
-                Outcome::Io(IoTask::new(req.lun, op, format, wanted, block, lock))
+                let task = IoTask::new(req.lun, op, format, wanted, block, lock);
+                // A write revokes the ROD tokens standing for its blocks
+                // before it runs (see `odx`).
+                for (lun, o, l) in task.writes() {
+                    self.tokens.written(lun, &[(o, l)]);
+                }
+                Outcome::Io(task)
             }
             Err(sense) => {
                 buf.clear();
@@ -526,11 +538,23 @@ impl LunSet {
             opcodes::Handler::Mode => mode::execute(lun, &ctx, dout, din),
             opcodes::Handler::Sbc => sbc::execute(lun, &ctx, dout, din),
             opcodes::Handler::Pr => pr::execute(lun, &ctx, dout, din),
-            opcodes::Handler::ThirdPartyCopy if opcode == op::EXTENDED_COPY => {
-                xcopy::extended_copy(&self.luns, &mut self.copies, &ctx, dout)
-            }
             opcodes::Handler::ThirdPartyCopy => {
-                xcopy::receive_copy_results(&self.copies, &ctx, din)
+                let bs = lun.cfg.bs();
+                match (opcode, cdb::service_action(cdb)) {
+                    (op::EXTENDED_COPY, 0x00) => {
+                        xcopy::extended_copy(&self.luns, &mut self.copies, &ctx, dout)
+                    }
+                    (op::EXTENDED_COPY, _) => odx::execute(
+                        &self.luns,
+                        req.lun,
+                        &self.tokens,
+                        &mut self.copies,
+                        &ctx,
+                        dout,
+                    ),
+                    (_, 0x07) => odx::receive_rod_token_information(&self.copies, &ctx, bs, din),
+                    _ => xcopy::receive_copy_results(&self.copies, &ctx, din),
+                }
             }
             opcodes::Handler::Sanitize => sanitize::execute(lun, &ctx, dout),
         };

@@ -276,6 +276,8 @@ fn access_class(cdb: &[u8]) -> Access {
         | op::READ_DEFECT_DATA_12
         | op::RECEIVE_COPY_RESULTS
         | op::SERVICE_ACTION_IN_16 => Access::Read,
+        // POPULATE TOKEN reads its ranges.
+        op::EXTENDED_COPY if crate::cdb::service_action(cdb) == 0x10 => Access::Read,
         _ => Access::Write,
     }
 }

@@ -2788,3 +2788,145 @@ fn preempt_and_abort_names_the_nexuses_to_abort() {
     assert!(h.set.take_task_aborts().is_empty(), "taken once");
     assert_eq!(h.reservation(A), Some((0xa, 1)));
 }
+
+/// ODX (POPULATE TOKEN, WRITE USING TOKEN, RECEIVE ROD TOKEN
+/// INFORMATION): a token made on one LU copies its ranges into another;
+/// RECEIVE ROD TOKEN INFORMATION returns the token and the transfer; a
+/// write to a source block revokes the token; DEL_TKN deletes it; a forged
+/// token is unknown.
+#[test]
+fn odx_token_copy_across_lus_and_revocation() {
+    let l2 = LunId(2);
+    let mut set = LunSet::new(1, port());
+    set.insert(L1, disk(false));
+    let mut c2 = LunConfig::tgt_defaults(1, l2);
+    c2.size_bytes = BLOCKS * 512;
+    set.insert(l2, c2);
+    set.add_nexus(A);
+    let devs: Vec<std::sync::Arc<dyn BlockDevice>> = vec![
+        std::sync::Arc::new(MemDevice::new((BLOCKS * 512) as usize)),
+        std::sync::Arc::new(MemDevice::new((BLOCKS * 512) as usize)),
+    ];
+    let data = pattern(32 * 512, 5);
+    devs[0].write_at(&data, 100 * 512).unwrap();
+    let run = |set: &mut LunSet, lun: LunId, cdb: &[u8], dout: &[u8]| {
+        let mut buf = dout.to_vec();
+        let req = Request {
+            cdb,
+            nexus: A,
+            lun,
+            expected_len: dout.len().max(1024) as u32,
+        };
+        match set.execute(&req, &mut buf) {
+            Outcome::Done(r) => (r, buf),
+            Outcome::Io(mut t) => {
+                t.attach_copy_stores(|id| Some(devs[(id.0 - 1) as usize].clone()));
+                let dev = devs[(lun.0 - 1) as usize].clone();
+                let r = t.run(&*dev, &mut buf);
+                (r, buf)
+            }
+        }
+    };
+    for l in [L1, l2] {
+        run(&mut set, l, &[0; 6], &[]);
+    }
+    let tpc = |sa: u8, list: u32, plen: usize| {
+        let mut c = [0u8; 16];
+        c[0] = 0x83;
+        c[1] = sa;
+        c[6..10].copy_from_slice(&list.to_be_bytes());
+        c[10..14].copy_from_slice(&(plen as u32).to_be_bytes());
+        c
+    };
+    let range = |lba: u64, n: u32| [&lba.to_be_bytes()[..], &n.to_be_bytes(), &[0; 4]].concat();
+    // POPULATE TOKEN: LBAs 100-115 and 116-131 of L1.
+    let mut p = vec![0u8; 16];
+    p[14..16].copy_from_slice(&32u16.to_be_bytes());
+    p.extend_from_slice(&range(100, 16));
+    p.extend_from_slice(&range(116, 16));
+    let (r, _) = run(&mut set, L1, &tpc(0x10, 7, p.len()), &p);
+    assert_eq!(r.status, Status::Good, "{r:?}");
+    let rrti = |set: &mut LunSet, list: u32| {
+        let mut c = [0u8; 16];
+        c[0] = 0x84;
+        c[1] = 0x07;
+        c[2..6].copy_from_slice(&list.to_be_bytes());
+        c[10..14].copy_from_slice(&1024u32.to_be_bytes());
+        let (r, d) = run(set, L1, &c, &[]);
+        assert_eq!(r.status, Status::Good, "{r:?}");
+        d
+    };
+    let info = rrti(&mut set, 7);
+    assert_eq!(
+        (info[4], info[5]),
+        (0x10, 0x01),
+        "POPULATE TOKEN, completed"
+    );
+    assert_eq!(u32::from_be_bytes(info[32..36].try_into().unwrap()), 514);
+    let token = info[38..38 + 512].to_vec();
+    // WRITE USING TOKEN into L2 at LBA 8, one range of 32 blocks.
+    let wut = |token: &[u8], del: bool| {
+        let mut p = vec![0u8; 536];
+        p[2] = if del { 0x02 } else { 0 };
+        p[16..528].copy_from_slice(token);
+        p[534..536].copy_from_slice(&16u16.to_be_bytes());
+        p.extend_from_slice(&range(8, 32));
+        p
+    };
+    let p = wut(&token, false);
+    let (r, _) = run(&mut set, l2, &tpc(0x11, 8, p.len()), &p);
+    assert_eq!(r.status, Status::Good, "{r:?}");
+    let mut back = vec![0u8; 32 * 512];
+    devs[1].read_at(&mut back, 8 * 512).unwrap();
+    assert!(back == data);
+    let info = rrti(&mut set, 8);
+    assert_eq!((info[4], info[5]), (0x11, 0x01));
+    assert_eq!(
+        u64::from_be_bytes(info[16..24].try_into().unwrap()),
+        32,
+        "blocks"
+    );
+    // A forged token (ours in type, not in value) is unknown.
+    let mut forged = token.clone();
+    forged[70] ^= 1;
+    let p = wut(&forged, false);
+    let (r, _) = run(&mut set, l2, &tpc(0x11, 9, p.len()), &p);
+    assert_eq!((r.sense[12], r.sense[13]), (0x23, 0x04), "TOKEN UNKNOWN");
+    // A write to one of its source blocks revokes it.
+    let mut buf = vec![0u8; 512];
+    let req = Request {
+        cdb: &rw10(0x2a, 0, 120, 1),
+        nexus: A,
+        lun: L1,
+        expected_len: 512,
+    };
+    let _ = set.execute_shared(&req, &mut buf);
+    let p = wut(&token, false);
+    let (r, _) = run(&mut set, l2, &tpc(0x11, 10, p.len()), &p);
+    assert_eq!(
+        (r.sense[2] & 0x0f, r.sense[12], r.sense[13]),
+        (0x05, 0x23, 0x06),
+        "TOKEN REVOKED"
+    );
+    // A new token, used once with DEL_TKN, is gone after.
+    let mut p = vec![0u8; 16];
+    p[14..16].copy_from_slice(&16u16.to_be_bytes());
+    p.extend_from_slice(&range(0, 8));
+    run(&mut set, L1, &tpc(0x10, 11, p.len()), &p);
+    let token = rrti(&mut set, 11)[38..38 + 512].to_vec();
+    let p = wut(&token, true);
+    assert_eq!(
+        run(&mut set, l2, &tpc(0x11, 12, p.len()), &p).0.status,
+        Status::Good
+    );
+    let (r, _) = run(&mut set, l2, &tpc(0x11, 13, p.len()), &p);
+    assert_eq!((r.sense[12], r.sense[13]), (0x23, 0x06));
+    // Ranges past the end, and too short a list.
+    let mut p = vec![0u8; 16];
+    p[14..16].copy_from_slice(&16u16.to_be_bytes());
+    p.extend_from_slice(&range(BLOCKS - 1, 2));
+    let (r, _) = run(&mut set, L1, &tpc(0x10, 14, p.len()), &p);
+    assert_eq!((r.sense[12], r.sense[13]), (0x21, 0x00));
+    let (r, _) = run(&mut set, L1, &tpc(0x11, 15, 100), &[0; 100]);
+    assert_eq!((r.sense[12], r.sense[13]), (0x1a, 0x00));
+}

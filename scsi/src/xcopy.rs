@@ -146,9 +146,13 @@ impl CopyJob {
 #[derive(Debug, Default)]
 pub struct CopyProgress {
     /// 0 in progress, 1 completed, 2 completed with an error.
-    state: AtomicU8,
-    segments: AtomicU16,
-    bytes: AtomicU64,
+    pub(crate) state: AtomicU8,
+    pub(crate) segments: AtomicU16,
+    pub(crate) bytes: AtomicU64,
+    /// For RECEIVE ROD TOKEN INFORMATION: the service action the list
+    /// identifier was used with (POPULATE TOKEN, WRITE USING TOKEN) and
+    /// the ROD token POPULATE TOKEN made.
+    pub(crate) rod: Option<(u8, Option<Vec<u8>>)>,
 }
 
 impl CopyProgress {
@@ -164,12 +168,12 @@ impl CopyProgress {
 /// Results held for RECEIVE COPY RESULTS, by nexus and list identifier.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct HeldCopies {
-    held: BTreeMap<(NexusId, u8), Arc<CopyProgress>>,
-    order: VecDeque<(NexusId, u8)>,
+    held: BTreeMap<(NexusId, u32), Arc<CopyProgress>>,
+    order: VecDeque<(NexusId, u32)>,
 }
 
 impl HeldCopies {
-    fn hold(&mut self, n: NexusId, list: u8, p: Arc<CopyProgress>) {
+    pub(crate) fn hold(&mut self, n: NexusId, list: u32, p: Arc<CopyProgress>) {
         if self.held.insert((n, list), p).is_none() {
             self.order.push_back((n, list));
         }
@@ -179,7 +183,7 @@ impl HeldCopies {
             }
         }
     }
-    fn get(&self, n: NexusId, list: u8) -> Option<&Arc<CopyProgress>> {
+    pub(crate) fn get(&self, n: NexusId, list: u32) -> Option<&Arc<CopyProgress>> {
         self.held.get(&(n, list))
     }
     /// A nexus lost: what was held for it goes (SPC-4 §6.4.1).
@@ -189,7 +193,7 @@ impl HeldCopies {
     }
 }
 
-fn copy_aborted(asc: (u8, u8)) -> Sense {
+pub(crate) fn copy_aborted(asc: (u8, u8)) -> Sense {
     Sense::new(COPY_ABORTED, asc)
 }
 
@@ -221,7 +225,7 @@ pub(crate) fn extended_copy(
         return Err(Sense::illegal(asc::PARAMETER_LIST_LENGTH_ERROR));
     }
     let p = &dout[..plen];
-    let list_id = p[0];
+    let list_id = u32::from(p[0]);
     let list_usage = (p[1] >> 3) & 0x03;
     let tdl = usize::from(be16(p, 2));
     let sdl = be32(p, 8) as usize;
@@ -462,7 +466,7 @@ pub(crate) fn receive_copy_results(
     din.clear();
     match u16::from(byte(cdb, 1) & 0x1f) {
         COPY_STATUS => {
-            let Some(p) = held.get(ctx.nexus, byte(cdb, 2)) else {
+            let Some(p) = held.get(ctx.nexus, u32::from(byte(cdb, 2))) else {
                 return Err(Sense::invalid_cdb(2, None));
             };
             din.resize(12, 0);
@@ -499,7 +503,10 @@ pub(crate) fn receive_copy_results(
 
 /// The third-party copy VPD page's descriptors (SPC-4 §7.8.17): the
 /// commands supported, the parameter data and the descriptor types.
-pub(crate) fn third_party_copy_vpd(d: &mut Vec<u8>) {
+pub(crate) fn third_party_copy_vpd(block: u64, d: &mut Vec<u8>) {
+    // The block device ROD token limits (POPULATE TOKEN, WRITE USING
+    // TOKEN).
+    d.extend_from_slice(&crate::odx::rod_limits_descriptor(block));
     let mut desc = |typ: u16, body: &[u8]| {
         let padded = body.len().div_ceil(4) * 4;
         d.extend_from_slice(&typ.to_be_bytes());
@@ -507,16 +514,20 @@ pub(crate) fn third_party_copy_vpd(d: &mut Vec<u8>) {
         d.extend_from_slice(body);
         d.extend(std::iter::repeat_n(0, padded - body.len()));
     };
-    // Supported commands: EXTENDED COPY (LID1), RECEIVE COPY RESULTS
-    // COPY STATUS and OPERATING PARAMETERS.
+    // Supported commands: EXTENDED COPY (LID1), POPULATE TOKEN, WRITE
+    // USING TOKEN; RECEIVE COPY RESULTS COPY STATUS, OPERATING PARAMETERS
+    // and RECEIVE ROD TOKEN INFORMATION.
     let cmds = [
         op::EXTENDED_COPY,
-        1,
+        3,
         0x00,
+        0x10,
+        0x11,
         op::RECEIVE_COPY_RESULTS,
-        2,
+        3,
         COPY_STATUS as u8,
         OPERATING_PARAMETERS as u8,
+        0x07,
     ];
     let mut body = vec![cmds.len() as u8];
     body.extend_from_slice(&cmds);

@@ -65,7 +65,13 @@ if [ -n "${RTGT_CONFORMANCE_RBD:-}" ] && [ "${RTGT_CONFORMANCE_GATEWAYS:-1}" = 2
   url2=iscsi://127.0.0.2:$port/$iqn/1
 fi
 : > "$out/all.log"
-for suite in $(iscsi-test-cu -l | awk -F. 'NF==2 && $1=="ALL"' | grep -E "${RTGT_CONFORMANCE_SUITES:-.}"); do
+# On RBD the Sanitize suite is left out: its Reset test needs a SANITIZE
+# OVERWRITE that outlasts its sleeps and then polls every 60 s, and a
+# whole-image overwrite through librbd on the test cluster crowds out
+# everything else (tests/ceph's memstore cluster holds the image in RAM).
+skip_suites='^$'
+[ -n "${RTGT_CONFORMANCE_RBD:-}" ] && skip_suites='^ALL\.Sanitize$'
+for suite in $(iscsi-test-cu -l | awk -F. 'NF==2 && $1=="ALL"' | grep -E "${RTGT_CONFORMANCE_SUITES:-.}" | grep -Ev "$skip_suites"); do
   urls=("$url" "$url2")
   if [ "$suite" = ALL.Sanitize ]; then
     # One URL: with a second one, Sanitize.Reservations leaves its
