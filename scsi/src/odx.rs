@@ -111,6 +111,11 @@ impl RodTokens {
         h.finish()
     }
 
+    /// Whether any token is alive.
+    pub(crate) fn any(&self) -> bool {
+        self.live.load(Ordering::Acquire) > 0
+    }
+
     /// Revoke the tokens of LU `lun` with a source extent overlapping the
     /// byte ranges `written` (a command about to write them).
     pub(crate) fn written(&self, lun: LunId, written: &[(u64, u64)]) {
