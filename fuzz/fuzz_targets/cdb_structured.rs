@@ -173,14 +173,14 @@ fn command(i: &mut Input, desigs: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
                 c[1] = i.pick_or_any(&[0x10, 0x12]) & 0x1f;
             }
             if op == 0x83 || op == 0x84 {
-                // EXTENDED COPY (LID1); RECEIVE COPY RESULTS' actions.
-                c[1] = i.pick_or_any(&[0x00, 0x03, 0x01, 0x04]) & 0x1f;
-                c[2] = i.byte() % 4;
-                put(
-                    &mut c,
-                    10,
-                    &i.pick(&[0u32, 16, 44, 100, 1024]).to_be_bytes(),
-                );
+                // EXTENDED COPY (LID1), POPULATE TOKEN, WRITE USING
+                // TOKEN; RECEIVE COPY RESULTS and ROD TOKEN INFORMATION.
+                c[1] = i.pick_or_any(&[0x00, 0x03, 0x10, 0x11, 0x07, 0x01]) & 0x1f;
+                c[2] = 0;
+                c[5] = i.byte() % 4;
+                c[9] = c[5];
+                let plen = i.pick(&[0u32, 16, 32, 44, 100, 552, 1024]);
+                put(&mut c, 10, &plen.to_be_bytes());
             }
             if op == 0x9c {
                 // WRITE ATOMIC: transfer length in bytes 12-13.
@@ -190,7 +190,7 @@ fn command(i: &mut Input, desigs: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
     }
     // Data-Out: a parameter list that parses (UNMAP, PERSISTENT RESERVE
     // OUT, MODE SELECT, SET TARGET PORT GROUPS), blocks, or noise.
-    let dout = match i.byte() % 8 {
+    let dout = match i.byte() % 10 {
         5 => xcopy_list(i, desigs),
         6 => {
             // PERSISTENT RESERVE OUT with TransportIDs: SPEC_I_PT, or
@@ -213,6 +213,32 @@ fn command(i: &mut Input, desigs: &[Vec<u8>]) -> (Vec<u8>, Vec<u8>) {
                 put(&mut d, 20, &(t.len() as u32).to_be_bytes());
             }
             d.extend_from_slice(&t);
+            d
+        }
+        8 => {
+            // POPULATE TOKEN: up to three ranges.
+            let k = usize::from(i.byte() % 4);
+            let mut d = vec![0u8; 16];
+            d[2] = i.byte() & 3;
+            put(&mut d, 4, &u32::from(i.byte()).to_be_bytes());
+            put(&mut d, 14, &((16 * k) as u16).to_be_bytes());
+            for _ in 0..k {
+                d.extend_from_slice(&i.lba().to_be_bytes());
+                d.extend_from_slice(&i.len().to_be_bytes());
+                d.extend_from_slice(&[0; 4]);
+            }
+            d
+        }
+        9 => {
+            // WRITE USING TOKEN: a made-up token and one range.
+            let mut d = vec![0u8; 552];
+            d[2] = i.byte() & 3;
+            put(&mut d, 8, &u64::from(i.byte() % 8).to_be_bytes());
+            put(&mut d, 16, &[0xf0, 0, 0, 1, 0, 0, 1, 0xf8]);
+            d[24] = i.byte();
+            put(&mut d, 534, &16u16.to_be_bytes());
+            put(&mut d, 536, &i.lba().to_be_bytes());
+            put(&mut d, 544, &i.len().to_be_bytes());
             d
         }
         7 => {
