@@ -209,6 +209,28 @@ impl LunGate {
     }
 }
 
+/// Run a task on a worker. A read-modify-write task (counted in its LUN's
+/// gate when queued) first lets every loop's native I/O on the LUN
+/// finish, so it sees and overlaps none of it (SBC-4 §5.3), and lets the
+/// gate go when done.
+fn run_gated(task: IoTask, dev: &dyn BlockDevice, gate: &LunGate, buf: &mut Vec<u8>) -> Response {
+    let exclusive = task.is_exclusive();
+    if exclusive {
+        gate.wait_natives_idle();
+    }
+    // The gate goes even if the store panics.
+    struct Leave<'a>(&'a LunGate, bool);
+    impl Drop for Leave<'_> {
+        fn drop(&mut self) {
+            if self.1 {
+                self.0.exclusive.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+    }
+    let _leave = Leave(gate, exclusive);
+    task.run(dev, buf)
+}
+
 /// A task for the pool.
 pub struct Job {
     pub tag: Tag,
@@ -409,18 +431,9 @@ impl Pool {
                 gate,
                 mut buf,
             } = job;
-            let exclusive = task.is_exclusive();
-            if exclusive {
-                // Let every loop's native I/O on this LUN finish so this
-                // task sees and overlaps none of it (SBC-4 §5.3).
-                gate.wait_natives_idle();
-            }
             let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                task.run(&*dev, &mut buf)
+                run_gated(task, &*dev, &gate, &mut buf)
             }));
-            if exclusive {
-                gate.exclusive.fetch_sub(1, Ordering::SeqCst);
-            }
             let result = match r {
                 Ok(r) => Finished::Ran(r),
                 // A store that panicked: the command fails, the pool lives.
@@ -449,13 +462,7 @@ impl Pool {
         let spawned = std::thread::Builder::new()
             .name("sanitize".into())
             .spawn(move || {
-                if exclusive {
-                    gate.wait_natives_idle();
-                }
-                let r = task.run(&*dev, &mut buf);
-                if exclusive {
-                    gate.exclusive.fetch_sub(1, Ordering::SeqCst);
-                }
+                let r = run_gated(task, &*dev, &gate, &mut buf);
                 if r.status != scsi::Status::Good {
                     tracing::warn!(status = ?r.status, "a detached task failed");
                 }

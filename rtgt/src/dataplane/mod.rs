@@ -518,25 +518,28 @@ impl TargetCtx {
         }
     }
 
-    /// Abort tasks on a LUN (or all LUNs) in every session of this loop
-    /// but `except` (which aborted its own).
-    pub fn abort_here(&self, lun: Option<LunId>, except: Option<u16>) {
-        let sessions: Vec<_> = self
-            .sessions
+    /// This loop's sessions but `except` (a copy: acting on them may
+    /// end some).
+    fn sessions_but(&self, except: Option<u16>) -> Vec<Rc<Session>> {
+        self.sessions
             .borrow()
             .values()
             .filter(|s| Some(s.setup.tsih) != except)
             .cloned()
-            .collect();
-        for s in sessions {
+            .collect()
+    }
+
+    /// Abort tasks on a LUN (or all LUNs) in every session of this loop
+    /// but `except` (which aborted its own).
+    pub fn abort_here(&self, lun: Option<LunId>, except: Option<u16>) {
+        for s in self.sessions_but(except) {
             s.m.borrow_mut().abort_lun(lun.map(|l| l.0));
         }
     }
 
     /// Abort, on this loop, the tasks of each nexus on its LUN.
     fn abort_nexus_tasks_here(&self, aborts: &[(LunId, scsi::NexusId)]) {
-        let sessions: Vec<_> = self.sessions.borrow().values().cloned().collect();
-        for s in sessions {
+        for s in self.sessions_but(None) {
             for (lun, _) in aborts.iter().filter(|(_, n)| *n == s.setup.nexus) {
                 s.m.borrow_mut().abort_lun(Some(lun.0));
             }
@@ -555,14 +558,7 @@ impl TargetCtx {
 
     /// End every session of this loop but `except`.
     fn close_here(&self, except: Option<u16>) {
-        let sessions: Vec<_> = self
-            .sessions
-            .borrow()
-            .values()
-            .filter(|s| Some(s.setup.tsih) != except)
-            .cloned()
-            .collect();
-        for s in sessions {
+        for s in self.sessions_but(except) {
             s.close();
         }
     }
