@@ -89,7 +89,7 @@ pub(crate) fn state_for<'a>(file: &'a [u8], medium: &str) -> Option<&'a [u8]> {
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
+    let tmp = temp_for(path);
     {
         let mut f = std::fs::File::create(&tmp)?;
         f.write_all(bytes)?;
@@ -97,6 +97,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     }
     std::fs::rename(&tmp, path)?;
     sync_dir(path)
+}
+
+/// `<file>.tmp` beside `path`: each LU's file has a temporary of its own
+/// (two LUNs of a target save at once; `with_extension` would give
+/// `<target>.1` and `<target>.2` the same one).
+fn temp_for(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 /// Make a rename or removal in `path`'s directory durable.
@@ -119,6 +128,13 @@ mod tests {
     }
 
     #[test]
+    fn each_file_has_its_own_temporary() {
+        let (a, b) = (Path::new("/d/pr/iqn.x:t.1"), Path::new("/d/pr/iqn.x:t.2"));
+        assert_ne!(temp_for(a), temp_for(b));
+        assert_eq!(temp_for(a), Path::new("/d/pr/iqn.x:t.1.tmp"));
+    }
+
+    #[test]
     fn saves_are_atomic_ordered_and_removable() {
         let dir = std::env::temp_dir().join(format!("rtgt-aptpl-{}", std::process::id()));
         let path = dir.join("pr").join("lu");
@@ -135,7 +151,7 @@ mod tests {
         save(1, Some(b"one")).run().unwrap();
         let f = std::fs::read(&path).unwrap();
         assert_eq!(state_for(&f, "m"), Some(&b"two"[..]));
-        assert!(!path.with_extension("tmp").exists());
+        assert!(!dir.join("pr").join("lu.tmp").exists());
         save(3, None).run().unwrap();
         assert!(!path.exists());
         // Removing what is not there is fine.

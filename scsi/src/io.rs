@@ -507,6 +507,18 @@ impl IoTask {
         }
     }
 
+    /// The LU media lock `run` holds around the task. None for a copy:
+    /// it locks each LU it touches chunk by chunk itself, and holding the
+    /// task's lock as well would take one lock twice, which deadlocks
+    /// with a COMPARE AND WRITE queued for it in between (std's RwLock
+    /// makes new readers wait behind a waiting writer).
+    pub(crate) fn task_lock(&self) -> Option<&Arc<RwLock<()>>> {
+        match self.op {
+            IoOp::Copy(_) => None,
+            _ => self.lock.as_ref(),
+        }
+    }
+
     /// Whether this task must not overlap any other I/O of its LU
     /// (COMPARE AND WRITE, ORWRITE, WRITE ATOMIC, SANITIZE): an engine that bypasses [`run`] must
     /// drain its own I/O first.
@@ -568,7 +580,7 @@ impl IoTask {
         // COMPARE AND WRITE or ORWRITE. A poisoned lock only means another
         // task panicked; the medium is as consistent as it was.
         let exclusive = self.is_exclusive();
-        let result = match &self.lock {
+        let result = match self.task_lock() {
             Some(l) if exclusive => {
                 let _g = l.write().unwrap_or_else(|p| p.into_inner());
                 self.perform(dev, buf)

@@ -122,7 +122,11 @@ impl RodTokens {
         if self.live.load(Ordering::Acquire) == 0 {
             return;
         }
+        let now = (self.clock)();
         let mut t = self.lock();
+        // Lapsed tokens go too, so that writes stop looking once the
+        // last one has (see `any`).
+        t.retain(|tok| now.duration_since(tok.last_used) < tok.timeout);
         t.retain(|tok| {
             tok.lun != lun
                 || !tok.extents.iter().any(|&(o, l)| {
@@ -230,13 +234,14 @@ fn ranges(lun: &Lun, p: &[u8], at: usize, len: usize) -> Result<Vec<(u64, u64)>,
         {
             return Err(Sense::lba_out_of_range());
         }
-        total += blocks * bs;
+        // lba + blocks fits the LU, whose size in bytes fits a u64.
+        total = total.saturating_add(blocks * bs);
+        if total > MAX_TOKEN_BYTES {
+            return Err(Sense::invalid_param(at as u16));
+        }
         if blocks > 0 {
             out.push((lba * bs, blocks * bs));
         }
-    }
-    if total > MAX_TOKEN_BYTES {
-        return Err(Sense::invalid_param(at as u16));
     }
     Ok(out)
 }
@@ -311,6 +316,20 @@ pub(crate) fn execute(
     let Some(src_lun) = luns.get(&src) else {
         return Err(Sense::illegal(TOKEN_REVOKED));
     };
+    if let Some(s) = crate::lu::not_ready(src_lun) {
+        return Err(s);
+    }
+    // The source's reservations hold as for a READ of it.
+    let probe = [crate::cdb::op::READ_10, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    if src != id
+        && (src_lun.reserved_by.is_some_and(|h| h != ctx.nexus)
+            || src_lun
+                .pr
+                .check_access(ctx.initiator, ctx.port.relative_port, &probe)
+                .is_err())
+    {
+        return Ok(Reply::Conflict);
+    }
     if src_bs != lun.cfg.bs() {
         return Err(Sense::invalid_param(536));
     }
@@ -364,11 +383,7 @@ pub(crate) fn execute(
         lus.push((id, lun.io_lock.clone(), None));
     }
     Ok(Reply::Io {
-        op: IoOp::Copy(Box::new(CopyJob {
-            segments,
-            lus,
-            progress,
-        })),
+        op: IoOp::Copy(Box::new(CopyJob::new(segments, lus, progress))),
         wanted,
     })
 }
@@ -459,5 +474,26 @@ mod tests {
         assert!(t.take(&tok, false).is_ok());
         t.written(LunId(1), &[(8191, 1)]);
         assert_eq!(t.take(&tok, false).unwrap_err().asc, TOKEN_REVOKED);
+    }
+}
+
+#[cfg(test)]
+mod expiry_tests {
+    use super::*;
+
+    /// Once the last token has lapsed, writes stop looking (the first
+    /// write after purges it).
+    #[test]
+    fn lapsed_tokens_stop_costing_writes() {
+        let now = Arc::new(Mutex::new(Instant::now()));
+        let t = {
+            let now = now.clone();
+            RodTokens::with_clock(Box::new(move || *now.lock().unwrap()))
+        };
+        t.create(LunId(1), vec![(0, 512)], 512, 5);
+        assert!(t.any());
+        *now.lock().unwrap() += Duration::from_secs(6);
+        t.written(LunId(2), &[(0, 512)]);
+        assert!(!t.any());
     }
 }

@@ -729,7 +729,13 @@ fn pr_out(
             }];
             for port in transport_ids(dout, plen)? {
                 let n = Nexus { port, rel };
-                if pr.regs.iter().any(|(r, _)| *r == n) {
+                // Registered already, by this name or one standing for it
+                // (or for which it stands): all or nothing, so none.
+                if pr
+                    .regs
+                    .iter()
+                    .any(|(r, _)| *r == n || r.is(&n.port, n.rel) || n.is(&r.port, r.rel))
+                {
                     return Ok(Reply::Conflict);
                 }
                 if !new.contains(&n) {
@@ -949,13 +955,13 @@ fn register_and_move(
     if dest == *me {
         return Err(Sense::invalid_param(24));
     }
-    let full = pr.regs.len() >= MAX_REGISTRATIONS;
-    match pr.regs.iter_mut().find(|(n, _)| *n == dest) {
-        Some(r) => r.1 = sark,
-        None if full => {
+    // SPC-4 §5.13.8: the destination is registered with SERVICE ACTION
+    // RESERVATION KEY unless it is registered already (its key stays).
+    if pr.key_of(&dest.port, dest.rel).is_none() {
+        if pr.regs.len() >= MAX_REGISTRATIONS {
             return Err(Sense::illegal(asc::INSUFFICIENT_REGISTRATION_RESOURCES));
         }
-        None => pr.regs.push((dest.clone(), sark)),
+        pr.regs.push((dest.clone(), sark));
     }
     pr.res = Some(Reservation { holder: dest, typ });
     if unreg {

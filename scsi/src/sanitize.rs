@@ -44,16 +44,23 @@ pub(crate) enum Method {
 #[derive(Debug)]
 pub(crate) struct Running {
     state: Arc<AtomicU8>,
+    /// 0 not started, 1 running, 2 done (the state already final).
+    stage: AtomicU8,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let _ = self.state.compare_exchange(
-            SANITIZE_RUNNING,
-            SANITIZE_IDLE,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        // Done: the state is the task's (and perhaps already a newer
+        // sanitize's). Never run: the LU is as it was. Started and not
+        // done: the store panicked mid-way; failure mode.
+        let to = match self.stage.load(Ordering::Acquire) {
+            0 => SANITIZE_IDLE,
+            1 => SANITIZE_FAILED,
+            _ => return,
+        };
+        let _ =
+            self.state
+                .compare_exchange(SANITIZE_RUNNING, to, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 
@@ -80,6 +87,7 @@ impl SanitizeJob {
     /// Sanitize the medium; the LU leaves the sanitize state, or enters
     /// its failure mode if the store failed.
     pub(crate) fn run(&self, dev: &dyn BlockDevice, buf: &mut Vec<u8>) -> Result<(), Sense> {
+        self.running.stage.store(1, Ordering::Release);
         let r = match &self.method {
             Method::Deallocate => dev.punch_hole(0, self.len).and_then(|()| dev.flush()),
             Method::Overwrite {
@@ -97,6 +105,7 @@ impl SanitizeJob {
             SANITIZE_FAILED
         };
         self.running.state.store(state, Ordering::Release);
+        self.running.stage.store(2, Ordering::Release);
         r.map_err(|_| Sense::new(key::MEDIUM_ERROR, asc::SANITIZE_COMMAND_FAILED))
     }
 
@@ -206,6 +215,7 @@ pub(crate) fn execute(lun: &Lun, ctx: &Ctx<'_>, dout: &[u8]) -> HandlerResult {
             immed,
             running: Arc::new(Running {
                 state: lun.sanitize.clone(),
+                stage: AtomicU8::new(0),
             }),
         })),
         wanted: plen as u64,

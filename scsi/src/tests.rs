@@ -2930,3 +2930,138 @@ fn odx_token_copy_across_lus_and_revocation() {
     let (r, _) = run(&mut set, L1, &tpc(0x11, 15, 100), &[0; 100]);
     assert_eq!((r.sense[12], r.sense[13]), (0x1a, 0x00));
 }
+
+/// Review findings on the copy manager: a copy task holds no task-level
+/// lock (it locks per chunk; holding both deadlocked with a queued
+/// COMPARE AND WRITE); VPD 8Fh's parameter data and OPERATING PARAMETERS
+/// put their fields where SPC-4 has them; a copy dropped unrun leaves its
+/// list identifier failed, not in progress; LIST ID USAGE 01b is refused.
+#[test]
+fn copy_manager_review_findings() {
+    let mut h = H::new();
+    let naa = {
+        let page = h.cmd(&inquiry(true, 0x83, 255)).data.clone();
+        let at = 4 + 4 + 36;
+        let mut d = page[at..at + 12].to_vec();
+        d.resize(20, 0);
+        d
+    };
+    let list = |id: u8, usage: u8| {
+        let mut p = vec![0u8; 16];
+        p[0] = id;
+        p[1] = usage << 3;
+        p[2..4].copy_from_slice(&32u16.to_be_bytes());
+        p[8..12].copy_from_slice(&28u32.to_be_bytes());
+        let mut t = vec![0xe4, 0, 0, 0];
+        t.extend_from_slice(&naa);
+        t.resize(32, 0);
+        p.extend_from_slice(&t);
+        let mut s = vec![0x02, 0, 0, 0x18, 0, 0, 0, 0, 0, 0, 0, 8];
+        s.extend_from_slice(&0u64.to_be_bytes());
+        s.extend_from_slice(&64u64.to_be_bytes());
+        p.extend_from_slice(&s);
+        p
+    };
+    let cdb = |len: usize| {
+        let mut c = [0u8; 16];
+        c[0] = 0x83;
+        c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+        c
+    };
+    let p = list(5, 0);
+    let mut buf = p.clone();
+    let req = Request {
+        cdb: &cdb(p.len()),
+        nexus: A,
+        lun: L1,
+        expected_len: p.len() as u32,
+    };
+    match h.set.execute(&req, &mut buf) {
+        Outcome::Io(t) => {
+            assert!(t.task_lock().is_none(), "a copy locks per chunk only");
+            drop(t); // never run
+        }
+        Outcome::Done(r) => panic!("{r:?}"),
+    }
+    let mut rcr = [0u8; 16];
+    rcr[0] = 0x84;
+    rcr[2] = 5;
+    rcr[10..14].copy_from_slice(&64u32.to_be_bytes());
+    assert_eq!(h.cmd(&rcr).good().data[4], 2, "completed with an error");
+    // The same list identifier is free again (not OPERATION IN PROGRESS).
+    let mut buf = p.clone();
+    assert!(matches!(h.set.execute(&req, &mut buf), Outcome::Io(_)));
+    // LIST ID USAGE 01b is reserved.
+    let p = list(6, 1);
+    h.cmd_out(&cdb(p.len()), &p)
+        .check(key::ILLEGAL_REQUEST, asc::INVALID_FIELD_IN_PARAMETER_LIST);
+    // A COMPARE AND WRITE task does hold its lock.
+    let mut buf = vec![0u8; 1024];
+    let req = Request {
+        cdb: &rw16(0x89, 0, 0, 0),
+        nexus: A,
+        lun: L1,
+        expected_len: 1024,
+    };
+    let mut c = rw16(0x89, 0, 0, 0);
+    c[13] = 1;
+    let req = Request { cdb: &c, ..req };
+    if let Outcome::Io(t) = h.set.execute(&req, &mut buf) {
+        assert!(t.task_lock().is_some());
+    }
+    // OPERATING PARAMETERS: IMPLEMENTED DESCRIPTOR LIST LENGTH at byte 43.
+    let mut op = [0u8; 16];
+    op[0] = 0x84;
+    op[1] = 0x03;
+    op[10..14].copy_from_slice(&64u32.to_be_bytes());
+    let d = h.cmd(&op).good().data.clone();
+    assert_eq!((d[43], d[44], d[45]), (2, 0x02, 0xe4));
+    assert_eq!(
+        u32::from_be_bytes(d[0..4].try_into().unwrap()) as usize,
+        d.len() - 4
+    );
+    // VPD 8Fh parameter data descriptor (0004h): counts at bytes 8, 10, 12.
+    let v = h.cmd(&inquiry(true, 0x8f, 512)).data.clone();
+    let mut at = 4;
+    let mut found = false;
+    while at + 4 <= v.len() {
+        let (typ, len) = (
+            u16::from_be_bytes([v[at], v[at + 1]]),
+            usize::from(u16::from_be_bytes([v[at + 2], v[at + 3]])),
+        );
+        if typ == 0x0004 {
+            let d = &v[at..at + 4 + len];
+            assert_eq!(&d[8..10], &8u16.to_be_bytes(), "CSCD descriptors");
+            assert_eq!(&d[10..12], &8u16.to_be_bytes(), "segment descriptors");
+            assert_eq!(&d[12..16], &1024u32.to_be_bytes(), "descriptor list length");
+            assert_eq!(&d[16..20], &[0; 4], "inline data");
+            found = true;
+        }
+        at += 4 + len;
+    }
+    assert!(found);
+}
+
+/// REGISTER AND MOVE leaves an already registered destination's key as it
+/// was (SPC-4 §5.13.8).
+#[test]
+fn register_and_move_keeps_a_registered_destinations_key() {
+    let mut h = pr_h();
+    h.register(B, 0xb);
+    h.register(C, 0xc0);
+    h.pr_out(B, 1, 1, 0xb, 0).good();
+    let mut p = vec![0u8; 24];
+    p[0..8].copy_from_slice(&0xbu64.to_be_bytes());
+    p[8..16].copy_from_slice(&0x99u64.to_be_bytes());
+    p[18..20].copy_from_slice(&1u16.to_be_bytes());
+    let t = iscsi_tid("iqn.c,i,0x000000000003");
+    p[20..24].copy_from_slice(&(t.len() as u32).to_be_bytes());
+    p.extend_from_slice(&t);
+    let mut c = prout(7, 1);
+    c[5..9].copy_from_slice(&(p.len() as u32).to_be_bytes());
+    h.run(B, L1, &c, &p).good();
+    let mut keys = h.keys(C).1;
+    keys.sort();
+    assert_eq!(keys, vec![0xb, 0xc0]);
+    assert_eq!(h.reservation(C), Some((0xc0, 1)));
+}

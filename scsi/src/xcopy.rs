@@ -71,6 +71,38 @@ pub(crate) struct CopyJob {
     pub segments: Vec<CopySegment>,
     pub lus: Vec<CopyLu>,
     pub progress: Arc<CopyProgress>,
+    /// Marks the held result failed if the job is dropped unrun (its LU
+    /// removed first, a store that panicked), so its list identifier is
+    /// not "in progress" for ever.
+    pub _unfinished: Arc<Unfinished>,
+}
+
+/// See [`CopyJob::_unfinished`].
+#[derive(Debug)]
+pub(crate) struct Unfinished(pub Arc<CopyProgress>);
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        let _ = self
+            .0
+            .state
+            .compare_exchange(0, 2, Ordering::AcqRel, Ordering::Acquire);
+    }
+}
+
+impl CopyJob {
+    pub(crate) fn new(
+        segments: Vec<CopySegment>,
+        lus: Vec<CopyLu>,
+        progress: Arc<CopyProgress>,
+    ) -> CopyJob {
+        CopyJob {
+            segments,
+            lus,
+            _unfinished: Arc::new(Unfinished(progress.clone())),
+            progress,
+        }
+    }
 }
 
 impl std::fmt::Debug for CopyJob {
@@ -227,6 +259,9 @@ pub(crate) fn extended_copy(
     let p = &dout[..plen];
     let list_id = u32::from(p[0]);
     let list_usage = (p[1] >> 3) & 0x03;
+    if list_usage == 0b01 {
+        return Err(Sense::invalid_param(1)); // reserved
+    }
     let tdl = usize::from(be16(p, 2));
     let sdl = be32(p, 8) as usize;
     let inline = be32(p, 12) as usize;
@@ -300,7 +335,7 @@ pub(crate) fn extended_copy(
         if d.len() != 28 {
             return Err(Sense::invalid_param(at + 2));
         }
-        match segment(luns, &targets, ctx, d, n as u64) {
+        match segment(luns, &targets, ctx, d, n as u64, at) {
             Ok(s) => segments.push(s),
             Err(Some(s)) => return Err(s),
             Err(None) => return Ok(Reply::Conflict),
@@ -330,11 +365,7 @@ pub(crate) fn extended_copy(
         .filter_map(|id| luns.get(&id).map(|l| (id, l.io_lock.clone(), None)))
         .collect();
     Ok(Reply::Io {
-        op: IoOp::Copy(Box::new(CopyJob {
-            segments,
-            lus,
-            progress,
-        })),
+        op: IoOp::Copy(Box::new(CopyJob::new(segments, lus, progress))),
         wanted,
     })
 }
@@ -382,6 +413,7 @@ fn segment(
     ctx: &Ctx<'_>,
     d: &[u8],
     n: u64,
+    at: u16,
 ) -> Result<CopySegment, Option<Sense>> {
     let dc = d[1] & 0x02 != 0;
     let target = |i: usize| -> Result<(LunId, &Lun, u64), Option<Sense>> {
@@ -417,7 +449,7 @@ fn segment(
         ));
     }
     if len > MAX_SEGMENT_BYTES {
-        return Err(Some(Sense::invalid_param(10)));
+        return Err(Some(Sense::invalid_param(at + 10)));
     }
     let fits = |lba: u64, bs: u64, lun: &Lun| {
         lba.checked_add(len / bs)
@@ -478,7 +510,7 @@ pub(crate) fn receive_copy_results(
             din[8..12].copy_from_slice(&bytes.to_be_bytes());
         }
         OPERATING_PARAMETERS => {
-            din.resize(44, 0);
+            din.resize(43, 0);
             din[8..10].copy_from_slice(&(MAX_TARGET_DESCRIPTORS as u16).to_be_bytes());
             din[10..12].copy_from_slice(&(MAX_SEGMENT_DESCRIPTORS as u16).to_be_bytes());
             din[12..16].copy_from_slice(&(MAX_DESCRIPTOR_LIST_LENGTH as u32).to_be_bytes());
@@ -488,7 +520,7 @@ pub(crate) fn receive_copy_results(
             din[34..36].copy_from_slice(&(MAX_HELD as u16).to_be_bytes());
             din[36] = u8::MAX;
             din[37] = 9; // DATA SEGMENT GRANULARITY: 2^9 bytes
-            din.push(2); // IMPLEMENTED DESCRIPTOR LIST LENGTH
+            din.push(2); // IMPLEMENTED DESCRIPTOR LIST LENGTH, byte 43
             din.extend_from_slice(&[BLOCK_TO_BLOCK, IDENTIFICATION_DESCRIPTOR]);
             let avail = (din.len() - 4) as u32;
             din[0..4].copy_from_slice(&avail.to_be_bytes());
@@ -533,10 +565,14 @@ pub(crate) fn third_party_copy_vpd(block: u64, d: &mut Vec<u8>) {
     body.extend_from_slice(&cmds);
     desc(0x0001, &body);
     // Parameter data: the LID1 limits.
+    // (Offsets here are the descriptor's less its 4-byte header: MAXIMUM
+    // CSCD DESCRIPTOR COUNT at byte 8, MAXIMUM SEGMENT DESCRIPTOR COUNT
+    // at 10, MAXIMUM DESCRIPTOR LIST LENGTH at 12, MAXIMUM INLINE DATA
+    // LENGTH at 16.)
     let mut body = vec![0u8; 28];
     body[4..6].copy_from_slice(&(MAX_TARGET_DESCRIPTORS as u16).to_be_bytes());
-    body[10..12].copy_from_slice(&(MAX_SEGMENT_DESCRIPTORS as u16).to_be_bytes());
-    body[12..16].copy_from_slice(&(MAX_DESCRIPTOR_LIST_LENGTH as u32).to_be_bytes());
+    body[6..8].copy_from_slice(&(MAX_SEGMENT_DESCRIPTORS as u16).to_be_bytes());
+    body[8..12].copy_from_slice(&(MAX_DESCRIPTOR_LIST_LENGTH as u32).to_be_bytes());
     desc(0x0004, &body);
     // Supported descriptors.
     desc(0x0008, &[2, BLOCK_TO_BLOCK, IDENTIFICATION_DESCRIPTOR]);

@@ -459,6 +459,7 @@ impl Pool {
         if exclusive {
             gate.exclusive.fetch_add(1, Ordering::SeqCst);
         }
+        let gate_for_error = gate.clone();
         let spawned = std::thread::Builder::new()
             .name("sanitize".into())
             .spawn(move || {
@@ -468,6 +469,11 @@ impl Pool {
                 }
             });
         if let Err(e) = spawned {
+            // The task went with the closure: its LU leaves the sanitize
+            // state; let its gate go too.
+            if exclusive {
+                gate_for_error.exclusive.fetch_sub(1, Ordering::SeqCst);
+            }
             tracing::error!(error = %e, "cannot start a detached task");
         }
     }
