@@ -110,7 +110,10 @@ impl SanitizeJob {
     }
 
     /// One pass: every block gets the pattern, repeated to fill it (SBC-4
-    /// §5.30.2.2), a MiB at a time; then made durable.
+    /// §5.30.2.2), a MiB at a time, each made durable before the next: a
+    /// sanitize moves at the medium's pace and leaves no gigabytes of
+    /// dirty cache for other LUs to wait behind, and what it reports done
+    /// is on the medium.
     fn overwrite_pass(
         &self,
         dev: &dyn BlockDevice,
@@ -129,9 +132,10 @@ impl SanitizeJob {
         while at < self.len {
             let n = (self.len - at).min(chunk) as usize;
             dev.write_at(&buf[..n], at)?;
+            dev.flush()?;
             at += n as u64;
         }
-        dev.flush()
+        Ok(())
     }
 }
 

@@ -9,9 +9,10 @@
 # on 127.0.0.2) serves the same image under the same IQN, and the suite's
 # second URL points there: its multipath, reservation and PR tests then
 # test what the gateways share.
-# For a file LUN the Sanitize suite runs on a second, 8 GiB thin LUN:
+# For a file LUN the Sanitize suite runs on a second, 16 GiB thin LUN:
 # its Reset test needs a SANITIZE OVERWRITE that outlasts a 3-second
-# sleep and four resets, and a 1 GiB file is overwritten in under one.
+# sleep, five resets, a 1-second sleep and a new login (about 5 s), and
+# a 1 GiB file is overwritten in under one (16 GiB: about 11 s here).
 # RTGT_CONFORMANCE_PARAMS adds LU parameters (removable=1, readonly=1, ...)
 # to thin_provisioning=1; RTGT_CONFORMANCE_SUITES (a regex) runs only the
 # suites it matches, and then the floor is RTGT_CONFORMANCE_FLOOR (0). A failure not listed in
@@ -44,7 +45,7 @@ if [ -n "${RTGT_CONFORMANCE_RBD:-}" ]; then
     -b "rbd/$image" --bsopts "conf=$RTGT_CONFORMANCE_RBD" || exit 1
 else
   "$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 1 -b "$work/disk.img" || exit 1
-  truncate -s 8G "$work/sanitize.img"
+  truncate -s 16G "$work/sanitize.img"
   "$adm" -C $ctl --lld iscsi --op new --mode logicalunit --tid 1 --lun 2 -b "$work/sanitize.img" || exit 1
   "$adm" -C $ctl --lld iscsi --op update --mode logicalunit --tid 1 --lun 2 --params thin_provisioning=1${RTGT_CONFORMANCE_PARAMS:+,$RTGT_CONFORMANCE_PARAMS} || exit 1
 fi
