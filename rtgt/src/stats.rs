@@ -1,7 +1,9 @@
-//! I/O counters for `tgtadm --op stat`: per target, LUN, session and
-//! connection. The data path only bumps relaxed atomics it already holds
-//! handles to (no lookup, no lock per command); management reads them
-//! through the shared [`Stats`] table.
+//! I/O counters for `tgtadm --op stat` and the Prometheus endpoint: per
+//! target, LUN, session and connection, with media latency histograms,
+//! reservation conflicts and unit attentions per LUN, commands in flight
+//! per target and logins by outcome. The data path only bumps relaxed
+//! atomics it already holds handles to (no lookup, no lock per command);
+//! management reads them through the shared [`Stats`] table.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +24,77 @@ pub struct Counters {
     pub read_commands: AtomicU64,
     /// Commands that moved Data-Out.
     pub write_commands: AtomicU64,
+    /// Commands answered RESERVATION CONFLICT.
+    pub conflicts: AtomicU64,
+    /// Commands answered with a unit attention.
+    pub unit_attentions: AtomicU64,
+    /// Media latency (from the task's start on an engine to its answer)
+    /// of reads, writes and other commands.
+    pub latency: [Latency; 3],
+}
+
+/// Which latency histogram a command counts in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Read = 0,
+    Write = 1,
+    Other = 2,
+}
+
+/// Upper bounds of the latency histogram's buckets, in microseconds
+/// (100 µs to 10 s; beyond, only the +Inf bucket).
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram: a count per bucket (not cumulative), their sum in
+/// microseconds, and how many.
+#[derive(Debug, Default)]
+pub struct Latency {
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+/// A snapshot of a [`Latency`]: each bucket's own count (not cumulative)
+/// by upper bound in seconds (the last one +Inf), the sum in seconds, the
+/// count.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySnapshot {
+    pub buckets: Vec<(f64, u64)>,
+    pub sum_secs: f64,
+    pub count: u64,
+}
+
+impl Latency {
+    pub fn observe(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_US.partition_point(|&b| b < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self) -> LatencySnapshot {
+        let buckets: Vec<(f64, u64)> = self
+            .buckets
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let le = LATENCY_BOUNDS_US
+                    .get(i)
+                    .map_or(f64::INFINITY, |&us| us as f64 / 1e6);
+                (le, b.load(Ordering::Relaxed))
+            })
+            .collect();
+        LatencySnapshot {
+            // The buckets' total, read with them: consistent.
+            count: buckets.iter().map(|b| b.1).sum(),
+            buckets,
+            sum_secs: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
 }
 
 /// A snapshot of [`Counters`].
@@ -51,6 +124,27 @@ impl Counters {
         }
     }
 
+    /// Count a command's answer: its status, and (for CHECK CONDITION)
+    /// whether its sense key is UNIT ATTENTION.
+    pub fn record_status(&self, status: u8, sense: &[u8]) {
+        match status {
+            0x18 => {
+                self.conflicts.fetch_add(1, Ordering::Relaxed);
+            }
+            0x02 => {
+                // Fixed format keeps the key in byte 2, descriptor in 1.
+                let key = match sense.first().map(|b| b & 0x7f) {
+                    Some(0x72) | Some(0x73) => sense.get(1),
+                    _ => sense.get(2),
+                };
+                if key.is_some_and(|k| k & 0x0f == 0x06) {
+                    self.unit_attentions.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => {}
+        }
+    }
+
     pub fn snapshot(&self) -> Snapshot {
         Snapshot {
             commands: self.commands.load(Ordering::Relaxed),
@@ -70,6 +164,8 @@ pub struct TargetStats {
     pub luns: Mutex<BTreeMap<u64, Arc<Counters>>>,
     /// By TSIH, then by CID.
     pub sessions: Mutex<BTreeMap<u16, SessionStats>>,
+    /// Media tasks on an engine now, on every loop of the target.
+    pub in_flight: std::sync::atomic::AtomicI64,
 }
 
 /// A session's TSIH and counters, with each connection's (CID, counters).
@@ -115,6 +211,14 @@ impl TargetStats {
         lock(&self.sessions).remove(&tsih);
     }
 
+    /// Every LUN's counters themselves, by LUN.
+    pub fn lun_counters(&self) -> Vec<(u64, Arc<Counters>)> {
+        lock(&self.luns)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect()
+    }
+
     /// LUN counters, by LUN.
     pub fn lun_snapshots(&self) -> Vec<(u64, Snapshot)> {
         lock(&self.luns)
@@ -142,6 +246,59 @@ impl TargetStats {
 #[derive(Debug, Default)]
 pub struct Stats {
     targets: Mutex<BTreeMap<u32, Arc<TargetStats>>>,
+    /// Logins by outcome (see [`Login`]).
+    pub logins: [AtomicU64; 5],
+}
+
+/// How a login ended, for [`Stats::logins`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Login {
+    Ok = 0,
+    AuthenticationFailure = 1,
+    AclRefused = 2,
+    NotFound = 3,
+    Other = 4,
+}
+
+impl Login {
+    pub const ALL: [Login; 5] = [
+        Login::Ok,
+        Login::AuthenticationFailure,
+        Login::AclRefused,
+        Login::NotFound,
+        Login::Other,
+    ];
+
+    /// The outcome a Login Response status (class << 8 | detail) means.
+    pub fn from_status(status: u16) -> Login {
+        match status {
+            0x0000 => Login::Ok,
+            0x0201 => Login::AuthenticationFailure,
+            0x0202 => Login::AclRefused,
+            0x0203 | 0x0204 => Login::NotFound,
+            _ => Login::Other,
+        }
+    }
+
+    /// A refusal that reads as success (status 0 in a failed login)
+    /// counts as an error.
+    pub fn or_other(self) -> Login {
+        if self == Login::Ok {
+            Login::Other
+        } else {
+            self
+        }
+    }
+
+    pub fn label(self) -> &'static str {
+        match self {
+            Login::Ok => "ok",
+            Login::AuthenticationFailure => "authentication_failure",
+            Login::AclRefused => "acl_refused",
+            Login::NotFound => "not_found",
+            Login::Other => "error",
+        }
+    }
 }
 
 impl Stats {
@@ -161,11 +318,51 @@ impl Stats {
     pub fn remove_target(&self, tid: u32) {
         lock(&self.targets).remove(&tid);
     }
+
+    /// Every target's counters, by tid.
+    pub fn targets(&self) -> Vec<(u32, Arc<TargetStats>)> {
+        lock(&self.targets)
+            .iter()
+            .map(|(t, s)| (*t, s.clone()))
+            .collect()
+    }
+
+    pub fn login(&self, outcome: Login) {
+        self.logins[outcome as usize].fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn latency_buckets_count_each_bound_with_inf_last() {
+        let l = Latency::default();
+        for us in [50, 100, 101, 3_000, 20_000_000] {
+            l.observe(std::time::Duration::from_micros(us));
+        }
+        let s = l.snapshot();
+        assert_eq!(s.buckets[0], (0.0001, 2), "50 and 100 µs are <= 100 µs");
+        assert_eq!(s.buckets[1], (0.00025, 1));
+        assert_eq!(s.buckets[4].1, 0, "2.5 ms");
+        assert_eq!(s.buckets[5].1, 1, "3 ms <= 5 ms");
+        assert_eq!(*s.buckets.last().unwrap(), (f64::INFINITY, 1));
+        assert_eq!(s.count, 5);
+        assert!((s.sum_secs - 20.003251).abs() < 1e-9);
+    }
+
+    #[test]
+    fn statuses_count_conflicts_and_unit_attentions() {
+        let c = Counters::default();
+        c.record_status(0x18, &[]);
+        c.record_status(0x02, &[0x70, 0, 0x06, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x29, 0]);
+        c.record_status(0x02, &[0x72, 0x06, 0x29, 0]);
+        c.record_status(0x02, &[0x70, 0, 0x05]);
+        c.record_status(0x00, &[]);
+        assert_eq!(c.conflicts.load(Ordering::Relaxed), 1);
+        assert_eq!(c.unit_attentions.load(Ordering::Relaxed), 2);
+    }
 
     #[test]
     fn counts_roll_up_per_object() {

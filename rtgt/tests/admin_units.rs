@@ -1,10 +1,14 @@
 //! The systemd units in systemd/, run without systemd: their Exec* lines,
-//! in order, with the binaries, paths and ports of this build.
+//! in order, with the binaries, paths and ports of this build. For a
+//! `Type=notify` unit the harness plays systemd's part of sd_notify: it
+//! gives rtgtd a `NOTIFY_SOCKET` (and `WATCHDOG_USEC`), and runs the
+//! ExecStartPost lines only once READY=1 has come.
 
 mod common;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -36,9 +40,32 @@ struct Inst {
     /// Replacements for absolute paths in the unit.
     paths: Vec<(String, String)>,
     child: Option<Child>,
+    /// The notification socket, for a `Type=notify` unit.
+    notify: Option<UnixDatagram>,
 }
 
 impl Inst {
+    /// Wait (10 s at most) for a notification containing `what`; the
+    /// messages seen on the way.
+    fn expect_notify(&self, what: &str) -> Vec<String> {
+        let sock = self.notify.as_ref().expect("a Type=notify unit");
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 512];
+        loop {
+            let n = sock
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {what} from rtgtd ({e}); saw {seen:?}"));
+            let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let hit = m.lines().any(|l| l == what);
+            seen.push(m);
+            if hit {
+                return seen;
+            }
+        }
+    }
+
     fn expand(&self, line: &str) -> Vec<String> {
         let mut l = line.to_string();
         for (k, v) in &self.env {
@@ -71,13 +98,28 @@ impl Inst {
             let w = self.expand(&line);
             if key == "ExecStart" {
                 let log = std::fs::File::create(self.dir.join("rtgtd.log")).unwrap();
+                let mut c = self.cmd(&w);
+                let notify = unit_text.lines().any(|l| l == "Type=notify");
+                if notify {
+                    let path = self.dir.join("notify");
+                    self.notify = Some(UnixDatagram::bind(&path).unwrap());
+                    c.env("NOTIFY_SOCKET", &path).env("WATCHDOG_USEC", "200000");
+                }
                 self.child = Some(
-                    self.cmd(&w)
-                        .stdout(Stdio::null())
+                    c.stdout(Stdio::null())
                         .stderr(Stdio::from(log))
                         .spawn()
                         .unwrap(),
                 );
+                if notify {
+                    // systemd runs ExecStartPost once the service is ready.
+                    let seen = self.expect_notify("READY=1");
+                    let pid = self.child.as_ref().unwrap().id();
+                    assert!(
+                        seen.iter().any(|m| m.contains(&format!("MAINPID={pid}"))),
+                        "{seen:?}"
+                    );
+                }
                 continue;
             }
             let o = self.cmd(&w).output().unwrap();
@@ -184,9 +226,12 @@ fn rtgtd_service_start_reload_stop() {
         env: HashMap::new(),
         paths,
         child: None,
+        notify: None,
     };
     u.run(&text, "ExecStart");
     u.run(&text, "ExecStartPost");
+    // The watchdog is pinged (WATCHDOG_USEC 200 ms: every 100 ms).
+    u.expect_notify("WATCHDOG=1");
     let s = u.adm(&["--op", "show", "--mode", "target"]);
     assert!(
         s.contains("Target 1: iqn.x:u.a") && s.contains("Target 2: iqn.x:u.b"),
@@ -217,6 +262,7 @@ fn rtgtd_service_start_reload_stop() {
     assert!(!s.contains("iqn.x:u.b") && s.contains("iqn.x:u.c"), "{s}");
 
     u.run(&text, "ExecStop");
+    u.expect_notify("STOPPING=1");
     assert!(u.wait_exit(), "rtgtd still running after ExecStop");
 }
 
@@ -253,6 +299,7 @@ fn instance(name: &str) -> (Inst, SocketAddr, String) {
             env,
             paths,
             child: None,
+            notify: None,
         },
         portal,
         iqn,

@@ -59,6 +59,10 @@ struct Args {
     /// reservations made with APTPL their state (under `pr/`).
     #[arg(long = "data-dir", default_value = "/var/lib/rtgt")]
     data_dir: PathBuf,
+    /// Serve Prometheus metrics (OpenMetrics text) at
+    /// http://ADDR:PORT/metrics; off by default.
+    #[arg(long = "metrics", value_name = "ADDR:PORT")]
+    metrics: Option<std::net::SocketAddr>,
     /// Size of the demo LUN in bytes.
     #[arg(long = "demo-size", default_value_t = 1 << 30)]
     demo_size: u64,
@@ -147,6 +151,7 @@ fn main() -> ExitCode {
             size: args.demo_size,
         }),
         data_dir: args.data_dir,
+        metrics: args.metrics,
     };
     if !args.foreground {
         // Detach like tgtd before any thread exists.

@@ -310,6 +310,9 @@ async fn login(
             LoginStep::Failed { responses } => {
                 let _ = write_pdus(&mut stream, &responses, Digests::default()).await;
                 let status = responses.first().map(|p| p.bhs.u16_at(36)).unwrap_or(0);
+                state
+                    .stats
+                    .login(crate::stats::Login::from_status(status).or_other());
                 // The initiator learns only the status class and detail; the
                 // log says which CHAP step failed for the administrator.
                 tracing::info!(%peer, status = format_args!("{status:#06x}"), "login refused");
@@ -339,6 +342,7 @@ async fn login(
                         }
                     }
                 }
+                state.stats.login(crate::stats::Login::Ok);
                 let tid = host.tid.unwrap_or(0);
                 let joined = host.req.as_ref().is_some_and(|r| r.tsih != 0);
                 if params.session_type == SessionType::Normal

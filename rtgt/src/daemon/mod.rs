@@ -3,6 +3,8 @@
 
 mod live;
 mod login;
+mod metrics;
+mod notify;
 mod portal;
 
 use std::cell::RefCell;
@@ -65,6 +67,8 @@ pub struct Config {
     /// `--data-dir`: the demo's backing file, and `pr/` with the state of
     /// persistent reservations made with APTPL.
     pub data_dir: PathBuf,
+    /// `--metrics ADDR:PORT`: serve Prometheus metrics there.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Errors that stop the daemon from starting.
@@ -81,6 +85,13 @@ pub enum DaemonError {
     /// A portal could not be bound.
     #[error("portal {addr}: {source}")]
     Portal {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics endpoint could not be bound.
+    #[error("metrics endpoint {addr}: {source}")]
+    Metrics {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -231,6 +242,13 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
                 );
             }
         }
+        if let Some(addr) = cfg.metrics {
+            let l = std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+                .and_then(tokio::net::TcpListener::from_std)
+                .map_err(|source| DaemonError::Metrics { addr, source })?;
+            tokio::task::spawn_local(metrics::serve(l, state.clone()));
+        }
         let live: Rc<RefCell<dyn mgmt::Live>> =
             Rc::new(RefCell::new(DaemonLive::new(state.clone())));
         if let Some(demo) = &cfg.demo {
@@ -239,11 +257,34 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         tracing::info!(control_port = port, portals = ?cfg.portals, "rtgtd ready");
         let listener = tokio::net::UnixListener::from_std(mgmt_listener)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        // Portals bound, the management socket listening: tell systemd
+        // (Type=notify), and ping its watchdog from this loop.
+        let notifier = notify::Notifier::from_env().map(Rc::new);
+        if let Some(n) = &notifier {
+            let portals = state.portals.read().map_or(0, |p| p.len());
+            n.send(&format!(
+                "READY=1\nMAINPID={}\nSTATUS=serving, {portals} portal(s), control port {port}",
+                std::process::id()
+            ));
+            if let Some(every) = notify::watchdog_interval() {
+                let n = n.clone();
+                tokio::task::spawn_local(async move {
+                    let mut tick = tokio::time::interval(every);
+                    loop {
+                        tick.tick().await;
+                        n.send("WATCHDOG=1");
+                    }
+                });
+            }
+        }
         tokio::select! {
             r = mgmt::serve(listener, state.table.clone(), live.clone()) => { r?; }
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
             _ = state.shutdown.notified() => {}
+        }
+        if let Some(n) = &notifier {
+            n.send("STOPPING=1\nSTATUS=stopping");
         }
         let targets: Vec<_> = state.targets.borrow_mut().drain().map(|(_, h)| h).collect();
         for h in targets {

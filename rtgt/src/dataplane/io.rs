@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::rc::Rc;
+use std::time::Instant;
 
 use iscsi::session::{status, transport_sense, ConnId, Token};
 use scsi::{IoTask, LunId, NativeIo, Outcome, Request, Response, SimpleIo};
@@ -49,6 +50,8 @@ struct InFlight {
     /// Kept for [`IoTask::complete`] when an engine runs the transfer
     /// natively; `None` when the pool runs the whole task.
     task: Option<IoTask>,
+    /// When the task went to its engine (media latency).
+    started: Instant,
 }
 
 /// Media tasks in flight on one loop, by tag (slots reused).
@@ -168,7 +171,7 @@ impl TargetCtx {
             match outcome {
                 Outcome::Done(r) => {
                     drop(m);
-                    self.answer(s, started.token, &r, buf, io.as_deref());
+                    self.answer(s, started.token, &r, buf, io.as_deref(), None);
                 }
                 Outcome::Io(task) => {
                     drop(m);
@@ -205,7 +208,17 @@ impl TargetCtx {
     }
 
     /// Finish a command with this answer.
-    fn answer(&self, s: &Session, token: Token, r: &Response, buf: Vec<u8>, io: Option<&LunIo>) {
+    /// Finish a command with this answer; `started`: when its media task
+    /// went to an engine (for the latency histograms).
+    fn answer(
+        &self,
+        s: &Session,
+        token: Token,
+        r: &Response,
+        buf: Vec<u8>,
+        io: Option<&LunIo>,
+        started: Option<Instant>,
+    ) {
         let a = s.m.borrow_mut().handle_scsi_done(
             token,
             r.status as u8,
@@ -214,12 +227,36 @@ impl TargetCtx {
             r.wanted,
             buf,
         );
-        let wrote = s.record(a, &self.shared.stats.total, io);
-        if let Some(io) = io.filter(|_| wrote) {
-            if io.thin.crossed(&*io.dev) {
-                self.shared.luns().soft_threshold_reached(io.thin.lun);
-            }
+        let total = &self.shared.stats.total;
+        let kind = s.record(a, total, io);
+        total.record_status(r.status as u8, &r.sense);
+        let Some(io) = io else { return };
+        io.counters.record_status(r.status as u8, &r.sense);
+        if let (Some(k), Some(t0)) = (kind, started) {
+            io.counters.latency[k as usize].observe(t0.elapsed());
         }
+        if kind == Some(crate::stats::Kind::Write) && io.thin.crossed(&*io.dev) {
+            self.shared.luns().soft_threshold_reached(io.thin.lun);
+        }
+    }
+
+    /// Put a media task in the table (and count it in flight).
+    fn track(&self, f: InFlight) -> Tag {
+        self.shared
+            .stats
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.inflight.borrow_mut().insert(f)
+    }
+
+    /// Take a media task out of the table.
+    fn untrack(&self, t: Tag) -> Option<InFlight> {
+        let f = self.inflight.borrow_mut().remove(t)?;
+        self.shared
+            .stats
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        Some(f)
     }
 
     /// Finish a command without media I/O: a CHECK CONDITION the transport
@@ -229,6 +266,7 @@ impl TargetCtx {
             s.m.borrow_mut()
                 .handle_scsi_done(token, st, sense, 0, 0, buf);
         let _ = s.record(a, &self.shared.stats.total, None);
+        self.shared.stats.total.record_status(st, sense);
     }
 
     fn start_io(
@@ -280,14 +318,15 @@ impl TargetCtx {
                 buf: Vec::new(),
             });
             buf.clear();
-            self.answer(s, c.token, &good, buf, Some(&io));
+            self.answer(s, c.token, &good, buf, Some(&io), None);
             return;
         }
         if io.dev.is_nonblocking() && !task.off_loop() {
             // Inline: nothing to wait for (null, memory), so answer at
             // once rather than paying for a trip through an engine.
+            let t0 = Instant::now();
             let r = task.run(&*io.dev, &mut buf);
-            self.answer(s, c.token, &r, buf, Some(&io));
+            self.answer(s, c.token, &r, buf, Some(&io), Some(t0));
             return;
         }
         if io.dev.is_async() {
@@ -297,12 +336,13 @@ impl TargetCtx {
             // tasks on the pool.
             buf = match task.native(&buf) {
                 Some(op) if !native_empty(op) && io.gate.enter_native() => {
-                    let tag = self.inflight.borrow_mut().insert(InFlight {
+                    let tag = self.track(InFlight {
                         session: s.clone(),
                         token: c.token,
                         io: io.clone(),
                         _charge: budget.clone().map(|b| Charge::new(&b, need)),
                         task: None,
+                        started: Instant::now(),
                     });
                     match io.dev.submit(tag, op, buf, &self.sink) {
                         Ok(()) => {
@@ -313,7 +353,7 @@ impl TargetCtx {
                         }
                         Err(b) => {
                             io.gate.leave_native();
-                            self.inflight.borrow_mut().remove(tag);
+                            self.untrack(tag);
                             b
                         }
                     }
@@ -337,16 +377,17 @@ impl TargetCtx {
             io,
             _charge: charge,
             task: None,
+            started: Instant::now(),
         };
         match native {
             Some((u, fd, op)) => {
                 f.task = Some(task);
-                let tag = self.inflight.borrow_mut().insert(f);
+                let tag = self.track(f);
                 u.submit(tag, fd, op, buf);
             }
             None => {
                 let (dev, gate) = (f.io.dev.clone(), f.io.gate.clone());
-                let tag = self.inflight.borrow_mut().insert(f);
+                let tag = self.track(f);
                 self.pool.submit(Job {
                     tag,
                     task,
@@ -361,7 +402,7 @@ impl TargetCtx {
     /// An engine finished a media task: answer its command (unless it was
     /// aborted meanwhile, which the session knows).
     fn finish_io(&self, d: Done) {
-        let Some(f) = self.inflight.borrow_mut().remove(d.tag) else {
+        let Some(f) = self.untrack(d.tag) else {
             return;
         };
         let mut buf = d.buf;
@@ -379,7 +420,7 @@ impl TargetCtx {
             },
             (Finished::Ran(r), _) => r,
         };
-        self.answer(&f.session, f.token, &r, buf, Some(&f.io));
+        self.answer(&f.session, f.token, &r, buf, Some(&f.io), Some(f.started));
         f.session.wake(None);
     }
 }

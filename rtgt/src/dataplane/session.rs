@@ -86,14 +86,15 @@ impl Session {
     }
 
     /// Count a finished command on its connection, its session and its
-    /// LUN. Returns whether it carried Data-Out.
+    /// LUN. Returns which latency kind it is (Data-In: a read, Data-Out:
+    /// a write), `None` if nothing was accounted (an aborted command).
     pub fn record(
         &self,
         acct: Option<Accounting>,
         target: &crate::stats::Counters,
         io: Option<&LunIo>,
-    ) -> bool {
-        let Some(a) = acct else { return false };
+    ) -> Option<crate::stats::Kind> {
+        let a = acct?;
         if let Some(h) = self.conns.borrow().iter().find(|c| c.id == a.conn) {
             h.stats.0.record(a.read, a.written, !a.ok);
             h.stats.1.record(a.read, a.written, !a.ok);
@@ -102,6 +103,12 @@ impl Session {
         if let Some(io) = io {
             io.counters.record(a.read, a.written, !a.ok);
         }
-        a.written > 0
+        Some(if a.written > 0 {
+            crate::stats::Kind::Write
+        } else if a.read > 0 {
+            crate::stats::Kind::Read
+        } else {
+            crate::stats::Kind::Other
+        })
     }
 }

@@ -15,6 +15,7 @@ pub mod handler;
 pub mod ipc;
 pub mod json;
 pub mod live;
+pub mod metrics;
 pub mod params;
 pub mod request;
 pub mod show;
