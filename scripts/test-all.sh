@@ -31,6 +31,9 @@ RTGT_CONFORMANCE_PARAMS=readonly=1 RTGT_CONFORMANCE_SUITES='ReadOnly' \
   RTGT_CONFORMANCE_FLOOR=1 tests/conformance/run.sh target/debug/rtgtd target/conformance-readonly
 python3 tests/conformance/summary.py --union target/conformance/all.log \
   target/conformance-removable/all.log target/conformance-readonly/all.log --floor 222
+# The Debian package: built, installed, its unit's lines run (READY=1
+# awaited as systemd would), a LUN served and read, removed again.
+python3 scripts/test-deb.py
 # The same suite on an RBD LUN in a throwaway one-node Ceph cluster, held
 # to the file LUN's floor, with two gateways (port groups 1 and 2) serving
 # the image under one IQN: the suite's second URL goes to the second, so

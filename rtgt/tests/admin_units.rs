@@ -214,8 +214,8 @@ fn rtgtd_service_start_reload_stop() {
     let conf = dir.join("targets.conf");
     std::fs::write(&conf, targets_conf(&dir, &["iqn.x:u.a", "iqn.x:u.b"])).unwrap();
     let portal: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let paths_env = HashMap::from([("TARGETS_CONF".to_string(), conf.display().to_string())]);
     let mut paths = bins();
-    paths.push(("/etc/tgt/targets.conf".into(), conf.display().to_string()));
     // Never the real 3260: add a loopback portal to the daemon's line.
     paths.push((
         format!("{} -f", env!("CARGO_BIN_EXE_rtgtd")),
@@ -223,7 +223,7 @@ fn rtgtd_service_start_reload_stop() {
     ));
     let mut u = Inst {
         dir,
-        env: HashMap::new(),
+        env: paths_env,
         paths,
         child: None,
         notify: None,
