@@ -83,16 +83,22 @@ fn xcopy(c: &mut Connection, lun: u64, p: &[u8]) -> initiator::ScsiResult {
     c.scsi(lun, &cdb, p, 0).unwrap()
 }
 
-#[test]
-fn extended_copy_between_two_luns_leaves_identical_data() {
-    let d = Daemon::start("xcopy");
-    let a = sparse_file(&d.dir, "a.img", 64 << 20);
-    let b = sparse_file(&d.dir, "b.img", 64 << 20);
+/// A daemon with one target of two file LUNs of `size` bytes.
+fn two_luns(tag: &str, size: u64) -> (Daemon, std::path::PathBuf, std::path::PathBuf) {
+    let d = Daemon::start(tag);
+    let a = sparse_file(&d.dir, "a.img", size);
+    let b = sparse_file(&d.dir, "b.img", size);
     d.file_target(1, IQN, &a, false);
     assert!(d
         .lu("new", 1, 2, &["-b", b.to_str().unwrap()])
         .status
         .success());
+    (d, a, b)
+}
+
+#[test]
+fn extended_copy_between_two_luns_leaves_identical_data() {
+    let (d, _a, b) = two_luns("xcopy", 64 << 20);
     let mut c = login(&d);
     // 16 MiB of pseudo-random data on LUN 1.
     let mut data = vec![0u8; 16 << 20];
@@ -165,14 +171,7 @@ fn extended_copy_between_two_luns_leaves_identical_data() {
 /// arrives, and a write to the source revokes the token.
 #[test]
 fn odx_token_copies_between_two_luns() {
-    let d = Daemon::start("odx");
-    let a = sparse_file(&d.dir, "a.img", 16 << 20);
-    let b = sparse_file(&d.dir, "b.img", 16 << 20);
-    d.file_target(1, IQN, &a, false);
-    assert!(d
-        .lu("new", 1, 2, &["-b", b.to_str().unwrap()])
-        .status
-        .success());
+    let (d, _a, _b) = two_luns("odx", 16 << 20);
     let mut c = login(&d);
     let data: Vec<u8> = (0..(4 << 20))
         .map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8)
