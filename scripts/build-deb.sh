@@ -5,6 +5,7 @@
 # help2man, and /var/lib/rtgt. Needs dpkg-deb and help2man (Debian 12).
 # usage: scripts/build-deb.sh   (prints the package's path)
 set -euo pipefail
+umask 022  # dpkg-deb wants DEBIAN/ and the tree readable
 cd "$(dirname "$0")/.."
 command -v help2man >/dev/null || { echo "build-deb: help2man not installed (apt-get install help2man)" >&2; exit 1; }
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
@@ -63,7 +64,7 @@ cat > "$root/DEBIAN/prerm" <<'PRERM'
 #!/bin/sh
 set -e
 if [ "$1" = remove ] && [ -d /run/systemd/system ]; then
-  systemctl stop rtgtd.service || true
+  systemctl stop rtgtd.service 'rtgtd@*.service' || true
 fi
 PRERM
 cat > "$root/DEBIAN/postrm" <<'POSTRM'

@@ -34,6 +34,11 @@ def main():
     if os.geteuid() != 0:
         print("test-deb: not root, cannot dpkg -i: skipped")
         return 0
+    if subprocess.call(["dpkg", "-s", "rtgt"], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.DEVNULL) == 0:
+        # Never replace (and then purge) an install that was here first.
+        print("test-deb: an rtgt package is installed already: skipped")
+        return 0
     deb = subprocess.check_output([os.path.join(ROOT, "scripts/build-deb.sh")], text=True).strip()
     deb = os.path.join(ROOT, deb)
     subprocess.check_call(["dpkg", "-i", deb])

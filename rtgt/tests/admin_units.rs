@@ -292,6 +292,11 @@ fn instance(name: &str) -> (Inst, SocketAddr, String) {
         }
     }
     let mut paths = bins();
+    // The instance's state directory, inside the test's.
+    paths.push((
+        "/var/lib/rtgt".into(),
+        dir.join("state").display().to_string(),
+    ));
     paths.push(("%i".into(), name.into()));
     (
         Inst {

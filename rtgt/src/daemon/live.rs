@@ -124,12 +124,14 @@ impl DaemonLive {
     /// name comes from the running target.)
     fn with_pr_file(&self, tid: u32, lun: u64, mut cfg: LunConfig) -> LunConfig {
         self.with_target(tid, |h| {
+            // `%` and `/` escaped, so no two names share a file.
             let name = h
                 .shared
                 .name
                 .read()
                 .unwrap_or_else(|p| p.into_inner())
-                .replace('/', "_");
+                .replace('%', "%25")
+                .replace('/', "%2F");
             cfg.pr_file = Some(self.state.data_dir.join("pr").join(format!("{name}.{lun}")));
         });
         cfg
@@ -311,8 +313,16 @@ impl mgmt::Live for DaemonLive {
             Effect::TargetDeleted { tid, .. } => {
                 let h = self.state.targets.borrow_mut().remove(&tid);
                 if let Some(h) = h {
-                    // Stopping closes every session; the thread is joined.
-                    h.stop();
+                    // Stopping closes every session, waits for the I/O in
+                    // flight and flushes the stores: on a thread of its
+                    // own, so the management loop (and the watchdog it
+                    // pings) never waits on a slow or stuck store.
+                    let spawned = std::thread::Builder::new()
+                        .name(format!("stop/{tid}"))
+                        .spawn(move || h.stop());
+                    if let Err(e) = spawned {
+                        tracing::error!(tid, error = %e, "cannot stop the target's loops");
+                    }
                 }
                 for s in self.state.registry.sessions_of(tid) {
                     self.state.registry.remove_session(s.tsih);

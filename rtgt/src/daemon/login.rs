@@ -260,12 +260,29 @@ async fn write_pdus(stream: &mut TcpStream, pdus: &[Pdu], dg: Digests) -> bool {
     stream.write_all(&out).await.is_ok()
 }
 
+/// Counts a login's outcome once, when it ends: `Other` unless set (a
+/// bad PDU, a dropped connection, a timeout that drops the future).
+struct Outcome<'a> {
+    stats: &'a crate::stats::Stats,
+    outcome: crate::stats::Login,
+}
+
+impl Drop for Outcome<'_> {
+    fn drop(&mut self) {
+        self.stats.login(self.outcome);
+    }
+}
+
 async fn login(
     state: &DaemonState,
     mut stream: TcpStream,
     peer: SocketAddr,
     _local: SocketAddr,
 ) -> Option<LoggedIn> {
+    let mut outcome = Outcome {
+        stats: &state.stats,
+        outcome: crate::stats::Login::Other,
+    };
     // Every portal of this daemon has its `--port-group` tag.
     let mut machine = Login::new(LoginConfig {
         portal_group_tag: state.port_group,
@@ -310,9 +327,7 @@ async fn login(
             LoginStep::Failed { responses } => {
                 let _ = write_pdus(&mut stream, &responses, Digests::default()).await;
                 let status = responses.first().map(|p| p.bhs.u16_at(36)).unwrap_or(0);
-                state
-                    .stats
-                    .login(crate::stats::Login::from_status(status).or_other());
+                outcome.outcome = crate::stats::Login::from_status(status).or_other();
                 // The initiator learns only the status class and detail; the
                 // log says which CHAP step failed for the administrator.
                 tracing::info!(%peer, status = format_args!("{status:#06x}"), "login refused");
@@ -342,7 +357,6 @@ async fn login(
                         }
                     }
                 }
-                state.stats.login(crate::stats::Login::Ok);
                 let tid = host.tid.unwrap_or(0);
                 let joined = host.req.as_ref().is_some_and(|r| r.tsih != 0);
                 if params.session_type == SessionType::Normal
@@ -364,6 +378,7 @@ async fn login(
                     }
                     return None;
                 }
+                outcome.outcome = crate::stats::Login::Ok;
                 return Some((
                     stream,
                     rbuf,

@@ -21,8 +21,15 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub async fn serve(listener: tokio::net::TcpListener, state: Rc<DaemonState>) {
     let open = Rc::new(Cell::new(0usize));
     loop {
-        let Ok((mut stream, _)) = listener.accept().await else {
-            continue;
+        let mut stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, say: the listener stays readable,
+                // so pause rather than spin.
+                tracing::warn!(error = %e, "metrics endpoint: accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
         };
         if open.get() >= MAX_CONNECTIONS {
             // Busy: close at once rather than queue.
@@ -88,12 +95,7 @@ async fn answer(stream: &mut tokio::net::TcpStream, state: &DaemonState) -> std:
             "text/plain; version=0.0.4; charset=utf-8",
         )
     };
-    let body = if method == b"HEAD" {
-        String::new()
-    } else {
-        body
-    };
-    reply(stream, "200 OK", content_type, &body).await
+    reply_with(stream, "200 OK", content_type, &body, method == b"HEAD").await
 }
 
 async fn reply(
@@ -102,12 +104,25 @@ async fn reply(
     content_type: &str,
     body: &str,
 ) -> std::io::Result<()> {
+    reply_with(stream, status, content_type, body, false).await
+}
+
+/// An answer; for HEAD (`head_only`) the GET's headers without its body.
+async fn reply_with(
+    stream: &mut tokio::net::TcpStream,
+    status: &str,
+    content_type: &str,
+    body: &str,
+    head_only: bool,
+) -> std::io::Result<()> {
     let head = format!(
         "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     stream.write_all(head.as_bytes()).await?;
-    stream.write_all(body.as_bytes()).await?;
+    if !head_only {
+        stream.write_all(body.as_bytes()).await?;
+    }
     stream.shutdown().await
 }
 
@@ -179,22 +194,27 @@ fn loop_cpu() -> Vec<(String, f64)> {
     let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
         return Vec::new();
     };
-    let mut out: Vec<(String, f64)> = dir
-        .filter_map(|e| {
-            let stat = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
-            // "pid (comm) state ...": comm may hold spaces; fields after it.
-            let (head, rest) = stat.rsplit_once(')')?;
-            let comm = head.split_once('(')?.1;
-            if !comm.starts_with("tgt/") {
-                return None;
-            }
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // After comm: state is field 3, utime 14, stime 15.
-            let utime: f64 = f.get(11)?.parse().ok()?;
-            let stime: f64 = f.get(12)?.parse().ok()?;
-            Some((comm.to_string(), (utime + stime) / hz))
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+    let mut out: std::collections::BTreeMap<String, f64> = std::collections::BTreeMap::new();
+    let threads = dir.filter_map(|e| {
+        let stat = std::fs::read_to_string(e.ok()?.path().join("stat")).ok()?;
+        // "pid (comm) state ...": comm may hold spaces; fields after it.
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1;
+        // Loop threads are tgt/<tid> and tgt/<tid>.<n>; worker pool
+        // threads (tgt/<tid>.io<k>) are not.
+        let id = comm.strip_prefix("tgt/")?;
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return None;
+        }
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // After comm: state is field 3, utime 14, stime 15.
+        let utime: f64 = f.get(11)?.parse().ok()?;
+        let stime: f64 = f.get(12)?.parse().ok()?;
+        Some((comm.to_string(), (utime + stime) / hz))
+    });
+    // Names are cut at 15 bytes: threads that share one are summed.
+    for (name, secs) in threads {
+        *out.entry(name).or_default() += secs;
+    }
+    out.into_iter().collect()
 }

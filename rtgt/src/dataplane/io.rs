@@ -229,6 +229,9 @@ impl TargetCtx {
         );
         let total = &self.shared.stats.total;
         let kind = s.record(a, total, io);
+        if kind.is_none() {
+            return; // aborted meanwhile: nothing was answered
+        }
         total.record_status(r.status as u8, &r.sense);
         let Some(io) = io else { return };
         io.counters.record_status(r.status as u8, &r.sense);
@@ -265,8 +268,9 @@ impl TargetCtx {
         let a =
             s.m.borrow_mut()
                 .handle_scsi_done(token, st, sense, 0, 0, buf);
-        let _ = s.record(a, &self.shared.stats.total, None);
-        self.shared.stats.total.record_status(st, sense);
+        if s.record(a, &self.shared.stats.total, None).is_some() {
+            self.shared.stats.total.record_status(st, sense);
+        }
     }
 
     fn start_io(
