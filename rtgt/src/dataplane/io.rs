@@ -75,6 +75,10 @@ impl InFlightTable {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.free.len() == self.slots.len()
+    }
+
     fn slot(&mut self, t: Tag) -> Option<&mut InFlight> {
         self.slots.get_mut(t as usize)?.as_mut()
     }
@@ -426,6 +430,14 @@ impl TargetCtx {
         };
         self.answer(&f.session, f.token, &r, buf, Some(&f.io), Some(f.started));
         f.session.wake(None);
+        drop((f.session, f.io, f._charge));
+        if self.inflight.borrow().is_empty() && self.sessions.borrow().is_empty() {
+            // The last task of a loop whose sessions have all gone (its
+            // buffers freed only now, after the trim `conn_closed` did):
+            // give that memory back too.
+            // SAFETY: malloc_trim only releases free memory.
+            unsafe { libc::malloc_trim(0) };
+        }
     }
 }
 
