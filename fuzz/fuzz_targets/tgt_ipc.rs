@@ -16,6 +16,7 @@ impl Live for Fake {
             size_bytes: 1 << 30,
             readonly: false,
             physical_block_size: 0,
+            identity: None,
         })
     }
     fn sessions(&self, _tid: u32) -> Vec<SessionInfo> {
