@@ -100,6 +100,23 @@ impl Daemon {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// LUN `lun` of target 1 on the file at `path`.
+    fn new_lun(&self, lun: u64, path: &std::path::Path) {
+        let lun = lun.to_string();
+        self.must(&[
+            "--op",
+            "new",
+            "--mode",
+            "logicalunit",
+            "--tid",
+            "1",
+            "--lun",
+            &lun,
+            "-b",
+            path.to_str().unwrap(),
+        ]);
+    }
+
     /// (RSS KiB, threads) from /proc.
     fn usage(&self) -> (u64, u64) {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
@@ -228,35 +245,13 @@ fn sixty_four_sessions_verified_with_bounded_memory_and_nothing_left_behind() {
         .set_len(1 << 30)
         .unwrap();
     d.must(&["--op", "new", "--mode", "target", "--tid", "1", "-T", IQN]);
-    d.must(&[
-        "--op",
-        "new",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "1",
-        "-b",
-        disk.to_str().unwrap(),
-    ]);
+    d.new_lun(1, &disk);
     let qemu_disk = d.dir.join("qemu.img");
     std::fs::File::create(&qemu_disk)
         .unwrap()
         .set_len(32 << 20)
         .unwrap();
-    d.must(&[
-        "--op",
-        "new",
-        "--mode",
-        "logicalunit",
-        "--tid",
-        "1",
-        "--lun",
-        "2",
-        "-b",
-        qemu_disk.to_str().unwrap(),
-    ]);
+    d.new_lun(2, &qemu_disk);
     d.must(&[
         "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
     ]);

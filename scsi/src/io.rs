@@ -399,18 +399,9 @@ impl IoTask {
         matches!(&self.op, IoOp::Sanitize(job) if job.immed)
     }
 
-    /// The LUs an EXTENDED COPY reads or writes, whose stores the daemon
-    /// attaches with [`attach_copy_stores`](IoTask::attach_copy_stores)
-    /// before it runs; empty for every other task.
-    pub fn copy_lus(&self) -> Vec<LunId> {
-        match &self.op {
-            IoOp::Copy(job) => job.lus.iter().map(|l| l.0).collect(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Give an EXTENDED COPY the stores of the LUs it names; an LU with
-    /// none found fails the copy (COPY TARGET DEVICE NOT REACHABLE).
+    /// Give an EXTENDED COPY the stores of the LUs it names (the daemon
+    /// calls this for every task; others ignore it); an LU with none
+    /// found fails the copy (COPY TARGET DEVICE NOT REACHABLE).
     pub fn attach_copy_stores(&mut self, mut f: impl FnMut(LunId) -> Option<Arc<dyn BlockDevice>>) {
         if let IoOp::Copy(job) = &mut self.op {
             for lu in &mut job.lus {

@@ -789,6 +789,14 @@ fn removable_medium() {
     h.cmd(&[0; 6]).good();
 }
 
+/// EXTENDED COPY (LID1) with a parameter list of `len` bytes.
+fn xcopy_cdb(len: usize) -> [u8; 16] {
+    let mut c = [0u8; 16];
+    c[0] = 0x83;
+    c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
+    c
+}
+
 fn write_atomic16(lba: u64, blocks: u16, flags: u8) -> [u8; 16] {
     let mut c = [0u8; 16];
     c[0] = 0x9c;
@@ -916,12 +924,7 @@ fn extended_copy_between_lus_and_its_refusals() {
         }
         p
     };
-    let cdb = |len: usize| {
-        let mut c = [0u8; 16];
-        c[0] = 0x83;
-        c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
-        c
-    };
+    let cdb = xcopy_cdb;
     let p = list(&[(0, 1, 64)], &[&d1, &d2]);
     let (r, _) = run(&mut set, A, L1, &cdb(p.len()), &p);
     assert_eq!(r.status, Status::Good, "{r:?}");
@@ -2962,12 +2965,7 @@ fn copy_manager_review_findings() {
         p.extend_from_slice(&s);
         p
     };
-    let cdb = |len: usize| {
-        let mut c = [0u8; 16];
-        c[0] = 0x83;
-        c[10..14].copy_from_slice(&(len as u32).to_be_bytes());
-        c
-    };
+    let cdb = xcopy_cdb;
     let p = list(5, 0);
     let mut buf = p.clone();
     let req = Request {

@@ -304,10 +304,9 @@ impl TargetCtx {
             return;
         }
         // An EXTENDED COPY reads and writes the stores of the LUs it
-        // names (on the pool: it may move gigabytes).
-        if !task.copy_lus().is_empty() {
-            task.attach_copy_stores(|id| self.shared.device(id).map(|l| l.dev));
-        }
+        // names (on the pool: it may move gigabytes); other tasks ignore
+        // this.
+        task.attach_copy_stores(|id| self.shared.device(id).map(|l| l.dev));
         if task.is_immediate() {
             // SANITIZE with IMMED: GOOD now, the sanitize on its own
             // thread (the LU answers SANITIZE IN PROGRESS meanwhile).
