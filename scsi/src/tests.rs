@@ -3004,8 +3004,9 @@ fn copy_manager_review_findings() {
     let mut c = rw16(0x89, 0, 0, 0);
     c[13] = 1;
     let req = Request { cdb: &c, ..req };
-    if let Outcome::Io(t) = h.set.execute(&req, &mut buf) {
-        assert!(t.task_lock().is_some());
+    match h.set.execute(&req, &mut buf) {
+        Outcome::Io(t) => assert!(t.task_lock().is_some()),
+        Outcome::Done(r) => panic!("COMPARE AND WRITE answered without I/O: {r:?}"),
     }
     // OPERATING PARAMETERS: IMPLEMENTED DESCRIPTOR LIST LENGTH at byte 43.
     let mut op = [0u8; 16];
