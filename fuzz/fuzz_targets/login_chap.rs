@@ -30,6 +30,7 @@ impl LoginHost for Host {
                     ChapCredentials::new("bob", "bob-secret-123"),
                 ],
                 outgoing: Some(ChapCredentials::new("tgt-user", TARGET_SECRET)),
+                ..ChapAccounts::default()
             }),
             ..TargetLoginInfo::default()
         })

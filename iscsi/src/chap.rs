@@ -138,6 +138,14 @@ impl fmt::Debug for ChapCredentials {
 pub struct ChapAccounts {
     pub incoming: Vec<ChapCredentials>,
     pub outgoing: Option<ChapCredentials>,
+    /// Mutual CHAP identities that depend on who the initiator proved to
+    /// be (SPDK's auth groups: each secret has its own `muser`/`msecret`):
+    /// (initiator's CHAP_N, the identity we answer with). Looked up before
+    /// `outgoing`.
+    pub outgoing_for: Vec<(String, ChapCredentials)>,
+    /// The initiator must ask for mutual CHAP (send CHAP_I and CHAP_C);
+    /// one-way CHAP is refused.
+    pub require_mutual: bool,
 }
 
 /// Why a CHAP exchange failed. Each variant is for logs and tests only: the
@@ -462,6 +470,9 @@ impl ChapServer {
                 }
                 // Mutual CHAP: the initiator's own challenge (§12.1.3).
                 match (get("CHAP_I"), get("CHAP_C")) {
+                    (None, None) if self.accounts.require_mutual => {
+                        return Err(ChapError::Missing("CHAP_I"))
+                    }
                     (None, None) => {}
                     (Some(i), Some(c)) => {
                         let id = parse_number(i)
@@ -473,8 +484,11 @@ impl ChapServer {
                         }
                         let ours = self
                             .accounts
-                            .outgoing
-                            .as_ref()
+                            .outgoing_for
+                            .iter()
+                            .find(|(u, _)| u == name)
+                            .map(|(_, c)| c)
+                            .or(self.accounts.outgoing.as_ref())
                             .ok_or(ChapError::NoOutgoingAccount)?;
                         out.push("CHAP_N", &ours.user);
                         out.push("CHAP_R", &encode_hex(&alg.response(id, &ours.secret, &c)));
@@ -516,6 +530,7 @@ mod tests {
                 ChapCredentials::new("bob", "bob-secret-123"),
             ],
             outgoing: Some(ChapCredentials::new("target", "target-secret-9")),
+            ..ChapAccounts::default()
         }
     }
 
@@ -752,6 +767,28 @@ mod tests {
         assert!(s.is_done() && s.mutual());
         // Nothing more may follow.
         assert!(answer(&mut s, &[kv("CHAP_A", "5")]).is_err());
+    }
+
+    #[test]
+    fn mutual_identity_per_initiator_and_required_mutual() {
+        // SPDK auth groups: alice's secret carries its own mutual identity.
+        let mut acc = accounts();
+        acc.outgoing_for = vec![(
+            "alice".into(),
+            ChapCredentials::new("for-alice", "alice-mutual-77"),
+        )];
+        let (mut s, id, c) = start("7", acc.clone());
+        let my_c = [0x33u8; 32];
+        let got = answer(&mut s, &mutual_keys(id, &c, 9, &my_c)).unwrap();
+        assert_eq!(get(&got, "CHAP_N"), "for-alice");
+        let want = ChapAlgorithm::Sha256.response(9, b"alice-mutual-77", &my_c);
+        assert_eq!(decode_binary(get(&got, "CHAP_R")).unwrap(), want);
+        // With mutual CHAP required, a one-way answer is refused.
+        acc.require_mutual = true;
+        let (mut s, id, c) = start("7", acc);
+        let mut keys = mutual_keys(id, &c, 9, &my_c);
+        keys.truncate(2);
+        assert_eq!(answer(&mut s, &keys), Err(ChapError::Missing("CHAP_I")));
     }
 
     #[test]

@@ -1188,6 +1188,7 @@ DefaultTime2Wait=2\0"
                 ChapCredentials::new("bob", "bob-secret-123"),
             ],
             outgoing: Some(ChapCredentials::new("tgt-user", "target-secret-9")),
+            ..ChapAccounts::default()
         }
     }
 

@@ -102,8 +102,11 @@ impl DaemonLive {
     /// (a `null` store, which costs nothing) opened now; otherwise the
     /// open is deferred and the request fails this round.
     fn store(&mut self, key: OpenKey) -> Result<(Arc<dyn BlockDevice>, bool), TgtadmError> {
-        if let Some(i) = self.prefetched.iter().position(|p| p.key == key) {
-            return self.prefetched.swap_remove(i).result.map_err(|e| {
+        // Kept (not taken) until the request ends: a command that opens
+        // several stores (a target node with LUNs) runs again after each
+        // deferred open and needs the earlier ones again.
+        if let Some(p) = self.prefetched.iter().find(|p| p.key == key) {
+            return p.result.clone().map_err(|e| {
                 tracing::warn!(error = %e, "backing store");
                 TgtadmError::InvalidRequest
             });
@@ -256,10 +259,19 @@ impl mgmt::Live for DaemonLive {
 
     fn finish_deferred(&mut self, done: mgmt::DeferredDone) {
         if let Ok(p) = done.0.downcast::<Prefetched>() {
-            // One open per request at a time: drop any stale one.
-            self.prefetched.clear();
+            // Bounded: a request makes at most MAX_DEFERRED_ROUNDS opens.
+            self.prefetched.retain(|q| q.key != p.key);
             self.prefetched.push(*p);
         }
+    }
+
+    fn end_request(&mut self) {
+        self.prefetched.clear();
+        self.opened.retain(|((tid, _), _)| *tid != 0);
+    }
+
+    fn forget_opened(&mut self, tid: u32, lun: u64) {
+        self.take_opened(tid, lun);
     }
 
     fn sessions(&self, tid: u32) -> Vec<SessionInfo> {

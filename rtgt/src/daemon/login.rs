@@ -24,6 +24,7 @@ use super::DaemonState;
 use crate::dataplane::conn::ConnParams;
 use crate::dataplane::session::SessionSetup;
 use crate::dataplane::{Handoff, TargetMsg};
+use crate::mgmt::groups::NodeAuth;
 use crate::mgmt::params::{DIGEST_CRC32C, DIGEST_NONE};
 use crate::mgmt::table::Account;
 use crate::mgmt::TargetTable;
@@ -40,6 +41,8 @@ const DISCOVERY_IDLE: Duration = Duration::from_secs(300);
 struct Host<'a> {
     state: &'a DaemonState,
     peer: SocketAddr,
+    /// The portal group of the portal the initiator reached.
+    tpgt: u16,
     tid: Option<u32>,
     queue_depth: u32,
     req: Option<LoginRequestInfo>,
@@ -74,6 +77,15 @@ fn target_defaults(table: &TargetTable, tid: u32) -> TargetDefaults {
     d.data_digest = digest_policy(get("DataDigest", DIGEST_NONE | DIGEST_CRC32C));
     d.default_time2wait = get("DefaultTime2Wait", d.default_time2wait);
     d.default_time2retain = get("DefaultTime2Retain", d.default_time2retain);
+    // SPDK's header_digest / data_digest: the target node requires them.
+    if let Some(t) = table.target(tid) {
+        if t.require_header_digest {
+            d.header_digest = DigestPolicy::Crc32cOnly;
+        }
+        if t.require_data_digest {
+            d.data_digest = DigestPolicy::Crc32cOnly;
+        }
+    }
     d
 }
 
@@ -81,21 +93,49 @@ fn target_defaults(table: &TargetTable, tid: u32) -> TargetDefaults {
 /// §12.1.3 asks for at least 96 bits; like tgt we accept shorter ones).
 const MIN_SECRET_LEN: usize = 12;
 
-/// The CHAP accounts a login is checked against: the incoming accounts
-/// bound to target `tid`, or the global (discovery) ones for `None`, and
-/// the matching outgoing account for mutual CHAP. `None` when no incoming
-/// account is bound: then no authentication is required (as in tgt).
-fn chap_accounts(table: &TargetTable, tid: Option<u32>) -> Option<ChapAccounts> {
+/// The CHAP accounts a login is checked against: the tgt accounts bound to
+/// target `tid` (or the global, discovery ones for `None`), and the secrets
+/// of the SPDK auth group its [`NodeAuth`] names, with their mutual CHAP
+/// identities. `None` when no authentication is asked: tgt asks when an
+/// incoming account is bound; SPDK when `require_chap` is set, and never
+/// with `disable_chap` (unless a tgt account is bound). Discovery through
+/// a portal group with its own auth settings (`iscsi_portal_group_set_auth`)
+/// uses those.
+fn chap_accounts(table: &TargetTable, tid: Option<u32>, tpgt: u16) -> Option<ChapAccounts> {
     let cred = |a: &Account| ChapCredentials::new(a.user.clone(), a.password.as_bytes());
     let incoming: Vec<ChapCredentials> =
         table.incoming_accounts(tid).into_iter().map(cred).collect();
-    if incoming.is_empty() {
+    let auth: NodeAuth = match tid {
+        Some(t) => table.target(t).map(|t| t.auth).unwrap_or_default(),
+        None => table
+            .portal_groups
+            .get(&tpgt)
+            .map(|g| g.auth)
+            .filter(|a| *a != NodeAuth::default())
+            .unwrap_or(table.discovery_auth),
+    };
+    if incoming.is_empty() && !auth.require_chap {
         return None;
     }
-    Some(ChapAccounts {
+    let mut acc = ChapAccounts {
         incoming,
         outgoing: table.outgoing_account(tid).map(cred),
-    })
+        outgoing_for: Vec::new(),
+        require_mutual: auth.mutual_chap,
+    };
+    if let Some(g) = table.auth_groups.get(&auth.chap_group) {
+        for s in &g.secrets {
+            acc.incoming
+                .push(ChapCredentials::new(s.user.clone(), s.secret.as_bytes()));
+            if let (Some(u), Some(p)) = (&s.muser, &s.msecret) {
+                acc.outgoing_for.push((
+                    s.user.clone(),
+                    ChapCredentials::new(u.clone(), p.as_bytes()),
+                ));
+            }
+        }
+    }
+    Some(acc)
 }
 
 /// Log a warning the first time an account with a short secret is used.
@@ -137,7 +177,7 @@ impl LoginHost for Host<'_> {
             // Discovery sessions authenticate against the global accounts
             // (tgtadm `--op bind --mode account` without --tid).
             return Ok(TargetLoginInfo {
-                auth: chap_accounts(&table, None)
+                auth: chap_accounts(&table, None, self.tpgt)
                     .map_or(AuthRequirement::None, AuthRequirement::Chap),
                 ..TargetLoginInfo::default()
             });
@@ -147,7 +187,7 @@ impl LoginHost for Host<'_> {
             return Err(LoginStatus::NOT_FOUND);
         };
         let tid = t.tid;
-        if !table.acl_allows(tid, self.peer.ip(), &req.initiator_name) {
+        if !table.access_allows(tid, self.tpgt, self.peer.ip(), &req.initiator_name) {
             // RFC 7143 §11.13.5: the initiator is not allowed this target.
             return Err(LoginStatus::AUTHORIZATION_FAILURE);
         }
@@ -170,8 +210,8 @@ impl LoginHost for Host<'_> {
                 _ => return Err(LoginStatus::SESSION_DOES_NOT_EXIST),
             }
         }
-        let auth =
-            chap_accounts(&table, Some(tid)).map_or(AuthRequirement::None, AuthRequirement::Chap);
+        let auth = chap_accounts(&table, Some(tid), self.tpgt)
+            .map_or(AuthRequirement::None, AuthRequirement::Chap);
         self.tid = Some(tid);
         self.req = Some(req.clone());
         self.queue_depth = t.params.get("MaxQueueCmd").unwrap_or(128).max(1);
@@ -196,7 +236,7 @@ impl LoginHost for Host<'_> {
         Ok(TargetLoginInfo {
             defaults,
             auth,
-            target_alias: None,
+            target_alias: t.alias.clone(),
             redirect,
         })
     }
@@ -277,7 +317,7 @@ async fn login(
     state: &DaemonState,
     mut stream: TcpStream,
     peer: SocketAddr,
-    _local: SocketAddr,
+    local: SocketAddr,
 ) -> Option<LoggedIn> {
     let mut outcome = Outcome {
         stats: &state.stats,
@@ -288,7 +328,9 @@ async fn login(
         portal_group_tag: state.port_group,
         ..LoginConfig::default()
     });
+    let tpgt = state.table.borrow().tpgt_of(local);
     let mut host = Host {
+        tpgt,
         state,
         peer,
         tid: None,
@@ -483,16 +525,32 @@ impl SessionHost for Listing<'_> {
 
     fn targets(&mut self) -> Vec<TargetEntry> {
         let table = self.state.table.borrow();
-        let portals = crate::dataplane::portal_entries(
-            table.portals().iter().rev().map(|p| (p.addr, p.tpgt)),
-            self.local,
-        );
+        let tpgt = table.tpgt_of(self.local);
+        let all: Vec<(SocketAddr, u16)> = table
+            .portals()
+            .iter()
+            .rev()
+            .map(|p| (p.addr, p.tpgt))
+            .collect();
         table
             .targets()
             .filter(|t| {
-                table.target_ready(t.tid) && table.acl_allows(t.tid, self.peer, &self.initiator)
+                table.target_ready(t.tid)
+                    && table.access_allows(t.tid, tpgt, self.peer, &self.initiator)
             })
-            .map(|t| (t.name.clone(), portals.clone()))
+            .map(|t| {
+                // A target with SPDK portal group maps is listed with the
+                // portals of its mapped, public groups only.
+                let portals = all.iter().copied().filter(|(_, tag)| {
+                    t.pg_ig_maps.is_empty()
+                        || (t.pg_ig_maps.iter().any(|m| m.pg == *tag)
+                            && !table.portal_groups.get(tag).is_some_and(|g| g.private))
+                });
+                (
+                    t.name.clone(),
+                    crate::dataplane::portal_entries(portals, self.local),
+                )
+            })
             .collect()
     }
 }

@@ -8,14 +8,15 @@
 
 use std::net::{IpAddr, SocketAddr};
 
+use super::command::{attach_medium, execute, valid_target_name, Command, LunArgs, NULL_BS_SIZE};
 use super::ipc::{TgtadmError, GLOBAL_TID};
 use super::live::{Effect, Live};
 use super::params::key_index;
 use super::request::{c_atoi, c_strtoul_u32, c_strtoull, Mode, Op, Request, ACCOUNT_OUTGOING};
 use super::stat::wants;
 use super::table::{
-    Account, DeviceType, LunSpec, ModePage, OpenFlags, Portal, SystemState, Target, TargetState,
-    TargetTable, ISCSI_LISTEN_PORT,
+    Account, DeviceType, LunSpec, ModePage, Portal, SystemState, TargetState, TargetTable,
+    ISCSI_LISTEN_PORT,
 };
 use super::{json, show, stat};
 
@@ -153,22 +154,14 @@ fn target(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
         Op::New => target_new(table, req, live),
         Op::Delete => {
             let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
-            if !table.targets.contains_key(&tid) {
-                return Err(TgtadmError::NoTarget);
-            }
-            if !req.force && !live.sessions(tid).is_empty() {
-                return Err(TgtadmError::TargetActive);
-            }
-            let t = &table.targets[&tid];
-            if t.luns.keys().any(|&l| live.lun_busy(tid, l)) {
-                return Err(TgtadmError::LunActive);
-            }
-            table.targets.remove(&tid);
-            live.apply(Effect::TargetDeleted {
-                tid,
-                force: req.force,
-            });
-            Ok(String::new())
+            run(
+                table,
+                live,
+                Command::TargetDelete {
+                    tid,
+                    force: req.force,
+                },
+            )
         }
         Op::Bind | Op::Unbind => acl(table, req, live),
         Op::Update => target_update(table, req, live),
@@ -199,12 +192,10 @@ fn target(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
     }
 }
 
-/// Characters tgt accepts in a target name.
-fn valid_target_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b':' || c == b'.' || c == b'-')
+/// Run a core command; tgt answers with the error's code only.
+fn run(table: &mut TargetTable, live: &mut dyn Live, cmd: Command) -> Res {
+    execute(table, live, &cmd).map_err(|e| e.code)?;
+    Ok(String::new())
 }
 
 fn target_new(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
@@ -219,37 +210,14 @@ fn target_new(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
         return Err(TgtadmError::InvalidRequest);
     }
     let tid = tid_of(req).ok_or(TgtadmError::InvalidRequest)?;
-    if table.targets.contains_key(&tid) || table.target_by_name(name).is_some() {
-        return Err(TgtadmError::TargetExist);
-    }
-    let seq = table.alloc_seq();
-    let mut luns = std::collections::BTreeMap::new();
-    let lun0 = LunSpec::controller(tid);
-    luns.insert(0, lun0.clone());
-    table.targets.insert(
-        tid,
-        Target {
+    run(
+        table,
+        live,
+        Command::TargetNew {
             tid,
             name: name.to_string(),
-            state: TargetState::Ready,
-            luns,
-            acl_addresses: Vec::new(),
-            acl_initiators: Vec::new(),
-            incoming: Vec::new(),
-            outgoing: None,
-            params: Default::default(),
-            nop_interval: table.default_nop_interval,
-            nop_count: table.default_nop_count,
-            redirect: Default::default(),
-            seq,
         },
-    );
-    live.apply(Effect::TargetCreated {
-        tid,
-        name: name.to_string(),
-    });
-    live.apply(Effect::LunAdded { tid, spec: lun0 });
-    Ok(String::new())
+    )
 }
 
 fn acl(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
@@ -264,47 +232,21 @@ fn acl(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
             None => Err(TgtadmError::NoTarget),
         };
     }
-    let addr = req.find_value("initiator-address");
-    let name = req.find_value("initiator-name");
-    if addr.is_none() && name.is_none() {
+    let address = req.find_value("initiator-address").map(str::to_string);
+    let initiator = req.find_value("initiator-name").map(str::to_string);
+    if address.is_none() && initiator.is_none() {
         return Err(TgtadmError::InvalidRequest);
     }
-    let t = table.targets.get_mut(&tid).ok_or(TgtadmError::NoTarget)?;
-    // Validate both before changing either.
-    if let Some(a) = addr {
-        let has = t.acl_addresses.iter().any(|x| x == a);
-        if bind && has {
-            return Err(TgtadmError::AclExist);
-        }
-        if !bind && !has {
-            return Err(TgtadmError::AclNoexist);
-        }
-    }
-    if let Some(n) = name {
-        let has = t.acl_initiators.iter().any(|x| x == n);
-        if bind && has {
-            return Err(TgtadmError::AclExist);
-        }
-        if !bind && !has {
-            return Err(TgtadmError::AclNoexist);
-        }
-    }
-    if let Some(a) = addr {
-        if bind {
-            t.acl_addresses.push(a.to_string());
-        } else {
-            t.acl_addresses.retain(|x| x != a);
-        }
-    }
-    if let Some(n) = name {
-        if bind {
-            t.acl_initiators.push(n.to_string());
-        } else {
-            t.acl_initiators.retain(|x| x != n);
-        }
-    }
-    live.apply(Effect::AclChanged { tid });
-    Ok(String::new())
+    run(
+        table,
+        live,
+        Command::Acl {
+            tid,
+            bind,
+            address,
+            initiator,
+        },
+    )
 }
 
 fn target_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
@@ -458,16 +400,7 @@ fn device(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
                 return Err(TgtadmError::InvalidRequest);
             }
             let tid = tid_of(req).ok_or(TgtadmError::NoLun)?;
-            let t = table.targets.get_mut(&tid).ok_or(TgtadmError::NoLun)?;
-            if !t.luns.contains_key(&req.lun) {
-                return Err(TgtadmError::NoLun);
-            }
-            if live.lun_busy(tid, req.lun) {
-                return Err(TgtadmError::LunActive);
-            }
-            t.luns.remove(&req.lun);
-            live.apply(Effect::LunDeleted { tid, lun: req.lun });
-            Ok(String::new())
+            run(table, live, Command::LunDelete { tid, lun: req.lun })
         }
         Op::Update => lun_update(table, req, live),
         Op::Stats => stat::stat(table, req, live),
@@ -476,117 +409,31 @@ fn device(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
 }
 
 fn lun_new(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
-    let (mut path, mut bstype, mut bsopts, mut bsoflags, mut blocksize) =
-        (None, None, None, None, None);
+    let mut args = LunArgs {
+        device_type: req.device_type,
+        ..LunArgs::default()
+    };
     for item in req.items() {
+        let own = |v: &str| Some(v.to_string());
         match item.split_once('=') {
-            Some(("path", v)) => path = Some(v),
-            Some(("bstype", v)) => bstype = Some(v),
-            Some(("bsopts", v)) => bsopts = Some(v),
-            Some(("bsoflags", v)) => bsoflags = Some(v),
-            Some(("blocksize", v)) => blocksize = Some(v),
+            Some(("path", v)) => args.path = own(v),
+            Some(("bstype", v)) => args.bstype = own(v),
+            Some(("bsopts", v)) => args.bsopts = own(v),
+            Some(("bsoflags", v)) => args.bsoflags = own(v),
+            Some(("blocksize", v)) => args.block_size = Some(c_strtoul_u32(v)),
             _ => {}
         }
     }
     let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
-    let t = table.targets.get(&tid).ok_or(TgtadmError::NoTarget)?;
-    if t.luns.contains_key(&req.lun) {
-        return Err(TgtadmError::LunExist);
-    }
-    // The iscsi driver's default backing store.
-    let bstype = bstype.unwrap_or("rdwr");
-    let bs = table
-        .info
-        .backing_stores
-        .iter()
-        .find(|b| b.name == bstype)
-        .ok_or(TgtadmError::InvalidRequest)?
-        .clone();
-    let dev_type = DeviceType::from_code(req.device_type).ok_or(TgtadmError::InvalidRequest)?;
-    if dev_type == DeviceType::Passthrough {
-        // tgt needs bstype bsg/sg for passthrough; we have neither.
-        return Err(TgtadmError::InvalidRequest);
-    }
-    let oflags = match bsoflags {
-        Some(s) => OpenFlags::parse(s).ok_or(TgtadmError::InvalidRequest)?,
-        None => OpenFlags::default(),
-    };
-    if !oflags.subset_of(bs.oflags) {
-        return Err(TgtadmError::InvalidRequest);
-    }
-    if !table.info.device_types.contains(&dev_type) || dev_type == DeviceType::Controller {
-        return Err(TgtadmError::InvalidRequest);
-    }
-    let mut spec = LunSpec::new(tid, req.lun, dev_type, bstype);
-    spec.thin_provisioning = bs.thin;
-    spec.bsoflags = oflags;
-    spec.bsopts = bsopts.map(str::to_string);
-    if let Some(bsz) = blocksize {
-        // tgt ignores a block size that is not a power of two above 1.
-        let v = c_strtoul_u32(bsz);
-        if v > 1 && v.is_power_of_two() {
-            spec.block_size = v;
-        }
-    }
-    match path {
-        None => {
-            // No medium: a removable unit that is offline until loaded.
-            spec.removable = true;
-            spec.online = false;
-        }
-        Some(p) => {
-            spec.path = Some(p.to_string());
-            attach_medium(live, tid, &mut spec, bs.needs_file)?;
-        }
-    }
-    table
-        .targets
-        .get_mut(&tid)
-        .expect("checked above")
-        .luns
-        .insert(req.lun, spec.clone());
-    live.apply(Effect::LunAdded { tid, spec });
-    Ok(String::new())
-}
-
-/// Size of the `null` backing store's medium (tgt's `NULL_BS_DEV_SIZE`).
-pub const NULL_BS_SIZE: u64 = 1 << 40;
-
-/// Open `spec.path` and bring the unit online (tgt's
-/// `tgt_device_path_update`).
-fn attach_medium(
-    live: &mut dyn Live,
-    tid: u32,
-    spec: &mut LunSpec,
-    needs_file: bool,
-) -> Result<(), TgtadmError> {
-    if needs_file {
-        let info = live
-            .open_backing(tid, spec)
-            .map_err(|_| TgtadmError::InvalidRequest)?;
-        spec.size_bytes = info.size_bytes;
-        if info.readonly {
-            spec.readonly = true;
-        }
-        if let Some(id) = &info.identity {
-            medium_identity(spec, tid, id);
-        }
-        if !spec.no_auto_lbppbe {
-            // READ CAPACITY (16) LOGICAL BLOCKS PER PHYSICAL BLOCK EXPONENT
-            // (SBC-3 section 5.16.2), as tgt's update_lbppbe derives it.
-            let mut e = 0u8;
-            let mut pbs = info.physical_block_size;
-            while pbs > spec.block_size {
-                e += 1;
-                pbs >>= 1;
-            }
-            spec.lbppbe = e;
-        }
-    } else {
-        spec.size_bytes = NULL_BS_SIZE;
-    }
-    spec.online = true;
-    Ok(())
+    run(
+        table,
+        live,
+        Command::LunNew {
+            tid,
+            lun: req.lun,
+            args,
+        },
+    )
 }
 
 /// A unit on a medium with an identity of its own (an RBD image) gets its
@@ -726,7 +573,7 @@ fn lun_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Re
             .is_none_or(|b| b.needs_file);
         spec.path = Some(p);
         spec.size_bytes = 0;
-        attach_medium(live, tid, &mut spec, needs_file)?;
+        attach_medium(live, tid, &mut spec, needs_file).map_err(|e| e.code)?;
     }
     if let Some(d) = disksize {
         resize(table, live, tid, &mut spec, d)?;

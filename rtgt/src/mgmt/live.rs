@@ -174,6 +174,16 @@ pub trait Live {
         let _ = done;
     }
 
+    /// A request is answered: stores opened off the thread for it and not
+    /// used are closed.
+    fn end_request(&mut self) {}
+
+    /// Close a store [`Live::open_backing`] opened for `(tid, lun)` that no
+    /// LUN will take (a bdev's open to check it).
+    fn forget_opened(&mut self, tid: u32, lun: u64) {
+        let _ = (tid, lun);
+    }
+
     /// Check (open or stat) the backing store for a new LUN or a new medium
     /// (`spec.path` is set, `spec.bstype` is a file-backed type). Called
     /// as the last fallible step: on `Ok` the change is committed and

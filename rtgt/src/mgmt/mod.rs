@@ -11,6 +11,8 @@
 //! - [`live`]: what the management plane needs from the running daemon.
 //! - [`socket`]: the socket and its lock file at tgt's path.
 
+pub mod command;
+pub mod groups;
 pub mod handler;
 pub mod ipc;
 pub mod json;
@@ -18,6 +20,7 @@ pub mod live;
 pub mod metrics;
 pub mod params;
 pub mod request;
+pub mod rpc;
 pub mod show;
 pub mod socket;
 pub mod stat;
@@ -63,7 +66,7 @@ pub fn handle_blocking(
 
 /// Whether a peer may manage us: root or our own user (tgtd requires the
 /// peer's uid and gid to equal its own).
-fn peer_allowed(stream: &UnixStream) -> bool {
+pub(crate) fn peer_allowed(stream: &UnixStream) -> bool {
     match stream.peer_cred() {
         Ok(c) => {
             // SAFETY: getuid has no preconditions.

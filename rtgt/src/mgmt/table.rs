@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
+use super::groups::{AuthGroup, Bdev, InitiatorGroup, NodeAuth, PgIgMap, PortalGroupAttrs};
 use super::params::SessionParams;
 
 /// The default iSCSI port (RFC 7143 section 13.1: well-known port 3260).
@@ -203,7 +204,12 @@ pub struct LunSpec {
     pub optimal_xfer_len: Option<u32>,
     /// Mode pages set by hand (the SCSI layer owns the defaults).
     pub mode_pages: Vec<ModePage>,
+    /// The bdev this unit was made from (JSON-RPC), if any.
+    pub bdev: Option<String>,
 }
+
+/// SPDK's default `node_base`.
+pub const DEFAULT_NODE_BASE: &str = "iqn.2016-06.io.spdk";
 
 /// tgt's `VENDOR_ID`.
 pub const DEFAULT_VENDOR_ID: &str = "IET";
@@ -249,6 +255,7 @@ impl LunSpec {
             optimal_xfer_gran: None,
             optimal_xfer_len: None,
             mode_pages: Vec::new(),
+            bdev: None,
         }
     }
 
@@ -332,8 +339,50 @@ pub struct Target {
     pub nop_count: i32,
     /// Login redirection.
     pub redirect: Redirect,
+    /// iSCSI TargetAlias (SPDK's `alias_name`), sent at login.
+    pub alias: Option<String>,
+    /// SPDK's portal group / initiator group pairs: when any are set, the
+    /// target is reached only through the portals of the mapped groups.
+    pub pg_ig_maps: Vec<PgIgMap>,
+    /// SPDK's CHAP settings (an auth group, required or mutual CHAP).
+    pub auth: NodeAuth,
+    /// Logins must negotiate CRC32C header / data digests.
+    pub require_header_digest: bool,
+    /// See `require_header_digest`.
+    pub require_data_digest: bool,
+    /// Collect latency histograms for `iscsi_get_histogram`.
+    pub histogram: bool,
     /// Creation order (tgt lists targets per driver in this order).
     pub(crate) seq: u64,
+}
+
+impl Target {
+    /// A ready target with tgt's defaults and its LUN 0 controller.
+    pub fn new(tid: u32, name: &str, seq: u64, nop: (i32, i32)) -> Target {
+        let mut luns = BTreeMap::new();
+        luns.insert(0, LunSpec::controller(tid));
+        Target {
+            tid,
+            name: name.to_string(),
+            state: TargetState::Ready,
+            luns,
+            acl_addresses: Vec::new(),
+            acl_initiators: Vec::new(),
+            incoming: Vec::new(),
+            outgoing: None,
+            params: Default::default(),
+            nop_interval: nop.0,
+            nop_count: nop.1,
+            redirect: Default::default(),
+            alias: None,
+            pg_ig_maps: Vec::new(),
+            auth: NodeAuth::default(),
+            require_header_digest: false,
+            require_data_digest: false,
+            histogram: false,
+            seq,
+        }
+    }
 }
 
 /// A CHAP account.
@@ -499,6 +548,26 @@ pub struct TargetTable {
     /// The target portal group tag of this daemon's portals (`rtgtd
     /// --port-group`; tgt's 1 by default).
     pub tpgt: u16,
+    /// SPDK portal groups' attributes, by tag (their portals are the
+    /// portals with that TPGT).
+    pub portal_groups: BTreeMap<u16, PortalGroupAttrs>,
+    /// SPDK initiator groups, by tag.
+    pub initiator_groups: BTreeMap<u32, InitiatorGroup>,
+    /// SPDK auth groups, by tag.
+    pub auth_groups: BTreeMap<u32, AuthGroup>,
+    /// CHAP settings of discovery sessions (`iscsi_set_discovery_auth`).
+    pub discovery_auth: NodeAuth,
+    /// Named backing stores (SPDK's bdevs), by name.
+    pub bdevs: BTreeMap<String, Bdev>,
+    /// Prefix of target names given without `iqn.`/`eui.`/`naa.`
+    /// (`iscsi_set_options node_base`).
+    pub node_base: String,
+    /// Session parameter offers new targets start with
+    /// (`iscsi_set_options`; tgt's defaults otherwise).
+    pub new_target_params: SessionParams,
+    /// SPDK options rtgt keeps and reports but has no use for
+    /// (`iscsi_set_options`: pool sizes and the like), by name.
+    pub spdk_extra_options: BTreeMap<String, u64>,
     pub(crate) next_seq: u64,
 }
 
@@ -524,6 +593,14 @@ impl TargetTable {
             default_nop_interval: 0,
             default_nop_count: 0,
             tpgt: 1,
+            portal_groups: BTreeMap::new(),
+            initiator_groups: BTreeMap::new(),
+            auth_groups: BTreeMap::new(),
+            discovery_auth: NodeAuth::default(),
+            bdevs: BTreeMap::new(),
+            node_base: DEFAULT_NODE_BASE.to_string(),
+            new_target_params: SessionParams::default(),
+            spdk_extra_options: BTreeMap::new(),
             next_seq: 0,
         }
     }
@@ -633,6 +710,40 @@ impl TargetTable {
             .iter()
             .any(|rule| address_rule_matches(rule, peer))
             || t.acl_initiators.iter().any(|n| n == initiator_name)
+    }
+
+    /// Whether an initiator reaching us through a portal of group `tpgt`
+    /// may log in to (or discover) target `tid`. A target with SPDK
+    /// `pg_ig_maps` is reached only through its mapped portal groups, and
+    /// there admits the initiators of the groups mapped with that portal
+    /// group, or those tgt's ACL rules admit; a target without maps
+    /// follows tgt's rules alone ([`TargetTable::acl_allows`]).
+    pub fn access_allows(&self, tid: u32, tpgt: u16, peer: IpAddr, initiator_name: &str) -> bool {
+        let Some(t) = self.target(tid) else {
+            return false;
+        };
+        if t.pg_ig_maps.is_empty() {
+            return self.acl_allows(tid, peer, initiator_name);
+        }
+        if !t.pg_ig_maps.iter().any(|m| m.pg == tpgt) {
+            return false;
+        }
+        self.acl_allows(tid, peer, initiator_name)
+            || t.pg_ig_maps.iter().filter(|m| m.pg == tpgt).any(|m| {
+                self.initiator_groups
+                    .get(&m.ig)
+                    .is_some_and(|g| g.admits(initiator_name, peer))
+            })
+    }
+
+    /// The TPGT of the portal listening on `local`, or the daemon's own.
+    pub fn tpgt_of(&self, local: std::net::SocketAddr) -> u16 {
+        self.portals
+            .iter()
+            .find(|p| {
+                p.addr == local || (p.addr.port() == local.port() && p.addr.ip().is_unspecified())
+            })
+            .map_or(self.tpgt, |p| p.tpgt)
     }
 
     pub(crate) fn alloc_seq(&mut self) -> u64 {
