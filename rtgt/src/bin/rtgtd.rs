@@ -63,6 +63,15 @@ struct Args {
     /// http://ADDR:PORT/metrics; off by default.
     #[arg(long = "metrics", value_name = "ADDR:PORT")]
     metrics: Option<std::net::SocketAddr>,
+    /// JSON-RPC socket (SPDK's rpc.py: `rpc.py -s PATH ...`); by default
+    /// `/var/run/tgtd/socket.<control-port>.rpc` (under `$TGT_IPC_SOCKET`
+    /// when set), as spdk_tgt's `-r`.
+    #[arg(short = 'r', long = "rpc-socket", value_name = "PATH")]
+    rpc_socket: Option<PathBuf>,
+    /// Apply a configuration saved with `rpc.py save_config` at start-up,
+    /// as `spdk_tgt --json` does.
+    #[arg(short = 'c', long = "json", value_name = "FILE")]
+    json: Option<PathBuf>,
     /// Size of the demo LUN in bytes.
     #[arg(long = "demo-size", default_value_t = 1 << 30)]
     demo_size: u64,
@@ -152,6 +161,8 @@ fn main() -> ExitCode {
         }),
         data_dir: args.data_dir,
         metrics: args.metrics,
+        rpc_socket: args.rpc_socket,
+        json_config: args.json,
     };
     if !args.foreground {
         // Detach like tgtd before any thread exists.

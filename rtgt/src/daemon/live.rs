@@ -410,12 +410,31 @@ impl mgmt::Live for DaemonLive {
     }
 
     fn bind_portal(&mut self, addr: std::net::SocketAddr) -> Result<(), TgtadmError> {
-        let l = super::portal::bind(addr).map_err(|e| {
-            tracing::warn!(%addr, error = %e, "portal");
-            TgtadmError::InvalidRequest
-        })?;
-        self.state.listen(addr, l);
-        Ok(())
+        match super::portal::bind(addr) {
+            Ok(l) => {
+                self.state.listen(addr, l);
+                Ok(())
+            }
+            // A portal our own wildcard listener of its family and port
+            // already accepts for (rtgtd's default 0.0.0.0:3260 and an
+            // SPDK portal group on 127.0.0.1:3260): recorded, with no
+            // socket of its own; logins through it find its group by
+            // their local address.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrInUse
+                    && self.state.listeners.borrow().keys().any(|l| {
+                        l.port() == addr.port()
+                            && l.ip().is_unspecified()
+                            && l.is_ipv4() == addr.is_ipv4()
+                    }) =>
+            {
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "portal");
+                Err(TgtadmError::InvalidRequest)
+            }
+        }
     }
 
     fn lun_busy(&self, _tid: u32, _lun: u64) -> bool {

@@ -69,6 +69,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// `--metrics ADDR:PORT`: serve Prometheus metrics there.
     pub metrics: Option<SocketAddr>,
+    /// `-r PATH`: the JSON-RPC socket (default: per control port).
+    pub rpc_socket: Option<PathBuf>,
+    /// `--json FILE`: a saved configuration to apply at start-up.
+    pub json_config: Option<PathBuf>,
 }
 
 /// Errors that stop the daemon from starting.
@@ -89,6 +93,16 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// The JSON-RPC socket could not be bound.
+    #[error("JSON-RPC socket {path}: {source}")]
+    Rpc {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The start-up configuration could not be applied.
+    #[error("--json: {0}")]
+    Config(String),
     /// The metrics endpoint could not be bound.
     #[error("metrics endpoint {addr}: {source}")]
     Metrics {
@@ -186,6 +200,15 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
     let port = cfg.control_port;
     let (mgmt_listener, _lock) = mgmt::socket::bind_prefix(&mgmt::socket::default_prefix(), port)
         .map_err(|source| DaemonError::Control { port, source })?;
+    // After the control port's lock: no other daemon owns this path.
+    let rpc_path = cfg
+        .rpc_socket
+        .clone()
+        .unwrap_or_else(|| mgmt::rpc::default_path(port));
+    let rpc_listener = mgmt::rpc::bind(&rpc_path).map_err(|source| DaemonError::Rpc {
+        path: rpc_path.clone(),
+        source,
+    })?;
     let mut bound = Vec::new();
     for &addr in &cfg.portals {
         let l = portal::bind(addr).map_err(|source| DaemonError::Portal { addr, source })?;
@@ -254,7 +277,16 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
         if let Some(demo) = &cfg.demo {
             live::setup_demo(&state, &live, demo).map_err(DaemonError::Demo)?;
         }
-        tracing::info!(control_port = port, portals = ?cfg.portals, "rtgtd ready");
+        if let Some(file) = &cfg.json_config {
+            let n = mgmt::rpc::load_file(file, &state.table, &live).map_err(DaemonError::Config)?;
+            tracing::info!(file = %file.display(), calls = n, "configuration loaded");
+        }
+        tokio::task::spawn_local(mgmt::rpc::serve(
+            tokio::net::UnixListener::from_std(rpc_listener)?,
+            state.table.clone(),
+            live.clone(),
+        ));
+        tracing::info!(control_port = port, portals = ?cfg.portals, rpc = %rpc_path.display(), "rtgtd ready");
         let listener = tokio::net::UnixListener::from_std(mgmt_listener)?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         // Portals bound, the management socket listening: tell systemd

@@ -52,7 +52,9 @@ impl NodeAuth {
     /// both disabled and required, mutual CHAP needs CHAP required, and a
     /// group tag is not negative (checked by the type).
     pub fn valid(&self) -> bool {
-        !(self.disable_chap && self.require_chap) && !(self.mutual_chap && !self.require_chap)
+        let both = self.disable_chap && self.require_chap;
+        let mutual_alone = self.mutual_chap && !self.require_chap;
+        !both && !mutual_alone
     }
 }
 

@@ -737,11 +737,22 @@ impl TargetTable {
     }
 
     /// The TPGT of the portal listening on `local`, or the daemon's own.
-    pub fn tpgt_of(&self, local: std::net::SocketAddr) -> u16 {
+    pub fn tpgt_of(&self, local: SocketAddr) -> u16 {
+        // The portal itself, else the wildcard portal that accepted it.
+        let local = match local.ip() {
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(IpAddr::V4(v4), local.port()),
+                None => local,
+            },
+            _ => local,
+        };
         self.portals
             .iter()
-            .find(|p| {
-                p.addr == local || (p.addr.port() == local.port() && p.addr.ip().is_unspecified())
+            .find(|p| p.addr == local)
+            .or_else(|| {
+                self.portals
+                    .iter()
+                    .find(|p| p.addr.port() == local.port() && p.addr.ip().is_unspecified())
             })
             .map_or(self.tpgt, |p| p.tpgt)
     }

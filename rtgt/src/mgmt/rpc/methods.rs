@@ -216,7 +216,7 @@ pub fn call(
                 None => format!("Ceph{}", table.bdevs.len()),
             };
             let mut config = Vec::new();
-            if let Some(c) = p.req("config").ok() {
+            if let Ok(c) = p.req("config") {
                 let m = c
                     .as_object()
                     .ok_or_else(|| RpcError::invalid_params("config must be an object"))?;
