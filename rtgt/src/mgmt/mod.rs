@@ -61,6 +61,7 @@ pub fn handle_blocking(
         live.finish_deferred((d.0)());
         r = handle(table, req, live);
     }
+    live.end_request();
     r
 }
 
@@ -117,6 +118,8 @@ async fn serve_one(
             Err(_) => break,
         }
     }
+    // Stores opened off the thread and not taken close now.
+    live.borrow_mut().end_request();
     if let Err(e) = &result {
         tracing::debug!("management request failed: {e}");
     }
