@@ -1,4 +1,4 @@
-//! `targets.conf` parsing (rtgt::admin::conf::parse_str): any text either
+//! `targets.conf` parsing (tgt_admin::conf::parse_str): any text either
 //! parses or is refused with an error, never a panic.
 //!
 //! `include` reads the file system, so inputs that could name an include
@@ -28,5 +28,5 @@ fuzz_target!(|data: &[u8]| {
     if text.to_ascii_lowercase().contains("include") || may_include(text) {
         return;
     }
-    let _ = rtgt::admin::conf::parse_str(text, "fuzz.conf");
+    let _ = tgt_admin::conf::parse_str(text, "fuzz.conf");
 });

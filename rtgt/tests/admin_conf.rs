@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use common::{sparse_file, tempdir, Daemon};
-use rtgt::admin::conf::{parse_file, parse_str, Value};
+use tgt_admin::conf::{parse_file, parse_str, Value};
 
 const TGT_ADMIN: &str = "/usr/sbin/tgt-admin";
 
@@ -134,7 +134,7 @@ incomingdiscoveryuser disc "secretsecret"
     assert!(matches!(sg1.get("mode_page"), Some(Value::List(l)) if l.len() == 2));
     // Locations are kept.
     assert_eq!(sg1.get("lun").unwrap().loc().line, 27);
-    rtgt::admin::validate::validate(&c).unwrap();
+    tgt_admin::validate::validate(&c).unwrap();
 }
 
 #[test]
@@ -227,7 +227,7 @@ fn config_errors_name_file_and_line() {
             "main.conf",
             &format!("# main\ninclude {}\n", inc.display()),
         );
-        let r = parse_file(&main).and_then(|c| rtgt::admin::validate::validate(&c));
+        let r = parse_file(&main).and_then(|c| tgt_admin::validate::validate(&c));
         let e = r.expect_err(text);
         assert!(e.msg.contains(what), "{text:?}: {e}");
         assert_eq!(e.loc.line, *line, "{text:?}: {e}");

@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{free_port, sparse_file, tempdir};
-use rtgt::admin::tgtadm::shell_words;
+use tgt_admin::tgtadm::shell_words;
 
 fn unit(name: &str) -> String {
     std::fs::read_to_string(

@@ -4,8 +4,8 @@
 
 use std::process::exit;
 
-use rtgt::admin::engine::DEFAULT_CONF;
-use rtgt::admin::{Admin, Options};
+use tgt_admin::engine::DEFAULT_CONF;
+use tgt_admin::{Admin, Options};
 
 fn usage() -> ! {
     print!(

@@ -1,29 +1,31 @@
-//! The management plane: tgt's binary IPC on a unix socket, so the stock
-//! `tgtadm` and `tgt-admin` drive rtgtd unmodified.
+//! The management plane: one typed core ([`command`]) with its adapters:
+//! tgt's binary IPC on a unix socket, so the stock `tgtadm` and
+//! `tgt-admin` drive rtgtd unmodified, SPDK's JSON-RPC ([`rpc`]) and
+//! Prometheus metrics ([`metrics`]).
 //!
-//! - [`ipc`]: the wire layout (`tgtadm_req` / `tgtadm_rsp`) and error codes.
-//! - [`request`]: the typed request.
+//! - [`command`]: the typed commands, validated once for every adapter.
+//! - [`groups`]: SPDK's portal, initiator and auth groups and bdevs.
+//! - [`ipc`], [`request`], [`socket`]: tgt's wire format and socket (the
+//!   `tgt-ipc` crate, shared with the clients).
+//! - [`rpc`]: JSON-RPC 2.0 with SPDK's methods and framing.
 //! - [`table`]: the configuration state and the queries the login path uses.
 //! - [`handler`]: executing a request with tgt's validation.
 //! - [`show`]: `--op show` texts, identical to tgt's.
 //! - [`stat`]: `--op stat`, in tgt's layout or rtgt's own (`--counters`).
 //! - [`json`]: `rtgtadm --json` documents for show (and the JSON writer).
 //! - [`live`]: what the management plane needs from the running daemon.
-//! - [`socket`]: the socket and its lock file at tgt's path.
 
 pub mod command;
 pub mod groups;
 pub mod handler;
-pub mod ipc;
 pub mod json;
 pub mod live;
 pub mod metrics;
 pub mod params;
-pub mod request;
 pub mod rpc;
 pub mod show;
-pub mod socket;
 pub mod stat;
+pub use tgt_ipc::{ipc, request, socket};
 pub mod table;
 
 use std::cell::{Cell, RefCell};

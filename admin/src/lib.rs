@@ -8,8 +8,10 @@
 //! - [`validate`]: config checks done before anything is applied.
 //! - [`engine`]: tgt-admin's actions (`-e`, `--update`, `--delete`,
 //!   `--offline`/`--ready`, `-s`, `--dump`).
+//! - [`cli`]: tgtadm's command line (rtgtadm's parser too).
 //! - [`tgtadm`]: tgtadm command lines to requests, and the IPC client.
 
+pub mod cli;
 pub mod conf;
 pub mod engine;
 pub mod tgtadm;
