@@ -164,8 +164,24 @@ pub struct TargetStats {
     pub luns: Mutex<BTreeMap<u64, Arc<Counters>>>,
     /// By TSIH, then by CID.
     pub sessions: Mutex<BTreeMap<u16, SessionStats>>,
-    /// Media tasks on an engine now, on every loop of the target.
-    pub in_flight: std::sync::atomic::AtomicI64,
+    /// Each loop's own counters, summed when read.
+    loops: Mutex<Vec<Arc<LoopCounters>>>,
+}
+
+/// What one target loop counts for itself: written by its thread alone
+/// (a plain store, no read-modify-write another core contends for), on a
+/// cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+pub struct LoopCounters {
+    in_flight: AtomicU64,
+}
+
+impl LoopCounters {
+    /// The loop's media tasks on an engine now.
+    pub fn set_in_flight(&self, n: usize) {
+        self.in_flight.store(n as u64, Ordering::Relaxed);
+    }
 }
 
 /// A session's TSIH and counters, with each connection's (CID, counters).
@@ -209,6 +225,26 @@ impl TargetStats {
 
     pub fn remove_session(&self, tsih: u16) {
         lock(&self.sessions).remove(&tsih);
+    }
+
+    /// A new loop's counters.
+    pub fn register_loop(&self) -> Arc<LoopCounters> {
+        let c = Arc::new(LoopCounters::default());
+        let mut l = lock(&self.loops);
+        // Loops that stopped (a target's loops stop with it) go.
+        l.retain(|x| Arc::strong_count(x) > 1);
+        l.push(c.clone());
+        c
+    }
+
+    /// Media tasks on an engine now, over the target's loops.
+    pub fn in_flight(&self) -> u64 {
+        // A loop that has stopped holds no task.
+        lock(&self.loops)
+            .iter()
+            .filter(|c| Arc::strong_count(c) > 1)
+            .map(|c| c.in_flight.load(Ordering::Relaxed))
+            .sum()
     }
 
     /// Every LUN's counters themselves, by LUN.
@@ -335,6 +371,22 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_flight_sums_each_running_loops_own_counter() {
+        let t = TargetStats::default();
+        let (a, b) = (t.register_loop(), t.register_loop());
+        a.set_in_flight(3);
+        b.set_in_flight(4);
+        assert_eq!(t.in_flight(), 7);
+        b.set_in_flight(1);
+        assert_eq!(t.in_flight(), 4);
+        // A loop that stopped (dropped its counters) counts no more.
+        drop(a);
+        assert_eq!(t.in_flight(), 1);
+        let _c = t.register_loop();
+        assert_eq!(lock(&t.loops).len(), 2);
+    }
 
     #[test]
     fn latency_buckets_count_each_bound_with_inf_last() {

@@ -148,7 +148,7 @@ pub fn scrape(state: &DaemonState) -> Scrape {
         targets.push(TargetScrape {
             name,
             total: st.total.snapshot(),
-            in_flight: st.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            in_flight: st.in_flight() as i64,
             luns: st
                 .lun_counters()
                 .into_iter()

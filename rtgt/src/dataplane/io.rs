@@ -75,6 +75,11 @@ impl InFlightTable {
         }
     }
 
+    /// Tasks in the table.
+    fn len(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
     fn is_empty(&self) -> bool {
         self.free.len() == self.slots.len()
     }
@@ -247,22 +252,20 @@ impl TargetCtx {
         }
     }
 
-    /// Put a media task in the table (and count it in flight).
+    /// Put a media task in the table (and count it in flight: a store to
+    /// this loop's own counter, summed over the loops at scrape).
     fn track(&self, f: InFlight) -> Tag {
-        self.shared
-            .stats
-            .in_flight
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.inflight.borrow_mut().insert(f)
+        let mut t = self.inflight.borrow_mut();
+        let tag = t.insert(f);
+        self.counters.set_in_flight(t.len());
+        tag
     }
 
     /// Take a media task out of the table.
     fn untrack(&self, t: Tag) -> Option<InFlight> {
-        let f = self.inflight.borrow_mut().remove(t)?;
-        self.shared
-            .stats
-            .in_flight
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        let mut table = self.inflight.borrow_mut();
+        let f = table.remove(t)?;
+        self.counters.set_in_flight(table.len());
         Some(f)
     }
 

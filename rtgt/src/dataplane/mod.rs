@@ -446,6 +446,9 @@ pub struct TargetCtx {
     pub sink: Arc<dyn scsi::CompletionSink>,
     /// Media tasks in flight, by tag.
     pub inflight: RefCell<io::InFlightTable>,
+    /// This loop's own counters (only this thread writes them; metrics sum
+    /// them over the loops).
+    pub counters: Arc<crate::stats::LoopCounters>,
     /// Adaptive polling window (see [`LoopConfig::poll_us`]).
     pub poll: std::time::Duration,
     /// This loop's copies of what the common path reads of its LUNs.
@@ -777,6 +780,7 @@ impl TargetHandle {
                         }
                     };
                     let pool = Pool::new(io_threads, thread_name.clone(), cq.clone());
+                    let counters = sh.stats.register_loop();
                     let ctx = Rc::new(TargetCtx {
                         shared: sh,
                         index: i,
@@ -786,6 +790,7 @@ impl TargetHandle {
                         sink: cq.clone(),
                         cq,
                         inflight: RefCell::new(io::InFlightTable::default()),
+                        counters,
                         poll: std::time::Duration::from_micros(poll_us as u64),
                         luns: RefCell::new(LoopLuns {
                             gen: u64::MAX,
