@@ -166,6 +166,63 @@ pub struct TargetStats {
     pub sessions: Mutex<BTreeMap<u16, SessionStats>>,
     /// Each loop's own counters, summed when read.
     loops: Mutex<Vec<Arc<LoopCounters>>>,
+    /// SPDK's latency histogram (`iscsi_enable_histogram`): made on first
+    /// use, counted into only while on.
+    histogram_on: std::sync::atomic::AtomicBool,
+    histogram: std::sync::OnceLock<SpdkHistogram>,
+}
+
+/// A latency histogram in SPDK's layout (`spdk_histogram_data`, bucket
+/// shift 7, ranges 0 to 57), so SPDK's tools read `iscsi_get_histogram`.
+/// Range 0 and 1 hold one value per bucket (0 to 255); each later range
+/// covers twice the values of the one before with its 128 buckets. Values
+/// are nanoseconds (reported as a tick rate of 1 GHz).
+#[derive(Debug)]
+pub struct SpdkHistogram {
+    buckets: Box<[AtomicU64]>,
+}
+
+impl SpdkHistogram {
+    /// Bits of a value that pick the bucket within its range.
+    pub const SHIFT: u32 = 7;
+    /// Ranges: one per possible leading bit position past the first 7.
+    pub const RANGES: u32 = 64 - Self::SHIFT + 1;
+    /// Ticks per second of the values.
+    pub const TICK_RATE: u64 = 1_000_000_000;
+
+    fn new() -> Self {
+        let n = (Self::RANGES << Self::SHIFT) as usize;
+        SpdkHistogram {
+            buckets: (0..n).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    /// The bucket of a value.
+    pub fn bucket(v: u64) -> usize {
+        let top = 64 - v.leading_zeros(); // bits in use
+        let range = top.saturating_sub(Self::SHIFT);
+        let index = (v >> range.saturating_sub(1)) & ((1 << Self::SHIFT) - 1);
+        ((range << Self::SHIFT) as u64 + index) as usize
+    }
+
+    /// Count one value.
+    pub fn tally(&self, v: u64) {
+        self.buckets[Self::bucket(v)].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The counts, bucket by bucket.
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect()
+    }
+
+    fn clear(&self) {
+        for b in self.buckets.iter() {
+            b.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What one target loop counts for itself: written by its thread alone
@@ -225,6 +282,23 @@ impl TargetStats {
 
     pub fn remove_session(&self, tsih: u16) {
         lock(&self.sessions).remove(&tsih);
+    }
+
+    /// Turn SPDK's histogram on (from empty) or off.
+    pub fn set_histogram(&self, on: bool) {
+        if on {
+            self.histogram.get_or_init(SpdkHistogram::new).clear();
+        }
+        self.histogram_on.store(on, Ordering::Relaxed);
+    }
+
+    /// The histogram, while it is on (one relaxed load when off).
+    pub fn histogram(&self) -> Option<&SpdkHistogram> {
+        if self.histogram_on.load(Ordering::Relaxed) {
+            self.histogram.get()
+        } else {
+            None
+        }
     }
 
     /// A new loop's counters.
@@ -371,6 +445,39 @@ impl Stats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spdk_histogram_buckets_follow_spdks_layout() {
+        // Ranges 0 and 1: one value per bucket.
+        assert_eq!(SpdkHistogram::bucket(0), 0);
+        assert_eq!(SpdkHistogram::bucket(127), 127);
+        assert_eq!(SpdkHistogram::bucket(128), 128);
+        assert_eq!(SpdkHistogram::bucket(255), 255);
+        // Range 2: two values per bucket, 256 to 511.
+        assert_eq!(SpdkHistogram::bucket(256), 256);
+        assert_eq!(SpdkHistogram::bucket(257), 256);
+        assert_eq!(SpdkHistogram::bucket(258), 257);
+        assert_eq!(SpdkHistogram::bucket(511), 383);
+        // Range 3: four values per bucket from 512.
+        assert_eq!(SpdkHistogram::bucket(512), 384);
+        assert_eq!(SpdkHistogram::bucket(515), 384);
+        assert_eq!(SpdkHistogram::bucket(516), 385);
+        // The last range ends the table.
+        assert_eq!(
+            SpdkHistogram::bucket(u64::MAX),
+            ((SpdkHistogram::RANGES << SpdkHistogram::SHIFT) - 1) as usize
+        );
+        let t = TargetStats::default();
+        assert!(t.histogram().is_none());
+        t.set_histogram(true);
+        t.histogram().unwrap().tally(300);
+        assert_eq!(t.histogram().unwrap().counts()[256 + 22], 1);
+        t.set_histogram(false);
+        assert!(t.histogram().is_none());
+        // On again: from empty, as SPDK makes a new one.
+        t.set_histogram(true);
+        assert_eq!(t.histogram().unwrap().counts().iter().sum::<u64>(), 0);
+    }
 
     #[test]
     fn in_flight_sums_each_running_loops_own_counter() {

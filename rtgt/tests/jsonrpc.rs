@@ -52,6 +52,28 @@ fn read_one(s: &mut UnixStream) -> Option<Value> {
     }
 }
 
+/// RFC 4648 base64, padded.
+fn base64_decode(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("not base64: {c}"),
+    };
+    let mut out = Vec::new();
+    for chunk in s.as_bytes().chunks(4) {
+        let pad = chunk.iter().filter(|&&c| c == b'=').count();
+        let mut n = 0u32;
+        for &c in chunk {
+            n = n << 6 | if c == b'=' { 0 } else { val(c) as u32 };
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    out
+}
+
 fn spdk_rpc() -> Option<&'static str> {
     if have("spdk-rpc") {
         return Some("spdk-rpc");
@@ -189,6 +211,20 @@ fn spdk_rpc_builds_a_target_that_initiators_use_and_tgtadm_shows() {
 
     // Our initiator writes through the portal group's portal; the data is
     // in the file the bdev names.
+    let path = rpc_path(&d);
+    assert_eq!(
+        call(&path, "iscsi_get_histogram", json!({"name": target}))
+            .unwrap_err()
+            .0,
+        -32602,
+        "not enabled yet"
+    );
+    call(
+        &path,
+        "iscsi_enable_histogram",
+        json!({"name": target, "enable": true}),
+    )
+    .unwrap();
     let mut c = login(&portal, &target);
     assert_eq!(c.read_capacity16(0).unwrap(), ((32 << 20) / 512, 512));
     assert_eq!(c.read_capacity16(1).unwrap().1, 4096);
@@ -196,6 +232,20 @@ fn spdk_rpc_builds_a_target_that_initiators_use_and_tgtadm_shows() {
     c.write(0, 100, &data, 512).unwrap();
     let back = std::fs::read(&disk).unwrap();
     assert_eq!(&back[100 * 512..100 * 512 + 8192], &data[..]);
+    // SPDK's histogram counts media tasks (READ CAPACITY is answered
+    // without one): at least the write, in SPDK's bucket layout.
+    let h = call(&path, "iscsi_get_histogram", json!({"name": target})).unwrap();
+    assert_eq!(
+        (h["granularity"].clone(), h["max_range"].clone()),
+        (json!(7), json!(57))
+    );
+    let bytes = base64_decode(h["histogram"].as_str().unwrap());
+    assert_eq!(bytes.len(), 58 * 128 * 8);
+    let counts: Vec<u64> = bytes
+        .chunks(8)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
+        .collect();
+    assert!(counts.iter().sum::<u64>() >= 1, "the write is counted");
     c.logout(0).unwrap();
 
     // Not through the daemon's other portal: the target is mapped to

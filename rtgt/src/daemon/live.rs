@@ -399,6 +399,9 @@ impl mgmt::Live for DaemonLive {
                 }
             }
             Effect::PortalRemoved(addr) => self.state.unlisten(addr),
+            Effect::HistogramChanged { tid, enable } => {
+                self.state.stats.target(tid).set_histogram(enable)
+            }
             Effect::SystemDeleted => self.state.shutdown.notify_one(),
             Effect::TargetStateChanged { .. }
             | Effect::AclChanged { .. }
@@ -465,6 +468,10 @@ impl mgmt::Live for DaemonLive {
             luns: t.lun_snapshots(),
             sessions,
         })
+    }
+
+    fn histogram(&self, tid: u32) -> Option<Vec<u64>> {
+        Some(self.state.stats.get(tid)?.histogram()?.counts())
     }
 
     fn backing_size(&mut self, _tid: u32, spec: &LunSpec) -> Result<u64, TgtadmError> {

@@ -245,7 +245,11 @@ impl TargetCtx {
         let Some(io) = io else { return };
         io.counters.record_status(r.status as u8, &r.sense);
         if let (Some(k), Some(t0)) = (kind, started) {
-            io.counters.latency[k as usize].observe(t0.elapsed());
+            let d = t0.elapsed();
+            io.counters.latency[k as usize].observe(d);
+            if let Some(h) = self.shared.stats.histogram() {
+                h.tally(d.as_nanos() as u64);
+            }
         }
         if kind == Some(crate::stats::Kind::Write) && io.thin.crossed(&*io.dev) {
             self.shared.luns().soft_threshold_reached(io.thin.lun);

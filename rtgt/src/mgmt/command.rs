@@ -592,6 +592,10 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
         Command::TargetNodeHistogram { name, enable } => {
             let tid = node(table, name)?.tid;
             table.targets.get_mut(&tid).expect("found above").histogram = *enable;
+            live.apply(Effect::HistogramChanged {
+                tid,
+                enable: *enable,
+            });
             Ok(())
         }
     }

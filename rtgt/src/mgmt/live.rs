@@ -146,6 +146,13 @@ pub enum Effect {
     LldStopped,
     /// `--mode lld --op start`: the iSCSI driver runs again; listen again.
     LldStarted,
+    /// SPDK's latency histogram of a target on (from empty) or off.
+    HistogramChanged {
+        /// Target id.
+        tid: u32,
+        /// On.
+        enable: bool,
+    },
     /// `--mode system --op delete` succeeded (no target left): the daemon
     /// should exit; the management loop has already stopped accepting.
     SystemDeleted,
@@ -221,6 +228,13 @@ pub trait Live {
     /// A target's I/O counters for `--op stat`; `None` when the daemon
     /// keeps none (stat then shows zeros).
     fn counters(&self, tid: u32) -> Option<TargetCounters> {
+        let _ = tid;
+        None
+    }
+
+    /// A target's SPDK latency histogram counts (see
+    /// [`crate::stats::SpdkHistogram`]), while it is on.
+    fn histogram(&self, tid: u32) -> Option<Vec<u64>> {
         let _ = tid;
         None
     }

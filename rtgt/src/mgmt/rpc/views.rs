@@ -11,6 +11,7 @@ use crate::mgmt::groups::{Bdev, BdevKind};
 use crate::mgmt::live::Live;
 use crate::mgmt::params::{key_index, SESSION_KEYS};
 use crate::mgmt::table::{DeviceType, LunSpec, Target, TargetTable};
+use crate::stats::SpdkHistogram;
 
 /// The bdev name of a unit: its own, or the implicit one.
 pub fn lun_bdev_name(t: &Target, l: &LunSpec) -> String {
@@ -445,18 +446,27 @@ pub fn connections(table: &TargetTable, live: &dyn Live) -> Value {
     Value::Array(out)
 }
 
-/// `iscsi_get_histogram`.
+/// `iscsi_get_histogram`: SPDK's layout (base64 of the little-endian
+/// bucket counts), in nanoseconds of media latency (`tsc_rate` 1 GHz).
 pub fn histogram(table: &TargetTable, live: &dyn Live, name: &str) -> Result<Value, RpcError> {
     let t = table
         .target_by_name(name)
         .ok_or_else(|| RpcError::invalid_params("target not found"))?;
-    if !t.histogram {
-        return Err(RpcError::invalid_params(
-            "target's histogram function is not enabled",
-        ));
-    }
-    let _ = live;
-    Err(RpcError::internal(
-        "histogram buckets are not collected; see --metrics (rtgt_command_latency_seconds)",
-    ))
+    let counts = match live.histogram(t.tid) {
+        Some(c) if t.histogram => c,
+        _ => {
+            return Err(RpcError::invalid_params(
+                "target's histogram function is not enabled",
+            ))
+        }
+    };
+    let bytes: Vec<u8> = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
+    let b64 = iscsi::chap::encode_base64(&bytes);
+    Ok(json!({
+        "histogram": b64.trim_start_matches("0b"),
+        "granularity": SpdkHistogram::SHIFT,
+        "min_range": 0,
+        "max_range": SpdkHistogram::RANGES - 1,
+        "tsc_rate": SpdkHistogram::TICK_RATE,
+    }))
 }
