@@ -272,6 +272,9 @@ struct Conn {
     wake: bool,
     next_ttt: u32,
     nop_deadline: Option<Instant>,
+    /// Asked to log out (AsyncEvent 1): closed at this instant unless the
+    /// initiator has logged out by then.
+    logout_deadline: Option<Instant>,
     nop_missed: u32,
     rx_activity: bool,
     text: TextExchange,
@@ -384,6 +387,7 @@ impl Session {
             wake: false,
             next_ttt: 1,
             nop_deadline: (!cfg.nop_interval.is_zero()).then(|| now + cfg.nop_interval),
+            logout_deadline: None,
             nop_missed: 0,
             rx_activity: true,
             text: TextExchange::new(negotiated),
@@ -1252,7 +1256,11 @@ impl Session {
     /// When [`handle_timeout`](Session::handle_timeout) wants to run next
     /// for this connection.
     pub fn poll_timeout(&self, c: ConnId) -> Option<Instant> {
-        self.conn_index(c).and_then(|i| self.conns[i].nop_deadline)
+        let conn = &self.conns[self.conn_index(c)?];
+        match (conn.nop_deadline, conn.logout_deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Time passed: a NOP-In ping when the line was silent for an interval
@@ -1261,6 +1269,11 @@ impl Session {
     pub fn handle_timeout(&mut self, c: ConnId, now: Instant) -> Result<(), Close> {
         let ci = self.conn_index(c).ok_or(Close::Gone)?;
         let conn = &mut self.conns[ci];
+        if conn.logout_deadline.is_some_and(|d| now >= d) {
+            // RFC 7143 §11.9.1: no Logout within Parameter3 seconds; the
+            // target may simply end the transport connection.
+            return Err(Close::Protocol("initiator did not log out when asked"));
+        }
         let Some(due) = conn.nop_deadline else {
             return Ok(());
         };
@@ -1389,6 +1402,30 @@ impl Session {
         c.closing = true;
         c.wake = true;
         Some(c.id)
+    }
+
+    /// Ask the initiator to log out the connection with this CID (RFC 7143
+    /// §11.9.1, AsyncEvent 1 "target requests Logout") within `wait`
+    /// (Parameter3, whole seconds); past that the connection is closed
+    /// (see [`Session::handle_timeout`]). False when there is no such
+    /// connection, or it is closing already.
+    pub fn request_logout(&mut self, cid: u16, wait: std::time::Duration, now: Instant) -> bool {
+        let Some(ci) = self
+            .conns
+            .iter()
+            .position(|c| c.cfg.cid == cid && !c.replaced && !c.closing)
+        else {
+            return false;
+        };
+        let secs = wait.as_secs().min(u64::from(u16::MAX)) as u16;
+        let p = pdu::async_message(1, 0, 0, secs);
+        // An Async Message takes a StatSN, as a response does.
+        self.queue(ci, p.bhs, Payload::None, Stamp::Advance);
+        let c = &mut self.conns[ci];
+        if c.logout_deadline.is_none() {
+            c.logout_deadline = Some(now + std::time::Duration::from_secs(secs.into()));
+        }
+        true
     }
 
     /// Ask every connection to close (logout of the session,

@@ -452,6 +452,41 @@ fn unanswered_pings_end_the_connection() {
 }
 
 #[test]
+fn a_logout_request_asks_then_closes_if_unheeded() {
+    // RFC 7143 §11.9.1: AsyncEvent 1, Parameter3 the seconds to log out in.
+    let mut t = start(1, 16);
+    let t0 = t.now;
+    assert!(t.s.request_logout(0, Duration::from_secs(3), t0));
+    assert!(
+        !t.s.request_logout(9, Duration::from_secs(3), t0),
+        "no CID 9"
+    );
+    let o = t.out();
+    assert_eq!(o.len(), 1);
+    assert_eq!(o[0].op(), Opcode::AsyncMessage);
+    assert_eq!(o[0].bhs.0[36], 1, "AsyncEvent 1: logout requested");
+    assert_eq!(u16::from_be_bytes([o[0].bhs.0[42], o[0].bhs.0[43]]), 3);
+    assert_eq!(o[0].bhs.itt().0, RESERVED_TAG);
+    // It takes a StatSN: the next response carries the one after.
+    let stat_sn = o[0].bhs.u32_at(24);
+    t.send_ok(&nop_out(1, 1));
+    assert_eq!(t.out()[0].bhs.u32_at(24), stat_sn.wrapping_add(1));
+    // The deadline is the earlier of the ping and the logout.
+    assert_eq!(t.s.poll_timeout(t.c), Some(t0 + Duration::from_secs(3)));
+    let r = t.s.handle_timeout(t.c, t0 + Duration::from_secs(3));
+    assert!(matches!(r, Err(Close::Protocol(_))));
+
+    // Heeded: the initiator logs out and the connection ends cleanly.
+    let mut t = start(1, 16);
+    assert!(t.s.request_logout(0, Duration::from_secs(30), t.now));
+    t.out();
+    t.send_ok(&logout(1, 1, 0));
+    let o = t.out();
+    assert_eq!(o[0].op(), Opcode::LogoutResponse);
+    assert!(t.s.is_closing(t.c));
+}
+
+#[test]
 fn an_answered_ping_keeps_the_connection() {
     let mut t = start(1, 16);
     let t0 = t.now;

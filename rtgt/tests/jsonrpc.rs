@@ -246,6 +246,25 @@ fn spdk_rpc_builds_a_target_that_initiators_use_and_tgtadm_shows() {
         .map(|b| u64::from_le_bytes(b.try_into().unwrap()))
         .collect();
     assert!(counts.iter().sum::<u64>() >= 1, "the write is counted");
+    // iscsi_target_node_request_logout: the initiator is asked to log out
+    // (AsyncEvent 1, within 30 s), as SPDK asks; then it does.
+    call(
+        &path,
+        "iscsi_target_node_request_logout",
+        json!({"name": target}),
+    )
+    .unwrap();
+    for _ in 0..100 {
+        if !c.async_messages.is_empty() {
+            break;
+        }
+        c.nop().unwrap();
+    }
+    let a = c.async_messages.first().expect("an Async Message");
+    assert_eq!(
+        (a.bhs.0[36], u16::from_be_bytes([a.bhs.0[42], a.bhs.0[43]])),
+        (1, 30)
+    );
     c.logout(0).unwrap();
 
     // Not through the daemon's other portal: the target is mapped to

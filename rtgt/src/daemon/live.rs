@@ -399,6 +399,21 @@ impl mgmt::Live for DaemonLive {
                 }
             }
             Effect::PortalRemoved(addr) => self.state.unlisten(addr),
+            Effect::RequestLogout { tid, sid, cid } => {
+                if let Some(s) = self
+                    .state
+                    .registry
+                    .sessions_of(tid)
+                    .into_iter()
+                    .find(|s| s.nexus == sid)
+                {
+                    let (tsih, cid) = (s.tsih, cid as u16);
+                    let wait = mgmt::live::LOGOUT_WAIT;
+                    self.with_target(tid, |h| {
+                        h.broadcast(|| TargetMsg::RequestLogout { tsih, cid, wait })
+                    });
+                }
+            }
             Effect::HistogramChanged { tid, enable } => {
                 self.state.stats.target(tid).set_histogram(enable)
             }

@@ -94,6 +94,13 @@ pub enum TargetMsg {
         tsih: u16,
         cid: u16,
     },
+    /// Ask the initiator to log one connection out (AsyncEvent 1) within
+    /// `wait`; it is closed if it has not by then.
+    RequestLogout {
+        tsih: u16,
+        cid: u16,
+        wait: std::time::Duration,
+    },
     /// Close everything and end the thread.
     Stop,
 }
@@ -904,6 +911,15 @@ async fn run_loop(ctx: Rc<TargetCtx>, mut rx: mpsc::UnboundedReceiver<TargetMsg>
                 if let Some(s) = s {
                     s.m.borrow_mut().close_cid(cid);
                     s.wake(None);
+                }
+            }
+            TargetMsg::RequestLogout { tsih, cid, wait } => {
+                let s = ctx.sessions.borrow().get(&tsih).cloned();
+                if let Some(s) = s {
+                    let now = std::time::Instant::now();
+                    if s.m.borrow_mut().request_logout(cid, wait, now) {
+                        s.wake(None);
+                    }
                 }
             }
             TargetMsg::Stop => break,

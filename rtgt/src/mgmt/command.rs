@@ -571,12 +571,13 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
                     return Err(not_found("portal group", pg));
                 }
             }
-            // Sessions do not record the portal group they came through:
-            // with a group named, the target's every connection is closed
-            // (the initiator logs in again, as after a logout request).
+            // As SPDK: each connection is asked to log out (AsyncEvent 1)
+            // and closed if it has not within LOGOUT_WAIT. Sessions do not
+            // record the portal group they came through: with a group
+            // named, every connection of the target is asked.
             for s in live.sessions(tid) {
                 for c in &s.connections {
-                    live.apply(Effect::ConnectionClose {
+                    live.apply(Effect::RequestLogout {
                         tid,
                         sid: s.nexus_id,
                         cid: c.cid,

@@ -146,6 +146,16 @@ pub enum Effect {
     LldStopped,
     /// `--mode lld --op start`: the iSCSI driver runs again; listen again.
     LldStarted,
+    /// Ask the initiator to log a connection out (iSCSI AsyncEvent 1); it
+    /// is closed if it has not within [`LOGOUT_WAIT`].
+    RequestLogout {
+        /// Target id.
+        tid: u32,
+        /// Session (nexus) id.
+        sid: u64,
+        /// Connection id.
+        cid: u32,
+    },
     /// SPDK's latency histogram of a target on (from empty) or off.
     HistogramChanged {
         /// Target id.
@@ -157,6 +167,10 @@ pub enum Effect {
     /// should exit; the management loop has already stopped accepting.
     SystemDeleted,
 }
+
+/// How long an initiator asked to log out has to do so (SPDK's
+/// `ISCSI_LOGOUT_REQUEST_TIMEOUT`).
+pub const LOGOUT_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Work a [`Live`] put off because it could block the management thread
 /// (opening a backing store: a slow NFS file or a remote image). The
