@@ -36,7 +36,7 @@ impl CoreError {
         }
     }
 
-    fn invalid(msg: impl Into<String>) -> Self {
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         Self::new(TgtadmError::InvalidRequest, msg)
     }
 }
@@ -137,6 +137,24 @@ pub enum Command {
         lun: u64,
         /// Backing.
         args: LunArgs,
+    },
+    /// tgtadm's target update: one attribute (see [`super::attrs`]).
+    TargetSet {
+        /// Target id.
+        tid: u32,
+        /// Attribute.
+        name: String,
+        /// Value.
+        value: String,
+    },
+    /// tgtadm's logical unit update: attributes, all or none.
+    LunSet {
+        /// Target id.
+        tid: u32,
+        /// LUN.
+        lun: u64,
+        /// (attribute, value), in order.
+        items: Vec<(String, String)>,
     },
     /// Remove a logical unit (not LUN 0).
     LunDelete {
@@ -322,6 +340,12 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
             Ok(())
         }
         Command::LunDelete { tid, lun } => lun_delete(table, live, *tid, *lun),
+        Command::TargetSet { tid, name, value } => {
+            super::attrs::target_set(table, live, *tid, name, value)
+        }
+        Command::LunSet { tid, lun, items } => {
+            super::attrs::lun_set(table, live, *tid, *lun, items)
+        }
         Command::Acl {
             tid,
             bind,

@@ -8,16 +8,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::command::{attach_medium, execute, valid_target_name, Command, LunArgs, NULL_BS_SIZE};
+use super::command::{execute, valid_target_name, Command, LunArgs};
 use super::ipc::{TgtadmError, GLOBAL_TID};
 use super::live::{Effect, Live};
-use super::params::key_index;
 use super::request::{c_atoi, c_strtoul_u32, c_strtoull, Mode, Op, Request, ACCOUNT_OUTGOING};
 use super::stat::wants;
-use super::table::{
-    Account, DeviceType, LunSpec, ModePage, Portal, SystemState, TargetState, TargetTable,
-    ISCSI_LISTEN_PORT,
-};
+use super::table::{Account, LunSpec, Portal, SystemState, TargetTable, ISCSI_LISTEN_PORT};
 use super::{json, show, stat};
 
 type Res = Result<String, TgtadmError>;
@@ -255,43 +251,15 @@ fn target_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) ->
         .split_once('=')
         .ok_or(TgtadmError::UnsupportedOperation)?;
     let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
-    let t = table.targets.get_mut(&tid).ok_or(TgtadmError::NoTarget)?;
-    if name == "state" {
-        let s = TargetState::parse(value).ok_or(TgtadmError::InvalidRequest)?;
-        t.state = s;
-        live.apply(Effect::TargetStateChanged {
+    run(
+        table,
+        live,
+        Command::TargetSet {
             tid,
-            ready: s == TargetState::Ready,
-        });
-        return Ok(String::new());
-    }
-    // tgt matches these by prefix (strncmp).
-    if name.starts_with("RedirectAddress") {
-        t.redirect.addr = value.chars().take(63).collect();
-    } else if name.starts_with("RedirectPort") {
-        t.redirect.port = value.chars().take(7).collect();
-    } else if name.starts_with("RedirectReason") {
-        if value.starts_with("Temporary") {
-            t.redirect.temporary = Some(true);
-        } else if value.starts_with("Permanent") {
-            t.redirect.temporary = Some(false);
-        } else {
-            return Err(TgtadmError::InvalidRequest);
-        }
-    } else if name.starts_with("RedirectCallback") {
-        t.redirect.callback = Some(value.to_string());
-    } else if name.starts_with("nop_count") {
-        t.nop_count = c_atoi(value);
-    } else if name.starts_with("nop_interval") {
-        t.nop_interval = c_atoi(value);
-    } else {
-        let idx = key_index(name).ok_or(TgtadmError::InvalidRequest)?;
-        t.params
-            .set_text(idx, value)
-            .map_err(|_| TgtadmError::InvalidRequest)?;
-    }
-    live.apply(Effect::TargetParamsChanged { tid });
-    Ok(String::new())
+            name: name.to_string(),
+            value: value.to_string(),
+        },
+    )
 }
 
 // ---------------------------------------------------------------- portal
@@ -465,190 +433,27 @@ pub fn medium_identity(spec: &mut LunSpec, tid: u32, identity: &str) {
     }
 }
 
-/// Parse a `mode_page=` value as tgt's `add_mode_page`.
-fn parse_mode_page(s: &str) -> Result<ModePage, TgtadmError> {
-    let parts: Vec<&str> = s.split(':').collect();
-    let num = |p: &str| c_strtoull(p, 0).0 as i64;
-    let pcode = parts.first().map(|p| num(p)).unwrap_or(0) as u8;
-    let subpcode = parts.get(1).map(|p| num(p)).unwrap_or(0) as u8;
-    let size = parts.get(2).map(|p| num(p)).unwrap_or(0) as u16 as usize;
-    if parts.len() < 3 || parts.len() > size + 3 {
-        return Err(TgtadmError::InvalidRequest);
-    }
-    let mut data = vec![0u8; size];
-    for (i, p) in parts[3..].iter().enumerate() {
-        data[i] = num(p) as u8;
-    }
-    Ok(ModePage {
-        pcode,
-        subpcode,
-        data,
-    })
-}
-
 fn lun_update(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
     let tid = tid_of(req).ok_or(TgtadmError::NoTarget)?;
-    let t = table.targets.get(&tid).ok_or(TgtadmError::NoTarget)?;
-    let old = t.luns.get(&req.lun).ok_or(TgtadmError::NoLun)?;
-    let mut spec = old.clone();
     let params = req
         .params
         .strip_prefix("targetOps")
         .map(|p| p.get(1..).unwrap_or(""))
         .unwrap_or(&req.params);
-    let trunc = |v: &str, n: usize| -> String {
-        let mut s = String::new();
-        for c in v.chars() {
-            if s.len() + c.len_utf8() > n {
-                break;
-            }
-            s.push(c);
-        }
-        s
-    };
-    let mut new_path = None;
-    let mut disksize = None;
+    let mut items = Vec::new();
     for item in params.split(',').filter(|i| !i.is_empty()) {
         let (k, v) = item.split_once('=').ok_or(TgtadmError::InvalidRequest)?;
-        match k {
-            "scsi_id" => spec.scsi_id = trunc(v, 36),
-            "scsi_sn" => spec.scsi_sn = trunc(v, 36),
-            "vendor_id" => spec.vendor_id = trunc(v, 8),
-            "product_id" => spec.product_id = trunc(v, 16),
-            "product_rev" => spec.product_rev = trunc(v, 4),
-            "sense_format" => spec.sense_format = c_atoi(v) != 0,
-            "lbppbe" => {
-                spec.lbppbe = c_atoi(v) as u8;
-                spec.no_auto_lbppbe = true;
-            }
-            "la_lba" => spec.la_lba = c_atoi(v) as u16,
-            "optimal_xfer_gran" => spec.optimal_xfer_gran = Some(c_atoi(v) as u32),
-            "optimal_xfer_len" => spec.optimal_xfer_len = Some(c_atoi(v) as u32),
-            "removable" => spec.removable = c_atoi(v) != 0,
-            "readonly" => spec.readonly = c_atoi(v) != 0,
-            "thin_provisioning" => spec.thin_provisioning = c_atoi(v) != 0,
-            // rtgt extension: a soft threshold in percent of the LU mapped.
-            "thin_threshold" => {
-                spec.thin_threshold = match v.parse::<u8>() {
-                    Ok(p) if p <= 100 => p,
-                    _ => return Err(TgtadmError::InvalidRequest),
-                }
-            }
-            "rotation_rate" => spec.rotation_rate = c_atoi(v) as u16,
-            "online" => {
-                if c_atoi(v) != 0 {
-                    spec.online = true;
-                } else {
-                    if live.prevent_removal(tid, req.lun) {
-                        return Err(TgtadmError::PreventRemoval);
-                    }
-                    spec.online = false;
-                }
-            }
-            "mode_page" => {
-                let pg = parse_mode_page(v)?;
-                spec.mode_pages
-                    .retain(|p| !(p.pcode == pg.pcode && p.subpcode == pg.subpcode));
-                spec.mode_pages.push(pg);
-            }
-            // rtgt extension (tgt 1.0.85 refuses it): re-read the backing
-            // store's size (`auto`) or expose a given size in bytes.
-            "disksize" => disksize = Some(parse_disksize(v)?),
-            "path" => {
-                // Changing the medium needs the unit offline first.
-                if spec.path.is_some() && spec.online {
-                    return Err(TgtadmError::InvalidRequest);
-                }
-                new_path = Some(v.to_string());
-            }
-            _ => return Err(TgtadmError::InvalidRequest),
-        }
+        items.push((k.to_string(), v.to_string()));
     }
-    if let Some(p) = new_path {
-        let needs_file = table
-            .info
-            .backing_stores
-            .iter()
-            .find(|b| b.name == spec.bstype)
-            .is_none_or(|b| b.needs_file);
-        spec.path = Some(p);
-        spec.size_bytes = 0;
-        attach_medium(live, tid, &mut spec, needs_file).map_err(|e| e.code)?;
-    }
-    if let Some(d) = disksize {
-        resize(table, live, tid, &mut spec, d)?;
-    }
-    if spec != *old {
-        table
-            .targets
-            .get_mut(&tid)
-            .expect("checked above")
-            .luns
-            .insert(req.lun, spec.clone());
-        live.apply(Effect::LunUpdated { tid, spec });
-    }
-    Ok(String::new())
-}
-
-/// `--params disksize=auto|<bytes>`.
-#[derive(Debug, Clone, Copy)]
-enum DiskSize {
-    /// The backing store's current size.
-    Auto,
-    /// This many bytes.
-    Bytes(u64),
-}
-
-fn parse_disksize(v: &str) -> Result<DiskSize, TgtadmError> {
-    if v == "auto" {
-        return Ok(DiskSize::Auto);
-    }
-    if v.is_empty() || !v.bytes().all(|c| c.is_ascii_digit()) {
-        return Err(TgtadmError::InvalidRequest);
-    }
-    v.parse()
-        .map(DiskSize::Bytes)
-        .map_err(|_| TgtadmError::InvalidRequest)
-}
-
-/// Change the capacity of a unit with a medium. The target loop then
-/// reports CAPACITY DATA HAS CHANGED to every I_T nexus (SBC-3 section
-/// 4.10, SPC-4 section 6.43 ASC 2Ah ASCQ 09h). A file-backed unit cannot
-/// be made larger than its store (reads past its end would fail); grow the
-/// file or volume first, then ask for `auto`.
-fn resize(
-    table: &TargetTable,
-    live: &mut dyn Live,
-    tid: u32,
-    spec: &mut LunSpec,
-    want: DiskSize,
-) -> Result<(), TgtadmError> {
-    if spec.path.is_none() || spec.device_type == DeviceType::Controller {
-        return Err(TgtadmError::InvalidRequest);
-    }
-    let needs_file = table
-        .info
-        .backing_stores
-        .iter()
-        .find(|b| b.name == spec.bstype)
-        .is_none_or(|b| b.needs_file);
-    let store = if needs_file {
-        Some(live.backing_size(tid, spec)?)
-    } else {
-        None
-    };
-    let size = match (want, store) {
-        (DiskSize::Auto, Some(s)) => s,
-        (DiskSize::Auto, None) => NULL_BS_SIZE,
-        (DiskSize::Bytes(n), Some(s)) if n > s => return Err(TgtadmError::InvalidRequest),
-        (DiskSize::Bytes(n), _) => n,
-    };
-    // At least one whole block (READ CAPACITY reports the last LBA).
-    if size < spec.block_size as u64 {
-        return Err(TgtadmError::InvalidRequest);
-    }
-    spec.size_bytes = size;
-    Ok(())
+    run(
+        table,
+        live,
+        Command::LunSet {
+            tid,
+            lun: req.lun,
+            items,
+        },
+    )
 }
 
 // ---------------------------------------------------------------- accounts

@@ -15,6 +15,7 @@
 //! - [`json`]: `rtgtadm --json` documents for show (and the JSON writer).
 //! - [`live`]: what the management plane needs from the running daemon.
 
+pub mod attrs;
 pub mod command;
 pub mod groups;
 pub mod handler;

@@ -61,6 +61,8 @@ pub const METHODS: &[&str] = &[
     "iscsi_enable_histogram",
     "iscsi_get_histogram",
     "rtgt_get_target_nodes",
+    "rtgt_target_node_set_param",
+    "rtgt_lun_set_params",
 ];
 
 /// Largest number of portals, pairs or LUNs one request may name.
@@ -545,6 +547,60 @@ pub fn call(
             Params::none(params, method)?;
             Ok(views::target_nodes(table, false))
         }
+        "rtgt_target_node_set_param" => {
+            // tgtadm --mode target --op update --name KEY --value VALUE.
+            let p = Params::new(params, &["name", "key", "value"])?;
+            let name = node_name(table, p.str("name")?)?;
+            let tid = table.target_by_name(&name).map_or(0, |t| t.tid);
+            let value = scalar_text(p.req("value")?, "value")?;
+            core(
+                table,
+                live,
+                Command::TargetSet {
+                    tid,
+                    name: p.str("key")?.to_string(),
+                    value,
+                },
+            )
+        }
+        "rtgt_lun_set_params" => {
+            // tgtadm --mode logicalunit --op update --params k=v,...: as
+            // [[key, value], ...] (a key may repeat: mode_page) or an object.
+            let p = Params::new(params, &["name", "lun_id", "params"])?;
+            let name = node_name(table, p.str("name")?)?;
+            let tid = table.target_by_name(&name).map_or(0, |t| t.tid);
+            let lun = p.int("lun_id", 0, 16383)? as u64;
+            let mut items = Vec::new();
+            match p.req("params")? {
+                Value::Object(m) => {
+                    for (k, v) in m {
+                        items.push((k.clone(), scalar_text(v, k)?));
+                    }
+                }
+                Value::Array(a) if a.len() <= 64 => {
+                    for pair in a {
+                        match pair.as_array().map(Vec::as_slice) {
+                            Some([k, v]) => {
+                                let k = as_str(k, "key")?.to_string();
+                                let v = scalar_text(v, &k)?;
+                                items.push((k, v));
+                            }
+                            _ => {
+                                return Err(RpcError::invalid_params(
+                                    "params items are [key, value] pairs",
+                                ))
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    return Err(RpcError::invalid_params(
+                        "params is an object or at most 64 [key, value] pairs",
+                    ))
+                }
+            }
+            core(table, live, Command::LunSet { tid, lun, items })
+        }
         "rtgt_get_target_nodes" => {
             Params::none(params, method)?;
             Ok(views::target_nodes(table, true))
@@ -581,6 +637,19 @@ pub fn call(
             views::histogram(table, live, &name)
         }
         _ => Err(RpcError::method_not_found()),
+    }
+}
+
+/// A parameter value as tgt's text: a string as it is, a number in
+/// decimal, a boolean as 1 or 0.
+fn scalar_text(v: &Value, k: &str) -> Result<String, RpcError> {
+    match v {
+        Value::String(s) if !s.contains(',') => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        Value::Bool(b) => Ok(if *b { "1" } else { "0" }.to_string()),
+        _ => Err(RpcError::invalid_params(format!(
+            "{k} must be a string without commas, a number or a boolean"
+        ))),
     }
 }
 

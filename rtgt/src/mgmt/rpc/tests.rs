@@ -402,11 +402,33 @@ fn saved_configuration_loads_into_a_fresh_table_with_the_same_answers() {
         "iscsi_set_options",
         json!({"first_burst_length": 16384, "node_base": "iqn.2026-12.org.example"}),
     );
+    // tgt's attributes beyond SPDK's model travel as rtgt_* calls.
+    r.ok(
+        "rtgt_lun_set_params",
+        json!({"name": "iqn.2016-06.io.spdk:disk1", "lun_id": 0, "params": [
+            ["vendor_id", "ACME"], ["thin_provisioning", true], ["scsi_sn", "SN-77"],
+            ["mode_page", "8:0:18:0x14:0:0xff:0xff:0:0:0xff:0xff:0xff:0xff:0x80:0x14:0:0:0:0:0:0"]]}),
+    );
+    r.ok(
+        "rtgt_target_node_set_param",
+        json!({"name": "iqn.2016-06.io.spdk:disk1", "key": "MaxRecvDataSegmentLength", "value": 65536}),
+    );
+    assert_eq!(
+        r.call(
+            "rtgt_lun_set_params",
+            json!({"name": "iqn.2016-06.io.spdk:disk1", "lun_id": 0,
+            "params": {"no_such": "1"}})
+        )
+        .unwrap_err()
+        .0,
+        -32602
+    );
     let saved = json!({"subsystems": [
         {"subsystem": "bdev", "config": r.ok("framework_get_config", json!({"name": "bdev"}))},
         {"subsystem": "iscsi", "config": r.ok("framework_get_config", json!({"name": "iscsi"}))},
     ]});
     let gets = [
+        "rtgt_get_target_nodes",
         "iscsi_get_portal_groups",
         "iscsi_get_initiator_groups",
         "iscsi_get_auth_groups",
@@ -423,7 +445,14 @@ fn saved_configuration_loads_into_a_fresh_table_with_the_same_answers() {
     std::fs::write(&file, serde_json::to_vec_pretty(&saved).unwrap()).unwrap();
     let live: Rc<RefCell<dyn Live>> = fresh.live.clone();
     let n = load_file(&file, &fresh.table, &live).unwrap();
-    assert!(n >= 7, "{n} calls");
+    assert!(n >= 9, "{n} calls");
+    let t = fresh.table.borrow();
+    let t1 = t.target_by_name("iqn.2016-06.io.spdk:disk1").unwrap();
+    assert_eq!(t1.params.get("MaxRecvDataSegmentLength"), Some(65536));
+    assert_eq!(t1.luns[&0].mode_pages.len(), 1);
+    assert!(t1.luns[&0].thin_provisioning);
+    assert_eq!(t1.luns[&0].scsi_sn, "SN-77");
+    drop(t);
     let got: Vec<Value> = gets.iter().map(|m| fresh.get(m)).collect();
     for ((m, g), w) in gets.iter().zip(&got).zip(&want) {
         assert_eq!(g, w, "{m}");

@@ -7,6 +7,7 @@
 use serde_json::{json, Map, Value};
 
 use super::RpcError;
+use crate::mgmt::attrs;
 use crate::mgmt::groups::{Bdev, BdevKind};
 use crate::mgmt::live::Live;
 use crate::mgmt::params::{key_index, SESSION_KEYS};
@@ -342,6 +343,26 @@ fn node_view(t: &Target, rtgt: bool) -> Value {
     m.insert("data_digest".into(), json!(t.require_data_digest));
     if rtgt {
         // rtgt's own view: what tgt's model adds.
+        let units: Vec<Value> = disk_luns(t)
+            .map(|l| {
+                json!({
+                    "lun_id": l.lun,
+                    "bdev_name": lun_bdev_name(t, l),
+                    "block_size": l.block_size,
+                    "size": l.size_bytes,
+                    "vendor_id": l.vendor_id,
+                    "product_id": l.product_id,
+                    "product_rev": l.product_rev,
+                    "scsi_id": l.scsi_id,
+                    "scsi_sn": l.scsi_sn,
+                    "readonly": l.readonly,
+                    "removable": l.removable,
+                    "thin_provisioning": l.thin_provisioning,
+                    "online": l.online,
+                })
+            })
+            .collect();
+        m.insert("units".into(), Value::Array(units));
         m.insert("tid".into(), json!(t.tid));
         m.insert("state".into(), json!(t.state.name()));
         m.insert("acl_addresses".into(), json!(t.acl_addresses));
@@ -415,6 +436,20 @@ pub fn iscsi_config(table: &TargetTable) -> Value {
         if t.histogram {
             v.push(json!({"method": "iscsi_enable_histogram",
                 "params": {"name": t.name, "enable": true}}));
+        }
+        // What tgt's model adds: target and LU attributes set with tgtadm
+        // (or rtgt_*), as rtgt's own calls.
+        for (k, val) in attrs::target_items(table, t.tid) {
+            v.push(json!({"method": "rtgt_target_node_set_param",
+                "params": {"name": t.name, "key": k, "value": val}}));
+        }
+        for l in disk_luns(t) {
+            let items = attrs::lun_items(table, t.tid, l);
+            if !items.is_empty() {
+                let pairs: Vec<Value> = items.iter().map(|(k, x)| json!([k, x])).collect();
+                v.push(json!({"method": "rtgt_lun_set_params",
+                    "params": {"name": t.name, "lun_id": l.lun, "params": pairs}}));
+            }
         }
     }
     Value::Array(v)
