@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -23,31 +23,41 @@ fn rpc_path(d: &Daemon) -> PathBuf {
 
 /// One call on its own connection; the error's (code, message) on error.
 fn call(path: &Path, method: &str, params: Value) -> Result<Value, (i64, String)> {
-    let mut s = UnixStream::connect(path).expect("connect to the JSON-RPC socket");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut s = Client::connect(path);
     let mut req = json!({"jsonrpc": "2.0", "id": 1, "method": method});
     if !params.is_null() {
         req["params"] = params;
     }
-    s.write_all(&serde_json::to_vec(&req).unwrap()).unwrap();
-    let r = read_one(&mut s).expect("an answer");
+    s.w.write_all(&serde_json::to_vec(&req).unwrap()).unwrap();
+    let r = s.read_one().expect("an answer");
     match r.get("error") {
         Some(e) => Err((e["code"].as_i64().unwrap(), e["message"].to_string())),
         None => Ok(r["result"].clone()),
     }
 }
 
-/// Read one newline-ended JSON answer; `None` at EOF first.
-fn read_one(s: &mut UnixStream) -> Option<Value> {
-    let mut buf = Vec::new();
-    let mut b = [0u8; 4096];
-    loop {
-        if let Some(i) = buf.iter().position(|&c| c == b'\n') {
-            return Some(serde_json::from_slice(&buf[..i]).expect("valid JSON answer"));
-        }
-        match s.read(&mut b) {
-            Ok(0) | Err(_) => return None,
-            Ok(n) => buf.extend_from_slice(&b[..n]),
+/// A client connection that reads newline-ended answers, keeping what
+/// arrived beyond one answer for the next.
+struct Client {
+    w: UnixStream,
+    r: std::io::BufReader<UnixStream>,
+}
+
+impl Client {
+    fn connect(path: &Path) -> Client {
+        let w = UnixStream::connect(path).expect("connect to the JSON-RPC socket");
+        w.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let r = std::io::BufReader::new(w.try_clone().unwrap());
+        Client { w, r }
+    }
+
+    /// One answer; `None` at EOF first.
+    fn read_one(&mut self) -> Option<Value> {
+        use std::io::BufRead;
+        let mut line = String::new();
+        match self.r.read_line(&mut line) {
+            Ok(0) | Err(_) => None,
+            Ok(_) => Some(serde_json::from_str(&line).expect("valid JSON answer")),
         }
     }
 }
@@ -445,19 +455,17 @@ fn bad_input_gets_json_rpc_errors_and_stalls_nothing() {
     let d = Daemon::start("rpc-bad");
     let path = rpc_path(&d);
     // Malformed JSON: -32700, then the connection closes.
-    let mut s = UnixStream::connect(&path).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(b"{\"method\": oops}").unwrap();
-    let r = read_one(&mut s).unwrap();
+    let mut s = Client::connect(&path);
+    s.w.write_all(b"{\"method\": oops}").unwrap();
+    let r = s.read_one().unwrap();
     assert_eq!(r["error"]["code"], json!(-32700));
-    assert!(read_one(&mut s).is_none());
+    assert!(s.read_one().is_none());
     // Two requests in one write, then an unknown method and wrong types.
-    let mut s = UnixStream::connect(&path).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    s.write_all(br#"{"jsonrpc":"2.0","id":1,"method":"iscsi_get_stats"}{"jsonrpc":"2.0","id":2,"method":"nope"}"#)
+    let mut s = Client::connect(&path);
+    s.w.write_all(br#"{"jsonrpc":"2.0","id":1,"method":"iscsi_get_stats"}{"jsonrpc":"2.0","id":2,"method":"nope"}"#)
         .unwrap();
-    assert_eq!(read_one(&mut s).unwrap()["id"], json!(1));
-    assert_eq!(read_one(&mut s).unwrap()["error"]["code"], json!(-32601));
+    assert_eq!(s.read_one().unwrap()["id"], json!(1));
+    assert_eq!(s.read_one().unwrap()["error"]["code"], json!(-32601));
     assert_eq!(
         call(&path, "iscsi_create_portal_group", json!({"tag": "x"}))
             .unwrap_err()
@@ -465,26 +473,23 @@ fn bad_input_gets_json_rpc_errors_and_stalls_nothing() {
         -32602
     );
     // A request that never ends is cut at 256 KiB.
-    let mut s = UnixStream::connect(&path).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut s = Client::connect(&path);
     let mut big = br#"{"method":"x","params":{"a":""#.to_vec();
     big.resize(300 * 1024, b'A');
-    let _ = s.write_all(&big);
-    let r = read_one(&mut s).unwrap();
+    let _ = s.w.write_all(&big);
+    let r = s.read_one().unwrap();
     assert_eq!(r["error"]["code"], json!(-32600));
-    assert!(read_one(&mut s).is_none());
+    assert!(s.read_one().is_none());
     // 64 idle clients: the 65th is closed at once; the data plane, tgtadm
     // and, once they go, JSON-RPC itself carry on.
     let idle: Vec<UnixStream> = (0..64)
         .map(|_| UnixStream::connect(&path).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
-    let mut extra = UnixStream::connect(&path).unwrap();
-    extra
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    let _ = extra.write_all(br#"{"id":1,"method":"iscsi_get_stats"}"#);
-    assert!(read_one(&mut extra).is_none(), "the 65th client is refused");
+    // (The server accepts in arrival order: the 64 are counted before the
+    // 65th is looked at.)
+    let mut extra = Client::connect(&path);
+    let _ = extra.w.write_all(br#"{"id":1,"method":"iscsi_get_stats"}"#);
+    assert!(extra.read_one().is_none(), "the 65th client is refused");
     let disk = sparse_file(&d.dir, "d.img", 8 << 20);
     d.file_target(1, "iqn.2026-12.io.rtgt:bad", &disk, false);
     let o = LoginOptions {
@@ -500,19 +505,19 @@ fn bad_input_gets_json_rpc_errors_and_stalls_nothing() {
     );
     c.write(1, 0, &[9u8; 4096], 512).unwrap();
     drop(idle);
-    let nodes = {
-        let mut n = Value::Null;
-        for _ in 0..50 {
-            match std::panic::catch_unwind(|| call(&path, "iscsi_get_target_nodes", Value::Null)) {
-                Ok(Ok(v)) => {
-                    n = v;
-                    break;
-                }
-                _ => std::thread::sleep(Duration::from_millis(20)),
-            }
+    // The server sees the idle clients' ends as it reads them: poll until
+    // a call is served again (bounded).
+    let mut nodes = Value::Null;
+    for _ in 0..500 {
+        let mut s = Client::connect(&path);
+        s.w.write_all(br#"{"id":1,"method":"iscsi_get_target_nodes"}"#)
+            .unwrap();
+        if let Some(r) = s.read_one() {
+            nodes = r["result"].clone();
+            break;
         }
-        n
-    };
+        std::thread::yield_now();
+    }
     assert_eq!(nodes[0]["name"], json!("iqn.2026-12.io.rtgt:bad"));
     // A refused multi-part command leaves nothing behind.
     let e = call(
