@@ -22,6 +22,8 @@ pub struct DaemonLive {
     deferred: Option<mgmt::Deferred>,
     /// Opens done off the main thread, for the request handled again.
     prefetched: Vec<Prefetched>,
+    /// Requests begun and not ended (see `Live::begin_request`).
+    requests: usize,
 }
 
 /// What a deferred open is for: the same store, the same way.
@@ -95,6 +97,7 @@ impl DaemonLive {
             opened: Vec::new(),
             deferred: None,
             prefetched: Vec::new(),
+            requests: 0,
         }
     }
 
@@ -265,9 +268,20 @@ impl mgmt::Live for DaemonLive {
         }
     }
 
+    fn begin_request(&mut self) {
+        self.requests += 1;
+    }
+
     fn end_request(&mut self) {
-        self.prefetched.clear();
-        self.opened.retain(|((tid, _), _)| *tid != 0);
+        // A store opened for a command that was then refused must not be
+        // taken by a later unit of the same tid and LUN.
+        self.opened.clear();
+        // Opens made off the thread serve every request still running
+        // (one may wait between rounds while another ends).
+        self.requests = self.requests.saturating_sub(1);
+        if self.requests == 0 {
+            self.prefetched.clear();
+        }
     }
 
     fn forget_opened(&mut self, tid: u32, lun: u64) {
@@ -398,7 +412,38 @@ impl mgmt::Live for DaemonLive {
                     }
                 }
             }
-            Effect::PortalRemoved(addr) => self.state.unlisten(addr),
+            Effect::PortalRemoved(addr) => {
+                let was_covered = {
+                    let mut c = self.state.covered.borrow_mut();
+                    let n = c.len();
+                    c.retain(|a| *a != addr);
+                    c.len() != n
+                };
+                if !was_covered {
+                    self.state.unlisten(addr);
+                }
+                if addr.ip().is_unspecified() {
+                    // Portals the wildcard accepted for get sockets of
+                    // their own now.
+                    let orphans: Vec<_> = self
+                        .state
+                        .covered
+                        .borrow()
+                        .iter()
+                        .copied()
+                        .filter(|a| a.port() == addr.port() && a.is_ipv4() == addr.is_ipv4())
+                        .collect();
+                    for a in orphans {
+                        match super::portal::bind(a) {
+                            Ok(l) => {
+                                self.state.covered.borrow_mut().retain(|x| *x != a);
+                                self.state.listen(a, l);
+                            }
+                            Err(e) => tracing::warn!(addr = %a, error = %e, "portal"),
+                        }
+                    }
+                }
+            }
             Effect::RequestLogout { tid, sid, cid } => {
                 if let Some(s) = self
                     .state
@@ -446,6 +491,7 @@ impl mgmt::Live for DaemonLive {
                             && l.is_ipv4() == addr.is_ipv4()
                     }) =>
             {
+                self.state.covered.borrow_mut().push(addr);
                 Ok(())
             }
             Err(e) => {

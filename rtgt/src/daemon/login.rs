@@ -218,8 +218,9 @@ impl LoginHost for Host<'_> {
         // tgtadm's RedirectAddress / RedirectPort / RedirectReason send
         // normal-session logins elsewhere (RFC 7143 §11.13.5).
         let r = &t.redirect;
+        let for_here = t.redirect_pg.is_none_or(|pg| pg == self.tpgt);
         let redirect = match r.temporary {
-            Some(temporary) if !r.addr.is_empty() => {
+            Some(temporary) if !r.addr.is_empty() && for_here => {
                 let host = if r.addr.contains(':') {
                     format!("[{}]", r.addr)
                 } else {
@@ -525,7 +526,6 @@ impl SessionHost for Listing<'_> {
 
     fn targets(&mut self) -> Vec<TargetEntry> {
         let table = self.state.table.borrow();
-        let tpgt = table.tpgt_of(self.local);
         let all: Vec<(SocketAddr, u16)> = table
             .portals()
             .iter()
@@ -536,15 +536,14 @@ impl SessionHost for Listing<'_> {
             .targets()
             .filter(|t| {
                 table.target_ready(t.tid)
-                    && table.access_allows(t.tid, tpgt, self.peer, &self.initiator)
+                    && table.discovery_allows(t.tid, self.peer, &self.initiator)
             })
             .map(|t| {
                 // A target with SPDK portal group maps is listed with the
-                // portals of its mapped, public groups only.
+                // portals of its mapped groups only; private groups' never.
                 let portals = all.iter().copied().filter(|(_, tag)| {
-                    t.pg_ig_maps.is_empty()
-                        || (t.pg_ig_maps.iter().any(|m| m.pg == *tag)
-                            && !table.portal_groups.get(tag).is_some_and(|g| g.private))
+                    (t.pg_ig_maps.is_empty() || t.pg_ig_maps.iter().any(|m| m.pg == *tag))
+                        && !table.portal_groups.get(tag).is_some_and(|g| g.private)
                 });
                 (
                     t.name.clone(),

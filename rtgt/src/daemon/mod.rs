@@ -128,6 +128,9 @@ pub struct DaemonState {
     listeners: RefCell<HashMap<SocketAddr, tokio::task::JoinHandle<()>>>,
     /// Portals closed by `--mode lld --op stop`, to reopen on start.
     stopped_portals: RefCell<Vec<SocketAddr>>,
+    /// Portals with no socket of their own: one of our wildcard listeners
+    /// accepts for them (see `DaemonLive::bind_portal`).
+    covered: RefCell<Vec<SocketAddr>>,
     pub shutdown: tokio::sync::Notify,
     /// Blocking-I/O workers per target loop.
     pub io_threads: usize,
@@ -233,6 +236,7 @@ pub fn run(cfg: Config) -> Result<(), DaemonError> {
             stats: crate::stats::Stats::new(),
             pending: RefCell::new(HashMap::new()),
             stopped_portals: RefCell::new(Vec::new()),
+            covered: RefCell::new(Vec::new()),
             target_loops: cfg
                 .target_loops
                 .unwrap_or_else(crate::dataplane::default_loops)

@@ -33,6 +33,9 @@ pub fn target_set(
         return Ok(());
     }
     // tgt matches these by prefix (strncmp).
+    if name.starts_with("Redirect") {
+        t.redirect_pg = None;
+    }
     if name.starts_with("RedirectAddress") {
         t.redirect.addr = value.chars().take(63).collect();
     } else if name.starts_with("RedirectPort") {

@@ -538,6 +538,14 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
                     now.retain(|x| x != m);
                 }
             }
+            let mut pgs: Vec<u16> = now.iter().map(|m| m.pg).collect();
+            pgs.sort_unstable();
+            pgs.dedup();
+            if pgs.len() > MAX_NODE_PORTAL_GROUPS {
+                return Err(CoreError::invalid(format!(
+                    "a target node is in at most {MAX_NODE_PORTAL_GROUPS} portal groups"
+                )));
+            }
             table.targets.get_mut(&tid).expect("found above").pg_ig_maps = now;
             live.apply(Effect::AclChanged { tid });
             Ok(())
@@ -569,8 +577,18 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
             }
             let r = match host {
                 Some(h) => {
-                    if h.parse::<std::net::IpAddr>().is_err() {
+                    let Ok(ip) = h.parse::<std::net::IpAddr>() else {
                         return Err(CoreError::invalid(format!("bad redirect host {h}")));
+                    };
+                    let to = SocketAddr::new(ip, port.unwrap_or(super::table::ISCSI_LISTEN_PORT));
+                    if table
+                        .portals
+                        .iter()
+                        .any(|p| p.tpgt == *pg_tag && p.addr == to)
+                    {
+                        return Err(CoreError::invalid(format!(
+                            "{to} is a portal of group {pg_tag} itself"
+                        )));
                     }
                     super::table::Redirect {
                         addr: h.clone(),
@@ -584,7 +602,11 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
                 }
                 None => Default::default(),
             };
-            table.targets.get_mut(&tid).expect("found above").redirect = r;
+            let t = table.targets.get_mut(&tid).expect("found above");
+            t.redirect = r;
+            // Only logins through that portal group are redirected (its
+            // destination may be a private group the target is mapped to).
+            t.redirect_pg = host.as_ref().map(|_| *pg_tag);
             live.apply(Effect::TargetParamsChanged { tid });
             Ok(())
         }
@@ -912,9 +934,6 @@ fn pg_create(
     if table.portal_groups.contains_key(&tag) {
         return Err(exists("portal group", &tag));
     }
-    if portals.is_empty() {
-        return Err(CoreError::invalid("a portal group needs a portal"));
-    }
     // A group the command line or tgtadm made (the daemon's own portals,
     // with no record yet) is adopted: its portals may be named again, so
     // a saved configuration loads into a daemon started the same way.
@@ -953,7 +972,7 @@ fn pg_create(
 }
 
 /// Bind every address, or none: a failure closes those already bound.
-fn listen_all(
+pub(crate) fn listen_all(
     table: &mut TargetTable,
     live: &mut dyn Live,
     tag: u16,
@@ -1124,9 +1143,9 @@ fn check_auth(table: &TargetTable, a: &NodeAuth) -> CoreResult {
             "CHAP cannot be both disabled and required, and mutual CHAP needs CHAP required",
         ));
     }
-    if a.chap_group != 0 && !table.auth_groups.contains_key(&a.chap_group) {
-        return Err(not_found("auth group", &a.chap_group));
-    }
+    // As SPDK, the group need not exist yet (SPDK saves auth groups after
+    // the targets that name them); CHAP finds no secret in it until it does.
+    let _ = table;
     Ok(())
 }
 
@@ -1166,6 +1185,10 @@ fn bdev_create(table: &mut TargetTable, live: &mut dyn Live, b: &Bdev) -> CoreRe
         BdevKind::Null => {
             if b.num_blocks == 0 {
                 return Err(CoreError::invalid("a null bdev needs blocks"));
+            }
+            // Its size in bytes must fit the LU's 64-bit capacity.
+            if b.num_blocks.checked_mul(u64::from(b.block_size)).is_none() {
+                return Err(CoreError::invalid("a null bdev of over 2^64 bytes"));
             }
         }
         BdevKind::Aio { .. } | BdevKind::Rbd { .. } => {
@@ -1233,7 +1256,10 @@ fn bdev_lun(
         lun_spec(table, live, tid, lun, &args)?
     };
     if let BdevKind::Null = b.kind {
-        spec.size_bytes = b.num_blocks * b.block_size as u64;
+        spec.size_bytes = b
+            .num_blocks
+            .checked_mul(u64::from(b.block_size))
+            .ok_or_else(|| CoreError::invalid(format!("bdev {bdev} is too large")))?;
     }
     Ok(spec)
 }

@@ -18,8 +18,6 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::table::address_rule_matches;
-
 /// What a portal group has beyond its portals.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PortalGroupAttrs {
@@ -71,69 +69,117 @@ pub struct InitiatorGroup {
 /// `MAX_INITIATOR` and `MAX_NETMASK` are 256).
 pub const MAX_GROUP_ENTRIES: usize = 256;
 
+/// What an initiator group says of an initiator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// A `!name` (or `!ANY`) rule named it first: refused, whatever other
+    /// groups say.
+    Deny,
+    /// A name rule named it first and a netmask admits its address.
+    Allow,
+    /// Nothing here decides: the next group is asked.
+    Undecided,
+}
+
 impl InitiatorGroup {
-    /// Whether the group admits `name` at `peer`: a name rule and a netmask
-    /// rule must both match, and no `!name` rule names it.
-    pub fn admits(&self, name: &str, peer: IpAddr) -> bool {
-        let mut named = false;
+    /// SPDK's rule: the first initiator entry that names the initiator
+    /// (`ANY` names everyone) decides; `!` refuses. A name allowed counts
+    /// only if one of the group's netmasks admits `peer` (with `None`, the
+    /// address is not looked at: SendTargets).
+    pub fn decide(&self, name: &str, peer: Option<IpAddr>) -> Decision {
         for i in &self.initiators {
-            if let Some(denied) = i.strip_prefix('!') {
-                if denied == "ANY" || denied.eq_ignore_ascii_case(name) {
-                    return false;
-                }
-            } else if i == "ANY" || i.eq_ignore_ascii_case(name) {
-                named = true;
+            let (deny, n) = match i.strip_prefix('!') {
+                Some(n) => (true, n),
+                None => (false, i.as_str()),
+            };
+            if n != "ANY" && !n.eq_ignore_ascii_case(name) {
+                continue;
+            }
+            if deny {
+                return Decision::Deny;
+            }
+            let addressed = match peer {
+                None => true,
+                Some(p) => self.netmasks.iter().any(|m| netmask_matches(m, p)),
+            };
+            return if addressed {
+                Decision::Allow
+            } else {
+                Decision::Undecided
+            };
+        }
+        Decision::Undecided
+    }
+
+    /// Whether this group alone admits `name` at `peer`.
+    pub fn admits(&self, name: &str, peer: IpAddr) -> bool {
+        self.decide(name, Some(peer)) == Decision::Allow
+    }
+}
+
+/// A netmask rule (SPDK's forms): `ANY`, `a.b.c.d[/n]` (n up to 32),
+/// `[v6][/n]` (n up to 128), or a bare IPv6 address. The top n bits of the
+/// rule's address and the peer's must agree; without `/n`, all of them.
+/// IPv4-mapped IPv6 peers are compared as IPv4.
+pub fn netmask_matches(rule: &str, peer: IpAddr) -> bool {
+    if rule.eq_ignore_ascii_case("ANY") {
+        return true;
+    }
+    let Some((addr, bits)) = parse_netmask(rule) else {
+        return false;
+    };
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        p => p,
+    };
+    match (addr, peer) {
+        (IpAddr::V4(a), IpAddr::V4(p)) => {
+            let n = u32::from(bits.unwrap_or(32));
+            let mask = u32::MAX.checked_shl(32 - n).unwrap_or(0);
+            u32::from(a) & mask == u32::from(p) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(p)) => {
+            let n = u32::from(bits.unwrap_or(128));
+            let mask = u128::MAX.checked_shl(128 - n).unwrap_or(0);
+            u128::from(a) & mask == u128::from(p) & mask
+        }
+        _ => false,
+    }
+}
+
+/// A netmask's address and prefix length, if well formed.
+fn parse_netmask(rule: &str) -> Option<(IpAddr, Option<u8>)> {
+    let (host, bits) = match rule.strip_prefix('[') {
+        Some(rest) => {
+            let (h, after) = rest.split_once(']')?;
+            match after {
+                "" => (h, None),
+                a => (h, Some(a.strip_prefix('/')?)),
             }
         }
-        named && self.netmasks.iter().any(|m| netmask_matches(m, peer))
-    }
-}
-
-/// A netmask rule: `ANY`, or tgt's address rule forms (`addr`, `addr/bits`,
-/// `[v6]`, `[v6]/bits`). `/32` is accepted for IPv4 (SPDK allows it; tgt's
-/// rule syntax does not), meaning the one address.
-pub fn netmask_matches(rule: &str, peer: IpAddr) -> bool {
-    if rule == "ANY" {
-        return true;
-    }
-    if let Some(host) = rule.strip_suffix("/32") {
-        if let Ok(IpAddr::V4(a)) = host.parse::<IpAddr>() {
-            return address_rule_matches(&a.to_string(), peer);
-        }
-    }
-    address_rule_matches(rule, peer)
-}
-
-/// Whether a netmask rule is well formed.
-pub fn netmask_valid(rule: &str) -> bool {
-    if rule == "ANY" {
-        return true;
-    }
-    let (host, bits) = match rule.strip_prefix('[') {
-        Some(rest) => match rest.split_once(']') {
-            Some((h, "")) => (h, None),
-            Some((h, after)) => match after.strip_prefix('/') {
-                Some(b) => (h, Some(b)),
-                None => return false,
-            },
-            None => return false,
-        },
         None => match rule.split_once('/') {
             Some((h, b)) => (h, Some(b)),
             None => (rule, None),
         },
     };
-    let Ok(addr) = host.parse::<IpAddr>() else {
-        return false;
+    let addr: IpAddr = host.parse().ok()?;
+    let bits = match bits {
+        None => None,
+        Some(b) => {
+            let n: u8 = b.parse().ok()?;
+            let max = if addr.is_ipv4() { 32 } else { 128 };
+            if n > max {
+                return None;
+            }
+            Some(n)
+        }
     };
-    match bits {
-        None => true,
-        Some(b) => match b.parse::<u8>() {
-            Ok(n) if addr.is_ipv4() => n <= 32,
-            Ok(n) => n <= 128,
-            Err(_) => false,
-        },
-    }
+    Some((addr, bits))
+}
+
+/// Whether a netmask rule is well formed.
+pub fn netmask_valid(rule: &str) -> bool {
+    rule.eq_ignore_ascii_case("ANY") || parse_netmask(rule).is_some()
 }
 
 /// Whether an initiator name rule is well formed: a name (or `ANY`),
@@ -286,11 +332,17 @@ mod tests {
     #[test]
     fn initiator_group_needs_a_name_and_a_netmask_and_honours_denials() {
         let g = InitiatorGroup {
-            initiators: vec!["ANY".into(), "!iqn.bad".into()],
+            initiators: vec!["!iqn.bad".into(), "ANY".into()],
             netmasks: vec!["127.0.0.0/8".into()],
         };
         assert!(g.admits("iqn.good", ip("127.0.0.9")));
         assert!(!g.admits("iqn.bad", ip("127.0.0.9")));
+        // Order matters, as in SPDK: an ANY before the denial admits first.
+        let g2 = InitiatorGroup {
+            initiators: vec!["ANY".into(), "!iqn.bad".into()],
+            ..g.clone()
+        };
+        assert!(g2.admits("iqn.bad", ip("127.0.0.9")));
         assert!(!g.admits("iqn.good", ip("10.0.0.1")));
         let g = InitiatorGroup {
             initiators: vec!["iqn.one".into()],
@@ -301,6 +353,25 @@ mod tests {
         assert!(!InitiatorGroup::default().admits("x", ip("::1")));
         assert!(netmask_matches("127.0.0.1/32", ip("127.0.0.1")));
         assert!(!netmask_matches("127.0.0.1/32", ip("127.0.0.2")));
+        // Host bits in the rule are masked off, as SPDK does; /128 works.
+        assert!(netmask_matches("10.1.2.3/8", ip("10.9.9.9")));
+        assert!(netmask_matches("[::1]/128", ip("::1")));
+        assert!(netmask_matches("127.0.0.0/8", ip("::ffff:127.0.0.5")));
+        assert!(netmask_matches("0.0.0.0/0", ip("192.0.2.1")));
+        // The first entry that names the initiator decides.
+        let g = InitiatorGroup {
+            initiators: vec!["iqn.a".into(), "!ANY".into()],
+            netmasks: vec!["ANY".into()],
+        };
+        assert_eq!(g.decide("iqn.a", Some(ip("1.1.1.1"))), Decision::Allow);
+        assert_eq!(g.decide("iqn.b", Some(ip("1.1.1.1"))), Decision::Deny);
+        // A name allowed from outside the netmasks leaves it to others.
+        let g = InitiatorGroup {
+            initiators: vec!["ANY".into()],
+            netmasks: vec!["10.0.0.0/8".into()],
+        };
+        assert_eq!(g.decide("iqn.a", Some(ip("1.1.1.1"))), Decision::Undecided);
+        assert_eq!(g.decide("iqn.a", None), Decision::Allow);
     }
 
     #[test]

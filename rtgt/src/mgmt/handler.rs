@@ -8,12 +8,12 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::command::{execute, valid_target_name, Command, LunArgs};
+use super::command::{execute, listen_all, valid_target_name, Command, LunArgs};
 use super::ipc::{TgtadmError, GLOBAL_TID};
 use super::live::{Effect, Live};
 use super::request::{c_atoi, c_strtoul_u32, c_strtoull, Mode, Op, Request, ACCOUNT_OUTGOING};
 use super::stat::wants;
-use super::table::{Account, LunSpec, Portal, SystemState, TargetTable, ISCSI_LISTEN_PORT};
+use super::table::{Account, LunSpec, SystemState, TargetTable, ISCSI_LISTEN_PORT};
 use super::{json, show, stat};
 
 type Res = Result<String, TgtadmError>;
@@ -328,12 +328,10 @@ fn portal(table: &mut TargetTable, req: &Request, live: &mut dyn Live) -> Res {
                         return Err(TgtadmError::InvalidRequest);
                     }
                 }
-                for a in &addrs {
-                    live.bind_portal(*a)?;
-                    let tpgt = table.tpgt;
-                    table.portals.insert(0, Portal { addr: *a, tpgt });
-                    live.apply(Effect::PortalAdded(*a));
-                }
+                // All of them or none (a later one that cannot be bound
+                // closes those before it).
+                let tpgt = table.tpgt;
+                listen_all(table, live, tpgt, &addrs).map_err(|e| e.code)?;
             } else {
                 for a in &addrs {
                     if !table.portals.iter().any(|p| p.addr == *a) {

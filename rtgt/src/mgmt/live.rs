@@ -195,8 +195,11 @@ pub trait Live {
         let _ = done;
     }
 
-    /// A request is answered: stores opened off the thread for it and not
-    /// used are closed.
+    /// A request begins (it may run several rounds, see [`Deferred`]).
+    fn begin_request(&mut self) {}
+
+    /// A request is answered: stores opened for it and not used are
+    /// closed.
     fn end_request(&mut self) {}
 
     /// Close a store [`Live::open_backing`] opened for `(tid, lun)` that no

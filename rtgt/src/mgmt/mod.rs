@@ -58,6 +58,7 @@ pub fn handle_blocking(
     req: &Request,
     live: &mut dyn Live,
 ) -> Result<String, TgtadmError> {
+    live.begin_request();
     let mut r = handle(table, req, live);
     for _ in 0..MAX_DEFERRED_ROUNDS {
         let Some(d) = live.take_deferred() else { break };
@@ -105,6 +106,7 @@ async fn serve_one(
     };
     tracing::debug!(?req, "management request");
     let mut result = Err(TgtadmError::InvalidRequest);
+    live.borrow_mut().begin_request();
     for _ in 0..=MAX_DEFERRED_ROUNDS {
         result = {
             let mut t = table.borrow_mut();

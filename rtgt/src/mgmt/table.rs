@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 
-use super::groups::{AuthGroup, Bdev, InitiatorGroup, NodeAuth, PgIgMap, PortalGroupAttrs};
+use super::groups::{
+    AuthGroup, Bdev, Decision, InitiatorGroup, NodeAuth, PgIgMap, PortalGroupAttrs,
+};
 use super::params::SessionParams;
 
 /// The default iSCSI port (RFC 7143 section 13.1: well-known port 3260).
@@ -339,6 +341,9 @@ pub struct Target {
     pub nop_count: i32,
     /// Login redirection.
     pub redirect: Redirect,
+    /// The portal group whose logins `redirect` applies to (SPDK's
+    /// `iscsi_target_node_set_redirect`); `None`: every login (tgtadm's).
+    pub redirect_pg: Option<u16>,
     /// iSCSI TargetAlias (SPDK's `alias_name`), sent at login.
     pub alias: Option<String>,
     /// SPDK's portal group / initiator group pairs: when any are set, the
@@ -374,6 +379,7 @@ impl Target {
             nop_interval: nop.0,
             nop_count: nop.1,
             redirect: Default::default(),
+            redirect_pg: None,
             alias: None,
             pg_ig_maps: Vec::new(),
             auth: NodeAuth::default(),
@@ -728,12 +734,54 @@ impl TargetTable {
         if !t.pg_ig_maps.iter().any(|m| m.pg == tpgt) {
             return false;
         }
-        self.acl_allows(tid, peer, initiator_name)
-            || t.pg_ig_maps.iter().filter(|m| m.pg == tpgt).any(|m| {
-                self.initiator_groups
-                    .get(&m.ig)
-                    .is_some_and(|g| g.admits(initiator_name, peer))
-            })
+        match self.groups_decide(t, Some(tpgt), initiator_name, Some(peer)) {
+            Decision::Deny => false,
+            Decision::Allow => true,
+            Decision::Undecided => self.acl_allows(tid, peer, initiator_name),
+        }
+    }
+
+    /// Whether SendTargets lists target `tid` to `initiator_name` at
+    /// `peer`: as SPDK, a target with maps when any of its groups (through
+    /// any portal group) names the initiator, netmasks aside; tgt's rules
+    /// otherwise, or as well.
+    pub fn discovery_allows(&self, tid: u32, peer: IpAddr, initiator_name: &str) -> bool {
+        let Some(t) = self.target(tid) else {
+            return false;
+        };
+        if t.pg_ig_maps.is_empty() {
+            return self.acl_allows(tid, peer, initiator_name);
+        }
+        match self.groups_decide(t, None, initiator_name, None) {
+            Decision::Deny => false,
+            Decision::Allow => true,
+            Decision::Undecided => self.acl_allows(tid, peer, initiator_name),
+        }
+    }
+
+    /// The first decision of the target's initiator groups, in map order
+    /// (those mapped with portal group `tpgt` only, when given).
+    fn groups_decide(
+        &self,
+        t: &Target,
+        tpgt: Option<u16>,
+        name: &str,
+        peer: Option<IpAddr>,
+    ) -> Decision {
+        for m in t
+            .pg_ig_maps
+            .iter()
+            .filter(|m| tpgt.is_none_or(|p| m.pg == p))
+        {
+            let Some(g) = self.initiator_groups.get(&m.ig) else {
+                continue;
+            };
+            match g.decide(name, peer) {
+                Decision::Undecided => continue,
+                d => return d,
+            }
+        }
+        Decision::Undecided
     }
 
     /// The TPGT of the portal listening on `local`, or the daemon's own.

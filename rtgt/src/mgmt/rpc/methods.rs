@@ -842,7 +842,9 @@ fn set_options(table: &mut TargetTable, params: Option<&Value>) -> Result<Value,
         ("immediate_data_pool_size", None, 1, u32::MAX as i64),
         ("data_out_pool_size", None, 1, u32::MAX as i64),
         ("nop_timeout", None, 0, i32::MAX as i64),
-        ("nop_in_interval", None, 0, 60),
+        // SPDK allows up to 60; tgt's interval (which a saved
+        // configuration carries) has no such bound.
+        ("nop_in_interval", None, 0, 3600),
     ];
     let mut keys: Vec<&str> = NUMERIC.iter().map(|k| k.0).collect();
     keys.extend(AUTH_KEYS);

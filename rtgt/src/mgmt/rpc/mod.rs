@@ -186,6 +186,7 @@ async fn run_method(
     params: Option<&Value>,
 ) -> Result<Value, RpcError> {
     let mut result = Err(RpcError::internal("not run"));
+    live.borrow_mut().begin_request();
     for _ in 0..MAX_ROUNDS {
         result = {
             let mut t = table.borrow_mut();
@@ -387,6 +388,7 @@ pub fn load_file(
                 .ok_or("a config entry has no method")?;
             let params = c.get("params");
             let mut r = Err(RpcError::internal("not run"));
+            live.borrow_mut().begin_request();
             for _ in 0..MAX_ROUNDS {
                 r = {
                     let mut t = table.borrow_mut();

@@ -513,4 +513,67 @@ fn portal_group_access_follows_spdk_rules() {
     assert!(!t.access_allows(tid, 7, lo, "iqn.any"));
     // Not from outside the netmask.
     assert!(!t.access_allows(tid, 1, other, "iqn.any"));
+    drop(t);
+    // A denial in an earlier group is not undone by a later group's ANY.
+    r.ok(
+        "iscsi_create_initiator_group",
+        json!({"tag": 9, "initiators": ["!iqn.evil"], "netmasks": ["ANY"]}),
+    );
+    r.ok(
+        "iscsi_delete_target_node",
+        json!({"name": "iqn.2016-06.io.spdk:disk1"}),
+    );
+    r.ok(
+        "iscsi_create_target_node",
+        json!({"name": "disk1", "alias_name": "a", "luns": [{"bdev_name": "aio0", "lun_id": 0}],
+            "pg_ig_maps": [{"pg_tag": 1, "ig_tag": 9}, {"pg_tag": 1, "ig_tag": 2}], "queue_depth": 8}),
+    );
+    let t = r.table.borrow();
+    let tid = t.target_by_name("iqn.2016-06.io.spdk:disk1").unwrap().tid;
+    assert!(!t.access_allows(tid, 1, lo, "iqn.evil"));
+    assert!(!t.discovery_allows(tid, lo, "iqn.evil"));
+    assert!(t.access_allows(tid, 1, lo, "iqn.good"));
+    // SendTargets names it to initiators of its groups, through any portal
+    // group and whatever their address (as SPDK).
+    assert!(t.discovery_allows(tid, other, "iqn.good"));
+    drop(t);
+    // A redirect applies to logins through the portal group it names.
+    r.ok(
+        "iscsi_target_node_set_redirect",
+        json!({"name": "iqn.2016-06.io.spdk:disk1", "pg_tag": 1,
+            "redirect_host": "127.0.0.9", "redirect_port": "3261"}),
+    );
+    let t = r.table.borrow();
+    let n = t.target_by_name("iqn.2016-06.io.spdk:disk1").unwrap();
+    assert_eq!(
+        (n.redirect_pg, n.redirect.addr.as_str()),
+        (Some(1), "127.0.0.9")
+    );
+    drop(t);
+    let e = r.call(
+        "iscsi_target_node_set_redirect",
+        json!({"name": "iqn.2016-06.io.spdk:disk1", "pg_tag": 1,
+            "redirect_host": "127.0.0.1", "redirect_port": "3260"}),
+    );
+    assert!(e.is_err(), "not to the group's own portal");
+}
+
+#[test]
+fn peer_controlled_sizes_and_edges_are_refused_not_wrapped() {
+    let r = Rig::new();
+    let e = r.call(
+        "bdev_null_create",
+        json!({"name": "huge", "num_blocks": i64::MAX, "block_size": 4096}),
+    );
+    assert_eq!(e.unwrap_err().0, -32602);
+    assert!(r.table.borrow().bdevs.is_empty());
+    // SPDK accepts a portal group with no portal (tgtadm may leave one).
+    r.ok(
+        "iscsi_create_portal_group",
+        json!({"tag": 3, "portals": []}),
+    );
+    assert_eq!(
+        r.get("iscsi_get_portal_groups"),
+        json!([{"tag": 3, "portals": [], "private": false}])
+    );
 }

@@ -498,7 +498,7 @@ pub fn histogram(table: &TargetTable, live: &dyn Live, name: &str) -> Result<Val
     let bytes: Vec<u8> = counts.iter().flat_map(|c| c.to_le_bytes()).collect();
     let b64 = iscsi::chap::encode_base64(&bytes);
     Ok(json!({
-        "histogram": b64.trim_start_matches("0b"),
+        "histogram": b64.strip_prefix("0b").unwrap_or(&b64),
         "granularity": SpdkHistogram::SHIFT,
         "min_range": 0,
         "max_range": SpdkHistogram::RANGES - 1,
