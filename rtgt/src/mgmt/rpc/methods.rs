@@ -20,6 +20,8 @@ pub const METHODS: &[&str] = &[
     "spdk_get_version",
     "framework_get_subsystems",
     "framework_get_config",
+    "framework_wait_init",
+    "spdk_kill_instance",
     "bdev_aio_create",
     "bdev_aio_delete",
     "bdev_aio_rescan",
@@ -119,6 +121,23 @@ pub fn call(
                 n => Err(RpcError::invalid_params(format!(
                     "Subsystem '{n}' not found"
                 ))),
+            }
+        }
+        "framework_wait_init" => {
+            // rtgtd is initialised before it serves this socket.
+            Params::none(params, method)?;
+            Ok(Value::Bool(true))
+        }
+        "spdk_kill_instance" => {
+            // As SPDK: SIGTERM or SIGINT end the daemon (its sessions
+            // closed, its stores flushed, as on those signals).
+            let p = Params::new(params, &["sig_name"])?;
+            match p.str("sig_name")? {
+                "SIGTERM" | "SIGINT" | "SIGKILL" => {
+                    live.apply(crate::mgmt::live::Effect::SystemDeleted);
+                    Ok(Value::Bool(true))
+                }
+                s => Err(RpcError::invalid_params(format!("unsupported signal {s}"))),
             }
         }
         "bdev_wait_for_examine" => {

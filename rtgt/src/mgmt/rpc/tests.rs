@@ -559,6 +559,28 @@ fn portal_group_access_follows_spdk_rules() {
 }
 
 #[test]
+fn framework_calls_scripts_make() {
+    let r = Rig::new();
+    assert_eq!(r.get("framework_wait_init"), json!(true));
+    assert!(r
+        .call("spdk_kill_instance", json!({"sig_name": "SIGHUP"}))
+        .is_err());
+    assert!(r.live.borrow().effects.is_empty());
+    r.ok("spdk_kill_instance", json!({"sig_name": "SIGTERM"}));
+    assert_eq!(r.live.borrow().effects, vec![Effect::SystemDeleted]);
+    let methods = r.ok("rpc_get_methods", json!({"current": true}));
+    assert!(methods
+        .as_array()
+        .unwrap()
+        .contains(&json!("iscsi_create_target_node")));
+    // load_config starts the framework when it may: rtgtd has no such state.
+    assert!(!methods
+        .as_array()
+        .unwrap()
+        .contains(&json!("framework_start_init")));
+}
+
+#[test]
 fn peer_controlled_sizes_and_edges_are_refused_not_wrapped() {
     let r = Rig::new();
     let e = r.call(
