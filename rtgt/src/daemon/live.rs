@@ -162,6 +162,15 @@ impl DaemonLive {
         });
     }
 
+    /// The TSIH of target `tid`'s session with management's nexus id.
+    fn tsih_of(&self, tid: u32, nexus: u64) -> Option<u16> {
+        let sessions = self.state.registry.sessions_of(tid);
+        sessions
+            .into_iter()
+            .find(|s| s.nexus == nexus)
+            .map(|s| s.tsih)
+    }
+
     fn take_opened(&mut self, tid: u32, lun: u64) -> Option<Arc<dyn BlockDevice>> {
         let i = self.opened.iter().position(|(k, _)| *k == (tid, lun))?;
         Some(self.opened.swap_remove(i).1)
@@ -370,14 +379,8 @@ impl mgmt::Live for DaemonLive {
             }
             Effect::TargetParamsChanged { tid } => self.push_knobs(tid),
             Effect::ConnectionClose { tid, sid, cid } => {
-                if let Some(s) = self
-                    .state
-                    .registry
-                    .sessions_of(tid)
-                    .into_iter()
-                    .find(|s| s.nexus == sid)
-                {
-                    let (tsih, cid) = (s.tsih, cid as u16);
+                if let Some(tsih) = self.tsih_of(tid, sid) {
+                    let cid = cid as u16;
                     self.with_target(tid, |h| {
                         h.broadcast(|| TargetMsg::CloseConnection { tsih, cid })
                     });
@@ -445,15 +448,8 @@ impl mgmt::Live for DaemonLive {
                 }
             }
             Effect::RequestLogout { tid, sid, cid } => {
-                if let Some(s) = self
-                    .state
-                    .registry
-                    .sessions_of(tid)
-                    .into_iter()
-                    .find(|s| s.nexus == sid)
-                {
-                    let (tsih, cid) = (s.tsih, cid as u16);
-                    let wait = mgmt::live::LOGOUT_WAIT;
+                if let Some(tsih) = self.tsih_of(tid, sid) {
+                    let (cid, wait) = (cid as u16, mgmt::live::LOGOUT_WAIT);
                     self.with_target(tid, |h| {
                         h.broadcast(|| TargetMsg::RequestLogout { tsih, cid, wait })
                     });

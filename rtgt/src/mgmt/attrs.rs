@@ -175,12 +175,7 @@ pub fn lun_set(
         }
     }
     if let Some(p) = new_path {
-        let needs_file = table
-            .info
-            .backing_stores
-            .iter()
-            .find(|b| b.name == spec.bstype)
-            .is_none_or(|b| b.needs_file);
+        let needs_file = needs_file(table, &spec.bstype);
         spec.path = Some(p);
         spec.size_bytes = 0;
         attach_medium(live, tid, &mut spec, needs_file)?;
@@ -235,13 +230,7 @@ fn resize(
     if spec.path.is_none() || spec.device_type == DeviceType::Controller {
         return Err(CoreError::invalid("no medium to resize"));
     }
-    let needs_file = table
-        .info
-        .backing_stores
-        .iter()
-        .find(|b| b.name == spec.bstype)
-        .is_none_or(|b| b.needs_file);
-    let store = if needs_file {
+    let store = if needs_file(table, &spec.bstype) {
         Some(live.backing_size(tid, spec).map_err(CoreError::from)?)
     } else {
         None
@@ -260,6 +249,17 @@ fn resize(
     }
     spec.size_bytes = size;
     Ok(())
+}
+
+/// Whether a backing store type opens a file (an unknown one is assumed
+/// to).
+fn needs_file(table: &TargetTable, bstype: &str) -> bool {
+    table
+        .info
+        .backing_stores
+        .iter()
+        .find(|b| b.name == bstype)
+        .is_none_or(|b| b.needs_file)
 }
 
 /// The attribute items that make a unit just made from its store (tgt's

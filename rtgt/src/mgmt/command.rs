@@ -1050,32 +1050,38 @@ fn ig_add(g: &mut InitiatorGroup, add: &InitiatorGroup) -> CoreResult {
         initiators: add.initiators.iter().map(|s| any_for_all(s)).collect(),
         netmasks: add.netmasks.iter().map(|s| any_for_all(s)).collect(),
     };
-    for i in &add.initiators {
-        if !initiator_rule_valid(i) {
-            return Err(CoreError::invalid(format!("bad initiator name {i:?}")));
-        }
-        if g.initiators.contains(i) {
-            return Err(CoreError::invalid(format!(
-                "initiator {i} already in the group"
-            )));
-        }
-        g.initiators.push(i.clone());
-    }
-    for m in &add.netmasks {
-        if !netmask_valid(m) {
-            return Err(CoreError::invalid(format!("bad netmask {m:?}")));
-        }
-        if g.netmasks.contains(m) {
-            return Err(CoreError::invalid(format!(
-                "netmask {m} already in the group"
-            )));
-        }
-        g.netmasks.push(m.clone());
-    }
+    add_rules(
+        &mut g.initiators,
+        &add.initiators,
+        "initiator",
+        initiator_rule_valid,
+    )?;
+    add_rules(&mut g.netmasks, &add.netmasks, "netmask", netmask_valid)?;
     if g.initiators.len() > MAX_GROUP_ENTRIES || g.netmasks.len() > MAX_GROUP_ENTRIES {
         return Err(CoreError::invalid(format!(
             "an initiator group holds at most {MAX_GROUP_ENTRIES} names and netmasks"
         )));
+    }
+    Ok(())
+}
+
+/// Append rules to a group's list: each well formed and not there yet.
+fn add_rules(
+    list: &mut Vec<String>,
+    add: &[String],
+    what: &str,
+    valid: fn(&str) -> bool,
+) -> CoreResult {
+    for r in add {
+        if !valid(r) {
+            return Err(CoreError::invalid(format!("bad {what} {r:?}")));
+        }
+        if list.contains(r) {
+            return Err(CoreError::invalid(format!(
+                "{what} {r} already in the group"
+            )));
+        }
+        list.push(r.clone());
     }
     Ok(())
 }

@@ -94,6 +94,17 @@ fn implicit_uuid(tid: u32, lun: u64, serial: &str) -> String {
     )
 }
 
+/// An RBD bdev's Ceph user and settings, where given.
+fn rbd_access(m: &mut Map<String, Value>, user_id: &Option<String>, config: &[(String, String)]) {
+    if let Some(u) = user_id {
+        m.insert("user_id".into(), json!(u));
+    }
+    if !config.is_empty() {
+        let c: Map<String, Value> = config.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
+        m.insert("config".into(), Value::Object(c));
+    }
+}
+
 fn bdev_view(b: &Bdev, claimed: bool) -> Value {
     let driver = match &b.kind {
         BdevKind::Aio { filename } => json!({"aio": {
@@ -113,14 +124,7 @@ fn bdev_view(b: &Bdev, claimed: bool) -> Value {
             let mut r = Map::new();
             r.insert("pool_name".into(), json!(pool));
             r.insert("rbd_name".into(), json!(image));
-            if let Some(u) = user_id {
-                r.insert("user_id".into(), json!(u));
-            }
-            if !config.is_empty() {
-                let c: Map<String, Value> =
-                    config.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                r.insert("config".into(), Value::Object(c));
-            }
+            rbd_access(&mut r, user_id, config);
             json!({ "rbd": r })
         }
     };
@@ -209,14 +213,7 @@ fn bdev_create_call(b: &Bdev) -> Value {
             p.insert("pool_name".into(), json!(pool));
             p.insert("rbd_name".into(), json!(image));
             p.insert("block_size".into(), json!(b.block_size));
-            if let Some(u) = user_id {
-                p.insert("user_id".into(), json!(u));
-            }
-            if !config.is_empty() {
-                let c: Map<String, Value> =
-                    config.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-                p.insert("config".into(), Value::Object(c));
-            }
+            rbd_access(&mut p, user_id, config);
             p.insert("uuid".into(), json!(b.uuid));
             json!({"method": "bdev_rbd_create", "params": p})
         }
