@@ -69,6 +69,38 @@ pub fn handle_blocking(
     r
 }
 
+/// Run one request to its end, for any adapter: `run` is called with both
+/// borrows held; when it leaves an open put off to another thread (see
+/// [`Deferred`]), the open runs on a blocking thread (logins, discovery and
+/// other requests go on meanwhile; nothing is borrowed across the wait)
+/// and `run` is called again: it changed nothing the first time, and
+/// validates afresh. At most `rounds` calls; `None` if none ran to an end.
+pub async fn run_request<T>(
+    table: &RefCell<TargetTable>,
+    live: &RefCell<dyn Live>,
+    rounds: usize,
+    mut run: impl FnMut(&mut TargetTable, &mut dyn Live) -> T,
+) -> Option<T> {
+    let mut result = None;
+    live.borrow_mut().begin_request();
+    for _ in 0..rounds {
+        result = Some({
+            let mut t = table.borrow_mut();
+            let mut l = live.borrow_mut();
+            run(&mut t, &mut *l)
+        });
+        let deferred = live.borrow_mut().take_deferred();
+        let Some(d) = deferred else { break };
+        match tokio::task::spawn_blocking(d.0).await {
+            Ok(done) => live.borrow_mut().finish_deferred(done),
+            Err(_) => break,
+        }
+    }
+    // Stores opened for it and not taken close now.
+    live.borrow_mut().end_request();
+    result
+}
+
 /// Whether a peer may manage us: root or our own user (tgtd requires the
 /// peer's uid and gid to equal its own).
 pub(crate) fn peer_allowed(stream: &UnixStream) -> bool {
@@ -105,26 +137,11 @@ async fn serve_one(
         }
     };
     tracing::debug!(?req, "management request");
-    let mut result = Err(TgtadmError::InvalidRequest);
-    live.borrow_mut().begin_request();
-    for _ in 0..=MAX_DEFERRED_ROUNDS {
-        result = {
-            let mut t = table.borrow_mut();
-            let mut l = live.borrow_mut();
-            handler::handle(&mut t, &req, &mut *l)
-        };
-        let deferred = live.borrow_mut().take_deferred();
-        let Some(d) = deferred else { break };
-        // Open the store on a blocking thread: logins, discovery and other
-        // management requests go on meanwhile. The table is not borrowed
-        // across the wait, so the request is validated afresh after it.
-        match tokio::task::spawn_blocking(d.0).await {
-            Ok(done) => live.borrow_mut().finish_deferred(done),
-            Err(_) => break,
-        }
-    }
-    // Stores opened off the thread and not taken close now.
-    live.borrow_mut().end_request();
+    let result = run_request(table, live, MAX_DEFERRED_ROUNDS + 1, |t, l| {
+        handler::handle(t, &req, l)
+    })
+    .await
+    .unwrap_or(Err(TgtadmError::InvalidRequest));
     if let Err(e) = &result {
         tracing::debug!("management request failed: {e}");
     }

@@ -185,23 +185,11 @@ async fn run_method(
     method: &str,
     params: Option<&Value>,
 ) -> Result<Value, RpcError> {
-    let mut result = Err(RpcError::internal("not run"));
-    live.borrow_mut().begin_request();
-    for _ in 0..MAX_ROUNDS {
-        result = {
-            let mut t = table.borrow_mut();
-            let mut l = live.borrow_mut();
-            methods::call(&mut t, &mut *l, method, params)
-        };
-        let deferred = live.borrow_mut().take_deferred();
-        let Some(d) = deferred else { break };
-        match tokio::task::spawn_blocking(d.0).await {
-            Ok(done) => live.borrow_mut().finish_deferred(done),
-            Err(_) => break,
-        }
-    }
-    live.borrow_mut().end_request();
-    result
+    super::run_request(table, live, MAX_ROUNDS, |t, l| {
+        methods::call(t, l, method, params)
+    })
+    .await
+    .unwrap_or_else(|| Err(RpcError::internal("not run")))
 }
 
 /// Answer one request value; `None` when nothing is to be sent.
