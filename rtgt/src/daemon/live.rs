@@ -293,10 +293,6 @@ impl mgmt::Live for DaemonLive {
         }
     }
 
-    fn forget_opened(&mut self, tid: u32, lun: u64) {
-        self.take_opened(tid, lun);
-    }
-
     fn sessions(&self, tid: u32) -> Vec<SessionInfo> {
         let mut v: Vec<SessionInfo> = self
             .state

@@ -25,6 +25,9 @@ pub struct CoreError {
     pub code: TgtadmError,
     /// What was wrong, for people.
     pub msg: String,
+    /// The errno SPDK answers for it, where SPDK answers one (bdev
+    /// methods: `-ENOENT`, `-EEXIST`, `-ENODEV`).
+    pub errno: Option<i32>,
 }
 
 impl CoreError {
@@ -33,7 +36,14 @@ impl CoreError {
         CoreError {
             code,
             msg: msg.into(),
+            errno: None,
         }
+    }
+
+    /// The same, with SPDK's errno.
+    fn with_errno(mut self, errno: i32) -> Self {
+        self.errno = Some(errno);
+        self
     }
 
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
@@ -43,10 +53,7 @@ impl CoreError {
 
 impl From<TgtadmError> for CoreError {
     fn from(code: TgtadmError) -> Self {
-        CoreError {
-            code,
-            msg: code.to_string(),
-        }
+        CoreError::new(code, code.to_string())
     }
 }
 
@@ -368,7 +375,7 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
         Command::PortalGroupStart { tag } => pg_start(table, live, *tag),
         Command::PortalGroupDelete { tag } => pg_delete(table, live, *tag),
         Command::PortalGroupSetAuth { tag, auth } => {
-            check_auth(table, auth)?;
+            check_auth(auth)?;
             let pg = table
                 .portal_groups
                 .get_mut(tag)
@@ -471,7 +478,7 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
             Ok(())
         }
         Command::DiscoveryAuth(auth) => {
-            check_auth(table, auth)?;
+            check_auth(auth)?;
             table.discovery_auth = *auth;
             live.apply(Effect::AccountsChanged);
             Ok(())
@@ -479,10 +486,9 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
         Command::BdevCreate(b) => bdev_create(table, live, b),
         Command::BdevDelete { name } => {
             if !table.bdevs.contains_key(name) {
-                return Err(CoreError::new(
-                    TgtadmError::InvalidRequest,
-                    format!("bdev {name} not found"),
-                ));
+                return Err(
+                    CoreError::invalid(format!("bdev {name} not found")).with_errno(-libc::ENODEV)
+                );
             }
             for t in table.targets() {
                 if let Some(l) = t.luns.values().find(|l| l.bdev.as_deref() == Some(name)) {
@@ -551,7 +557,7 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
             Ok(())
         }
         Command::TargetNodeSetAuth { name, auth } => {
-            check_auth(table, auth)?;
+            check_auth(auth)?;
             let tid = node(table, name)?.tid;
             table.targets.get_mut(&tid).expect("found above").auth = *auth;
             live.apply(Effect::AccountsChanged);
@@ -649,11 +655,7 @@ pub fn execute(table: &mut TargetTable, live: &mut dyn Live, cmd: &Command) -> C
 }
 
 fn not_found(what: &str, tag: &impl std::fmt::Display) -> CoreError {
-    let code = match what {
-        "target" => TgtadmError::NoTarget,
-        _ => TgtadmError::InvalidRequest,
-    };
-    CoreError::new(code, format!("{what} {tag} not found"))
+    CoreError::invalid(format!("{what} {tag} not found"))
 }
 
 fn exists(what: &str, tag: &impl std::fmt::Display) -> CoreError {
@@ -1143,7 +1145,7 @@ fn add_secret(g: &mut AuthGroup, s: &ChapSecret) -> CoreResult {
     Ok(())
 }
 
-fn check_auth(table: &TargetTable, a: &NodeAuth) -> CoreResult {
+fn check_auth(a: &NodeAuth) -> CoreResult {
     if !a.valid() {
         return Err(CoreError::invalid(
             "CHAP cannot be both disabled and required, and mutual CHAP needs CHAP required",
@@ -1151,7 +1153,6 @@ fn check_auth(table: &TargetTable, a: &NodeAuth) -> CoreResult {
     }
     // As SPDK, the group need not exist yet (SPDK saves auth groups after
     // the targets that name them); CHAP finds no secret in it until it does.
-    let _ = table;
     Ok(())
 }
 
@@ -1175,10 +1176,9 @@ fn bdev_create(table: &mut TargetTable, live: &mut dyn Live, b: &Bdev) -> CoreRe
         )));
     }
     if table.bdevs.contains_key(&b.name) {
-        return Err(CoreError::new(
-            TgtadmError::InvalidRequest,
-            format!("bdev {} already exists", b.name),
-        ));
+        return Err(
+            CoreError::invalid(format!("bdev {} already exists", b.name)).with_errno(-libc::EEXIST),
+        );
     }
     if !(512..=65536).contains(&b.block_size) || !b.block_size.is_power_of_two() {
         return Err(CoreError::invalid(format!(
@@ -1206,12 +1206,10 @@ fn bdev_create(table: &mut TargetTable, live: &mut dyn Live, b: &Bdev) -> CoreRe
             probe.block_size = b.block_size;
             probe.readonly = b.readonly;
             let info = live.open_backing(0, &probe).map_err(|e| {
-                CoreError::new(
-                    e,
-                    format!("cannot open {}", probe.path.as_deref().unwrap_or(&b.name)),
-                )
+                let what = probe.path.as_deref().unwrap_or(&b.name);
+                CoreError::new(e, format!("cannot open {what}")).with_errno(-libc::ENOENT)
             })?;
-            live.forget_opened(0, u64::MAX);
+            // (The store opened for the check closes when the request ends.)
             b.num_blocks = info.size_bytes / b.block_size as u64;
             if b.num_blocks == 0 {
                 return Err(CoreError::invalid(format!(
@@ -1333,7 +1331,7 @@ fn node_create(table: &mut TargetTable, live: &mut dyn Live, spec: &NodeSpec) ->
             return Err(CoreError::invalid("alias_name is at most 255 bytes"));
         }
     }
-    check_auth(table, &spec.auth)?;
+    check_auth(&spec.auth)?;
     for (i, m) in spec.maps.iter().enumerate() {
         check_map(table, m)?;
         if spec.maps[..i].contains(m) {

@@ -202,12 +202,6 @@ pub trait Live {
     /// closed.
     fn end_request(&mut self) {}
 
-    /// Close a store [`Live::open_backing`] opened for `(tid, lun)` that no
-    /// LUN will take (a bdev's open to check it).
-    fn forget_opened(&mut self, tid: u32, lun: u64) {
-        let _ = (tid, lun);
-    }
-
     /// Check (open or stat) the backing store for a new LUN or a new medium
     /// (`spec.path` is set, `spec.bstype` is a file-backed type). Called
     /// as the last fallible step: on `Ok` the change is committed and

@@ -58,13 +58,28 @@ pub fn handle_blocking(
     req: &Request,
     live: &mut dyn Live,
 ) -> Result<String, TgtadmError> {
+    run_request_blocking(table, live, MAX_DEFERRED_ROUNDS + 1, |t, l| {
+        handle(t, req, l)
+    })
+}
+
+/// [`run_request`] with the deferred opens run right here: for start-up
+/// and tests, where nothing else waits.
+pub fn run_request_blocking<T>(
+    table: &mut TargetTable,
+    live: &mut dyn Live,
+    rounds: usize,
+    mut run: impl FnMut(&mut TargetTable, &mut dyn Live) -> T,
+) -> T {
     live.begin_request();
-    let mut r = handle(table, req, live);
-    for _ in 0..MAX_DEFERRED_ROUNDS {
+    let mut r = run(table, live);
+    for _ in 1..rounds {
         let Some(d) = live.take_deferred() else { break };
         live.finish_deferred((d.0)());
-        r = handle(table, req, live);
+        r = run(table, live);
     }
+    // An open the last round asked for is not run: the request failed.
+    drop(live.take_deferred());
     live.end_request();
     r
 }

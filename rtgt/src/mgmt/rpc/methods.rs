@@ -173,7 +173,7 @@ pub fn call(
             // punches holes for UNMAP and never uses RWF_NOWAIT.
             p.flag("fallocate")?;
             p.flag("nowait")?;
-            bdev_create(table, live, b)?;
+            core(table, live, Command::BdevCreate(b))?;
             Ok(Value::String(name))
         }
         "bdev_null_create" => {
@@ -210,7 +210,7 @@ pub fn call(
                 readonly: false,
                 uuid: uuid(&p)?,
             };
-            bdev_create(table, live, b)?;
+            core(table, live, Command::BdevCreate(b))?;
             Ok(Value::String(name))
         }
         "bdev_rbd_create" => {
@@ -262,7 +262,7 @@ pub fn call(
                 readonly: false,
                 uuid: uuid(&p)?,
             };
-            bdev_create(table, live, b)?;
+            core(table, live, Command::BdevCreate(b))?;
             Ok(Value::String(name))
         }
         "bdev_aio_delete" | "bdev_null_delete" | "bdev_rbd_delete" => {
@@ -771,22 +771,6 @@ fn valid_uuid(u: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|c| c.is_ascii_hexdigit()))
 }
 
-fn bdev_create(table: &mut TargetTable, live: &mut dyn Live, b: Bdev) -> Result<(), RpcError> {
-    let name = b.name.clone();
-    if table.bdevs.contains_key(&name) {
-        return Err(RpcError::errno(-17, "File exists"));
-    }
-    // (An open put off to another thread also ends here; the server runs
-    // it and calls again, and only the last answer is sent.)
-    execute(table, live, &Command::BdevCreate(b)).map_err(|e| {
-        if e.msg.starts_with("cannot open") {
-            RpcError::errno(-2, &format!("No such file or directory ({})", e.msg))
-        } else {
-            RpcError::from_core(e)
-        }
-    })
-}
-
 /// A portal from SPDK's `{host, port}` strings: `*` is every IPv4 address,
 /// `[*]` every IPv6 one; IPv6 hosts may be in brackets.
 fn portal(host: &Value, port: &Value) -> Result<SocketAddr, RpcError> {
@@ -927,10 +911,8 @@ fn set_options(table: &mut TargetTable, params: Option<&Value>) -> Result<Value,
                 "Invalid combination of CHAP params",
             ));
         }
-        if a.chap_group != 0 && !t.auth_groups.contains_key(&a.chap_group) {
-            // SPDK saves auth groups after options: accept a group that
-            // does not exist yet (CHAP then finds no secret until it does).
-        }
+        // The group need not exist yet: SPDK saves auth groups after the
+        // options (CHAP then finds no secret until it does).
         t.discovery_auth = a;
     }
     *table = t;
@@ -938,8 +920,12 @@ fn set_options(table: &mut TargetTable, params: Option<&Value>) -> Result<Value,
 }
 
 impl RpcError {
-    /// From a core error: SPDK answers -32602 with a message.
+    /// From a core error: SPDK's errno where it answers one, else -32602
+    /// with the message.
     pub fn from_core(e: CoreError) -> Self {
-        RpcError::invalid_params(e.msg)
+        match e.errno {
+            Some(n) => RpcError::errno(n.into(), &e.msg),
+            None => RpcError::invalid_params(e.msg),
+        }
     }
 }

@@ -375,21 +375,11 @@ pub fn load_file(
                 .and_then(Value::as_str)
                 .ok_or("a config entry has no method")?;
             let params = c.get("params");
-            let mut r = Err(RpcError::internal("not run"));
-            live.borrow_mut().begin_request();
-            for _ in 0..MAX_ROUNDS {
-                r = {
-                    let mut t = table.borrow_mut();
-                    let mut l = live.borrow_mut();
-                    methods::call(&mut t, &mut *l, method, params)
-                };
-                let d = live.borrow_mut().take_deferred();
-                let Some(d) = d else { break };
-                let done = (d.0)();
-                live.borrow_mut().finish_deferred(done);
-            }
-            live.borrow_mut().end_request();
-            r.map_err(|e| format!("{method}: {}", e.message))?;
+            let (mut t, mut l) = (table.borrow_mut(), live.borrow_mut());
+            super::run_request_blocking(&mut t, &mut *l, MAX_ROUNDS, |t, l| {
+                methods::call(t, l, method, params)
+            })
+            .map_err(|e| format!("{method}: {}", e.message))?;
             n += 1;
         }
     }

@@ -10,7 +10,7 @@ use super::RpcError;
 use crate::mgmt::attrs;
 use crate::mgmt::groups::{Bdev, BdevKind};
 use crate::mgmt::live::Live;
-use crate::mgmt::params::{key_index, SESSION_KEYS};
+use crate::mgmt::params::key_index;
 use crate::mgmt::table::{DeviceType, LunSpec, Target, TargetTable};
 use crate::stats::SpdkHistogram;
 
@@ -382,7 +382,6 @@ pub fn options(table: &TargetTable) -> Value {
     let p = &table.new_target_params;
     let param = |k: &str| p.0[key_index(k).expect("a session key")];
     let extra = |k: &str, d: u64| table.spdk_extra_options.get(k).copied().unwrap_or(d);
-    let _ = SESSION_KEYS;
     json!({
         "node_base": table.node_base,
         "max_sessions": extra("max_sessions", 128),
