@@ -110,11 +110,6 @@ impl InitiatorGroup {
         }
         Decision::Undecided
     }
-
-    /// Whether this group alone admits `name` at `peer`.
-    pub fn admits(&self, name: &str, peer: IpAddr) -> bool {
-        self.decide(name, Some(peer)) == Decision::Allow
-    }
 }
 
 /// A netmask rule (SPDK's forms): `ANY`, `a.b.c.d[/n]` (n up to 32),
@@ -327,6 +322,12 @@ mod tests {
 
     fn ip(s: &str) -> IpAddr {
         s.parse().unwrap()
+    }
+
+    impl InitiatorGroup {
+        fn admits(&self, name: &str, peer: IpAddr) -> bool {
+            self.decide(name, Some(peer)) == Decision::Allow
+        }
     }
 
     #[test]
